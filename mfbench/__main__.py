@@ -1,0 +1,3 @@
+from mfbench.cli import main
+
+raise SystemExit(main())

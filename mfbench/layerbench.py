@@ -1,0 +1,169 @@
+"""The Memory Layer benchmark: every provider at fixed shapes, against its floor and the dense layer.
+
+For each case (direction, tokens, in/out features, tau) and provider this checks the output against a
+float64 reference on fresh random input, then times the call (median, spread) and sets the time beside
+the floor implied by the machine's measured ceilings (``mfbench.measure.traffic``). The suites, the CLI
+(``mfbench layers``) and the GPU scripts all run through ``run_cases``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+from mfbench import providers
+from mfbench.lookup import LookupSpec, reference_lookup
+from mfbench.measure.ceilings import Ceilings
+from mfbench.measure.timing import time_callable
+from mfbench.measure.traffic import floor_seconds, layer_traffic
+from mfbench.model import MemoryLayer
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# ||out - ref|| / ||ref|| allowed against float64, by the dtype of inputs and outputs.
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-5}
+
+
+@dataclass(frozen=True)
+class Case:
+    direction: str
+    tokens: int
+    in_features: int
+    out_features: int
+    tau: int = 8
+    weighting: str = "paper"
+    target_ms: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{'fwd' if self.direction == 'forward' else 'bwd'} s={self.tokens} d={self.in_features} h={self.out_features} tau={self.tau}"
+
+
+CASES: dict[str, list[Case]] = {
+    # The GPU targets of the kernels issue (fp16, tau = 8), plus the size where torch's own lookups OOM.
+    "gpu": [
+        Case("forward", 2048, 2048, 2048, target_ms=0.14),
+        Case("forward", 8192, 2048, 2048, target_ms=0.35),
+        Case("forward", 32768, 512, 512, target_ms=0.10),
+        Case("forward", 32768, 2048, 2048),
+        Case("backward", 2048, 2048, 2048, target_ms=0.5),
+        Case("backward", 32768, 512, 512, target_ms=0.3),
+    ],
+    # MemoryFormer-base's own layers at s = 2048: Q/K/V (d -> 3d, hashed once), Memory Block 1 and 2.
+    "paper": [
+        Case("forward", 2048, 1024, 3072), Case("forward", 2048, 1024, 1280),
+        Case("forward", 2048, 1280, 1024, tau=10),
+        Case("backward", 2048, 1024, 3072), Case("backward", 2048, 1280, 1024, tau=10),
+    ],
+    "cpu": [
+        Case("forward", 2048, 512, 512), Case("backward", 2048, 512, 512),
+    ],
+    "smoke": [Case("forward", 256, 64, 64), Case("backward", 256, 64, 64)],
+}
+
+
+def make_layer(case: Case, provider: str, device: torch.device, dtype: torch.dtype) -> MemoryLayer:
+    layer = MemoryLayer(case.in_features, case.out_features, case.tau, weighting=case.weighting, bias=False,
+                        provider=provider)
+    return layer.to(device=device, dtype=dtype)
+
+
+def random_input(case: Case, device: torch.device, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh normal x (tokens, in) and dL/dy (tokens, out): never zeros, which hide unwritten output."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(case.tokens, case.in_features, device=device, dtype=dtype, generator=g)
+    gy = torch.randn(case.tokens, case.out_features, device=device, dtype=dtype, generator=g)
+    return x, gy
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+def relative_errors(layer: MemoryLayer, x: torch.Tensor, gy: torch.Tensor, direction: str) -> dict[str, float]:
+    """||out - ref|| / ||ref|| against a float64 reference, for y or for both gradients."""
+    spec = layer.spec
+    x64 = x.detach().double().requires_grad_(direction == "backward")
+    t64 = layer.tables.detach().double().requires_grad_(direction == "backward")
+    xr = x.detach().clone().requires_grad_(direction == "backward")
+    if direction == "forward":
+        with torch.no_grad():
+            return {"y": _rel(providers.get(layer.provider).fn(layer, xr), reference_lookup(x64, t64, spec))}
+    y = providers.get(layer.provider).fn(layer, xr)
+    gx, gt = torch.autograd.grad(y, (xr, layer.tables), gy)
+    rgx, rgt = torch.autograd.grad(reference_lookup(x64, t64, spec), (x64, t64), gy.double())
+    return {"grad_x": _rel(gx, rgx), "grad_tables": _rel(gt, rgt)}
+
+
+def _timed_call(layer: MemoryLayer, x: torch.Tensor, gy: torch.Tensor, direction: str) -> Callable[[], object]:
+    fn = providers.get(layer.provider).fn
+    if direction == "forward":
+        def forward() -> object:
+            with torch.no_grad():
+                return fn(layer, x)
+        return forward
+    xr = x.detach().requires_grad_(True)
+    params = (xr, layer.dense_weight() if layer.provider == "dense" else layer.tables)
+    y = fn(layer, xr)
+
+    def backward() -> object:
+        return torch.autograd.grad(y, params, gy, retain_graph=True)
+    return backward
+
+
+def run_cases(cases: Iterable[Case], names: Iterable[str], device: torch.device | str, dtype: torch.dtype,
+              ceilings: Ceilings, check: bool = True, seed: int = 0,
+              progress: Callable[[str], None] = lambda msg: None) -> Iterator[dict]:
+    """Yield one record per (case, provider): errors, timing, floor, and why a provider was skipped."""
+    device = torch.device(device)
+    names = list(names)
+    elem = torch.finfo(dtype).bits // 8
+    for i, case in enumerate(cases):
+        x, gy = random_input(case, device, dtype, seed + i)
+        for name in names:
+            record = {"case": case.name, "direction": case.direction, "tokens": case.tokens,
+                      "in_features": case.in_features, "out_features": case.out_features, "tau": case.tau,
+                      "weighting": case.weighting, "provider": name, "dtype": str(dtype).removeprefix("torch."),
+                      "target_ms": case.target_ms}
+            reason = providers.unavailable(name, str(device), dtype)
+            if reason:
+                progress(f"  {case.name:<40} {name:<14} skipped: {reason}")
+                yield {**record, "skipped": reason}
+                continue
+            progress(f"  {case.name:<40} {name:<14} ...")
+            try:
+                layer = make_layer(case, name, device, dtype)
+                if check and providers.get(name).exact:
+                    record.update({f"rel_err_{k}": v for k, v in relative_errors(layer, x, gy, case.direction).items()})
+                timing = time_callable(_timed_call(layer, x, gy, case.direction), device)
+            except Exception as exc:  # one provider failing must not lose the other records
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                reason = ("out of memory: " if isinstance(exc, torch.OutOfMemoryError) else "failed: ") + \
+                    f"{type(exc).__name__}: {first}"
+                progress(f"  {case.name:<40} {name:<14} {reason}")
+                yield {**record, "skipped": reason}
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            traffic = layer_traffic(case.tokens, case.in_features, case.out_features, case.tau, elem,
+                                    case.direction, dense=(name == "dense"))
+            floor_s, bound = floor_seconds(traffic, ceilings)
+            record.update(timing.as_dict())
+            record.update(
+                median_ms=timing.median_s * 1e3, floor_ms=floor_s * 1e3, floor_bound=bound,
+                fraction_of_floor=floor_s / timing.median_s, hbm_bytes=traffic.hbm_bytes,
+                onchip_bytes=traffic.onchip_bytes, flops=traffic.flops,
+                hbm_gbps=traffic.hbm_bytes / timing.median_s / 1e9,
+                within_tolerance=all(v <= TOLERANCE[dtype] for k, v in record.items() if k.startswith("rel_err_")),
+                met_target=None if case.target_ms is None else timing.median_s * 1e3 <= case.target_ms,
+            )
+            del layer
+            yield record
+
+
+def with_weighting(cases: Iterable[Case], weighting: str) -> list[Case]:
+    return [replace(c, weighting=weighting) for c in cases]

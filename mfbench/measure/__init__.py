@@ -1,0 +1,1 @@
+"""Measurement windows: each module measures one quantity and returns a small result object."""

@@ -1,0 +1,112 @@
+"""The machine's own ceilings, measured once and cached with their date (never datasheet figures).
+
+- copy bandwidth: a large device-to-device (or, on the CPU, memory-to-memory) copy, counting bytes read
+  plus bytes written;
+- matmul rate: a large matrix product (bf16 on a GPU, float32 on the CPU);
+- on-chip (shared-memory) bandwidth on a GPU: derived from the device's own report as
+  multiprocessors x 128 bytes/clock x maximum SM clock (NVML); None where NVML cannot say.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from mfbench.measure.fingerprint import device_name
+from mfbench.measure.timing import time_callable
+
+SMEM_BYTES_PER_CLOCK = 128  # per multiprocessor per clock on Volta..Hopper: 32 banks x 4 bytes
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    device: str
+    copy_bytes_per_s: float
+    matmul_flops_per_s: float
+    matmul_dtype: str
+    onchip_bytes_per_s: float | None
+    onchip_how: str
+    measured_utc: str
+    torch: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _cache_path() -> Path:
+    root = os.environ.get("MFBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mfbench")
+    return Path(root) / "ceilings.json"
+
+
+def _onchip(device: torch.device) -> tuple[float | None, str]:
+    if device.type != "cuda":
+        return None, "not modelled on the CPU"
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+            mhz = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:
+        return None, f"unknown: NVML could not give the SM clock ({type(exc).__name__})"
+    return sms * SMEM_BYTES_PER_CLOCK * mhz * 1e6, f"{sms} SMs x {SMEM_BYTES_PER_CLOCK} B/clk x {mhz} MHz"
+
+
+def measure(device: torch.device | str = "cpu") -> Ceilings:
+    device = torch.device(device)
+    gpu = device.type == "cuda"
+    n = (1 << 28) if gpu else (1 << 25)  # 1 GiB / 128 MiB of float32: far beyond any cache
+    src = torch.rand(n, device=device)
+    dst = torch.empty_like(src)
+    copy = time_callable(lambda: dst.copy_(src), device)
+    del src, dst
+    size, dtype = (8192, torch.bfloat16) if gpu else (1024, torch.float32)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    mm = time_callable(lambda: a @ b, device)
+    onchip, how = _onchip(device)
+    return Ceilings(
+        device=device_name(device),
+        copy_bytes_per_s=2 * n * 4 / copy.median_s,
+        matmul_flops_per_s=2 * size**3 / mm.median_s,
+        matmul_dtype=str(dtype).removeprefix("torch."),
+        onchip_bytes_per_s=onchip,
+        onchip_how=how,
+        measured_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        torch=torch.__version__,
+    )
+
+
+def ceilings(device: torch.device | str = "cpu", refresh: bool = False) -> Ceilings:
+    """This machine's ceilings for ``device``, from the cache unless absent or ``refresh``."""
+    device = torch.device(device)
+    key = f"{device_name(device)}|torch-{torch.__version__}"
+    path = _cache_path()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if not refresh and key in cache:
+        try:
+            return Ceilings(**cache[key])
+        except TypeError:
+            pass  # an older layout: measure again
+    result = measure(device)
+    cache[key] = result.as_dict()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only home still gets the figures, just not cached
+    return result

@@ -1,0 +1,151 @@
+"""The one registry of Memory Layer implementations ("providers").
+
+Every runner (the model, the kernel benchmark, the asv suites, the CLI, the tests) picks implementations
+here and nowhere else. A provider maps ``(layer, x)`` with ``x`` of shape (tokens, in_features) to the
+layer's output without bias, and supports autograd. ``exact`` providers compute the Memory Layer's own
+function; ``dense`` is the ``nn.Linear`` the layer replaces, the baseline every figure is compared with.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+import torch.nn.functional as F
+
+from mfbench.lookup import _lookup_block, bucket_weight, reference_lookup, sign_hash, split_chunks
+
+if TYPE_CHECKING:
+    from mfbench.model import MemoryLayer
+
+LookupFn = Callable[["MemoryLayer", torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    description: str
+    fn: LookupFn
+    exact: bool = True
+    # Returns why the provider cannot run on this device and dtype, or None. Static checks only;
+    # ``unavailable`` adds a trial run on top.
+    requirement: Callable[[torch.device, torch.dtype], str | None] = lambda device, dtype: None
+
+
+_REGISTRY: dict[str, Provider] = {}
+
+
+def register(provider: Provider) -> Provider:
+    if provider.name in _REGISTRY:
+        raise ValueError(f"provider {provider.name!r} is registered twice")
+    _REGISTRY[provider.name] = provider
+    return provider
+
+
+def names(exact_only: bool = False) -> list[str]:
+    """Registered provider names, in registration order."""
+    return [n for n, p in _REGISTRY.items() if p.exact or not exact_only]
+
+
+def get(name: str) -> Provider:
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown provider {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def unavailable(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
+    """Why ``name`` cannot run on ``device`` with ``dtype`` (None if it can).
+
+    Besides the provider's static requirement this runs a tiny layer through it, forward and backward,
+    so a compile or launch failure is reported here as a reason rather than crashing a runner later.
+    """
+    from mfbench.model import MemoryLayer
+
+    provider = get(name)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device is visible to torch"
+    reason = provider.requirement(dev, dtype)
+    if reason:
+        return reason
+    try:
+        layer = MemoryLayer(16, 24, tau=8, provider=name).to(device=dev, dtype=dtype)
+        x = torch.randn(5, 16, device=dev, dtype=dtype, requires_grad=True)
+        layer(x).sum().backward()
+    except Exception as exc:  # any failure here means "cannot run", never a crash
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
+    return None
+
+
+# --- the providers ---------------------------------------------------------------------------------
+
+
+def _reference(layer: "MemoryLayer", x: torch.Tensor) -> torch.Tensor:
+    return reference_lookup(x, layer.tables, layer.spec, layer.max_chunk_bytes)
+
+
+def _embedding_bag(layer: "MemoryLayer", x: torch.Tensor) -> torch.Tensor:
+    z = split_chunks(x, layer.spec.tau)
+    num_chunks, rows, out_features = layer.tables.shape
+    offsets = torch.arange(num_chunks, device=x.device) * rows
+    p = bucket_weight(z, layer.spec.weighting, layer.spec.temperature)
+    flat = layer.tables.reshape(num_chunks * rows, out_features)
+    return F.embedding_bag(sign_hash(z) + offsets, flat, per_sample_weights=p.to(flat.dtype), mode="sum").to(x.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_block() -> Callable:
+    # The whole lookup in one graph lets inductor fuse gather, weighting and sum into one reduction,
+    # so unlike the eager reference it needs no token blocking. Donated buffers would forbid the
+    # retain_graph=True that repeated backward timings need.
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
+    return torch.compile(_lookup_block, dynamic=None)
+
+
+def _compiled(layer: "MemoryLayer", x: torch.Tensor) -> torch.Tensor:
+    return _compiled_block()(split_chunks(x, layer.spec.tau), layer.tables, layer.spec).to(x.dtype)
+
+
+def _compiled_requirement(device: torch.device, dtype: torch.dtype) -> str | None:
+    if device.type == "cpu" and os.environ.get("MFBENCH_SKIP_COMPILE"):
+        return "MFBENCH_SKIP_COMPILE is set"
+    return None
+
+
+def _triton(layer: "MemoryLayer", x: torch.Tensor) -> torch.Tensor:
+    from mfbench.kernels.lookup import memory_lookup
+
+    return memory_lookup(x, layer.tables, layer.spec)
+
+
+def _triton_requirement(device: torch.device, dtype: torch.dtype) -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed"
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    if device.type == "cpu" and not interpreting:
+        return "Triton kernels need a CUDA device, or TRITON_INTERPRET=1 (set before import) for the CPU interpreter"
+    if device.type == "cuda" and interpreting:
+        return "TRITON_INTERPRET=1 runs kernels on CPU tensors only"
+    if device.type not in ("cpu", "cuda"):
+        return f"no Triton backend for device type {device.type!r}"
+    return None
+
+
+def _dense(layer: "MemoryLayer", x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, layer.dense_weight())
+
+
+register(Provider("reference", "the PyTorch statement of Eq. 6-11, token-blocked", _reference))
+register(Provider("embedding_bag", "hash in torch, then F.embedding_bag with per-sample weights", _embedding_bag))
+register(Provider("compiled", "torch.compile of the unblocked reference", _compiled, requirement=_compiled_requirement))
+register(Provider("triton", "fused Triton kernels (mfbench.kernels.lookup)", _triton, requirement=_triton_requirement))
+register(Provider("dense", "the nn.Linear(in, out) the Memory Layer replaces (baseline)", _dense, exact=False))
