@@ -161,6 +161,10 @@ def run_cases(cases: Iterable[Case], names: Iterable[str], device: torch.device 
                 within_tolerance=all(v <= TOLERANCE[dtype] for k, v in record.items() if k.startswith("rel_err_")),
                 met_target=None if case.target_ms is None else timing.median_s * 1e3 <= case.target_ms,
             )
+            if name == "triton":
+                from mfbench.kernels.lookup import last_config
+
+                record["kernel_config"] = last_config(case.direction)
             del layer
             yield record
 

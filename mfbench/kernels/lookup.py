@@ -240,3 +240,12 @@ def memory_lookup(x: torch.Tensor, tables: torch.Tensor, spec: LookupSpec,
                   forward_config: dict | None = None, backward_config: dict | None = None) -> torch.Tensor:
     """The Memory Layer without bias through the Triton kernels, differentiable in x and tables."""
     return MemoryLookup.apply(x, tables, spec, forward_config, backward_config)
+
+
+def last_config(direction: str) -> str:
+    """The launch configuration the autotuner last picked for ``direction`` ('forward' or 'backward')."""
+    tuner = _forward_tuned if direction == "forward" else _backward_tuned
+    cfg = getattr(tuner, "best_config", None)
+    if INTERPRETING:
+        return "interpreter: " + str(INTERPRETER_FORWARD if direction == "forward" else INTERPRETER_BACKWARD)
+    return "untuned" if cfg is None else f"{cfg.kwargs} warps={cfg.num_warps} stages={cfg.num_stages}"
