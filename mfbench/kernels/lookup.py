@@ -54,7 +54,7 @@ def _hash_and_weight(x_ptr, offs_s, mask_s, stride_xs, k, two_over_t,
 
 
 @triton.jit
-def _forward_kernel(x_ptr, t_ptr, y_ptr, S, H, K, stride_xs, stride_ys, two_over_t,
+def _forward_kernel(x_ptr, t_ptr, y_ptr, S, H, K, stride_xs, stride_ys, two_over_t, S_BUCKET,
                     TAU: tl.constexpr, TAU_P2: tl.constexpr, ROWS: tl.constexpr, WEIGHTING: tl.constexpr,
                     BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr, GATHER: tl.constexpr,
                     PASSES: tl.constexpr):
@@ -84,7 +84,7 @@ def _forward_kernel(x_ptr, t_ptr, y_ptr, S, H, K, stride_xs, stride_ys, two_over
 
 
 @triton.jit
-def _backward_kernel(x_ptr, t_ptr, gy_ptr, gx_ptr, gt_ptr, S, H, K, stride_xs, stride_gys, two_over_t,
+def _backward_kernel(x_ptr, t_ptr, gy_ptr, gx_ptr, gt_ptr, S, H, K, stride_xs, stride_gys, two_over_t, S_BUCKET,
                      TAU: tl.constexpr, TAU_P2: tl.constexpr, ROWS: tl.constexpr, WEIGHTING: tl.constexpr,
                      BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
                      NEED_GX: tl.constexpr, NEED_GT: tl.constexpr):
@@ -167,7 +167,8 @@ def _check(x: torch.Tensor, tables: torch.Tensor, spec: LookupSpec) -> None:
 
 def _common(x: torch.Tensor, tables: torch.Tensor, spec: LookupSpec) -> dict:
     k, rows, h = tables.shape
-    return dict(S=x.shape[0], H=h, K=k, stride_xs=x.stride(0), two_over_t=2.0 / spec.temperature,
+    # S_BUCKET (unused in the kernels) keys the autotuner on the token count's power of two.
+    return dict(S=x.shape[0], S_BUCKET=_bucket(x.shape[0]), H=h, K=k, stride_xs=x.stride(0), two_over_t=2.0 / spec.temperature,
                 TAU=spec.tau, TAU_P2=triton.next_power_of_2(spec.tau), ROWS=rows,
                 WEIGHTING=_WEIGHTING_CODE[spec.weighting])
 
@@ -188,7 +189,7 @@ def lookup_forward(x: torch.Tensor, tables: torch.Tensor, spec: LookupSpec, conf
     passes = 1 + _EXTRA_PASSES
     if config is None and not INTERPRETING:
         grid = lambda m: (triton.cdiv(args["S"], m["BLOCK_S"]), triton.cdiv(args["H"], m["BLOCK_H"]))
-        _forward_tuned[grid](x, tables, y, S_BUCKET=_bucket(args["S"]), PASSES=passes, **args)
+        _forward_tuned[grid](x, tables, y, PASSES=passes, **args)
     else:
         cfg = {**INTERPRETER_FORWARD, **(config or {})}
         warps = cfg.pop("num_warps", 4)
@@ -209,7 +210,7 @@ def lookup_backward(x: torch.Tensor, tables: torch.Tensor, grad_y: torch.Tensor,
     args.update(stride_gys=grad_y.stride(0), NEED_GX=need_x, NEED_GT=need_tables)
     if config is None and not INTERPRETING:
         grid = lambda m: (triton.cdiv(args["S"], m["BLOCK_S"]), args["K"])
-        _backward_tuned[grid](x, tables, grad_y, gx, gt, S_BUCKET=_bucket(args["S"]), **args)
+        _backward_tuned[grid](x, tables, grad_y, gx, gt, **args)
     else:
         cfg = {**INTERPRETER_BACKWARD, **(config or {})}
         warps = cfg.pop("num_warps", 4)

@@ -1,0 +1,56 @@
+"""Time every launch configuration of the lookup kernels at one shape (for kernel authors).
+
+    python -m mfbench.kernels.sweep --tokens 2048 --in-features 2048 --out-features 2048
+
+Prints one line per configuration, fastest first, so the autotuner's choice can be checked by eye.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import triton.testing
+
+from mfbench.kernels import lookup as K
+from mfbench.lookup import LookupSpec
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mfbench.kernels.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--in-features", type=int, default=2048)
+    parser.add_argument("--out-features", type=int, default=2048)
+    parser.add_argument("--tau", type=int, default=8)
+    parser.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error("a CUDA device is needed")
+    dtype = getattr(torch, args.dtype)
+    spec = LookupSpec(args.tau)
+    x = torch.randn(args.tokens, args.in_features, device="cuda", dtype=dtype)
+    tables = torch.randn(args.in_features // args.tau, spec.rows, args.out_features, device="cuda", dtype=dtype)
+    gy = torch.randn(args.tokens, args.out_features, device="cuda", dtype=dtype)
+    rows = []
+    for direction, configs in (("forward", K._FORWARD_CONFIGS), ("backward", K._BACKWARD_CONFIGS)):
+        for cfg in configs:
+            config = {**cfg.kwargs, "num_warps": cfg.num_warps}
+            if direction == "forward":
+                if cfg.kwargs["GATHER"] and spec.rows * cfg.kwargs["BLOCK_H"] > 8192:
+                    continue
+                fn = lambda c=config: K.lookup_forward(x, tables, spec, dict(c))
+            else:
+                fn = lambda c=config: K.lookup_backward(x, tables, gy, spec, config=dict(c))
+            try:
+                ms = triton.testing.do_bench(fn, return_mode="median")
+            except Exception as exc:  # a config the compiler rejects is reported, not fatal
+                rows.append((direction, float("inf"), f"{config} failed: {type(exc).__name__}"))
+                continue
+            rows.append((direction, ms, str(config)))
+    for direction, ms, text in sorted(rows):
+        print(f"{direction:<8} {ms:9.4f} ms  {text}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
