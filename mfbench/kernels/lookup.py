@@ -1,17 +1,17 @@
-"""Fused Triton kernels for the Memory Layer lookup (Eq. 2-12) and the autograd Function that calls them.
+"""Triton kernels for the Memory Layer lookup (Eq. 2-12) and the autograd Function that calls them.
 
-Forward: one pass over x. A program owns BLOCK_S tokens x BLOCK_H output columns and walks the K tables,
-hashing each chunk (Eq. 2-4), weighting it (Eq. 10 or the released variant), fetching the row slice and
-accumulating in float32 (Eq. 11). Two ways to fetch rows, picked by the autotuner:
-  * GATHER=0: each token loads its row slice straight from global memory (L1/L2 serve the repeats);
-  * GATHER=1: the program loads the table's whole (2**tau, BLOCK_H) slice once and picks rows from it on
-    chip with ``tl.gather``, which pays off once a block holds more tokens than the table has rows.
-Consecutive programs share an output-column block, so they sweep the same table slices at about the
-same time and the tables stream from HBM close to once.
+Forward, two launches. ``_hash_kernel`` reads x once and writes every chunk's row index (Eq. 2-4) and
+weight (Eq. 10, or the released variant) as (K, S) arrays. ``_forward_kernel`` gives each program
+BLOCK_S tokens x BLOCK_H output columns; it walks the K tables, UNROLL at a time so that several
+independent row gathers are in flight, and accumulates p * T_k[idx] in float32 (Eq. 11). Consecutive
+programs share an output-column block, so they sweep the same table slices at about the same time and
+the tables stream from HBM close to once.
 
-Backward (Eq. 12), one fused kernel per (token block, table): walking the output columns it accumulates
-g = dL/dy . T_k[h(z_k)] for the input gradient and scatters p * dL/dy into the table gradient with
-float32 atomics; the sign hash passes no gradient. Nothing of shape [S, K, out] is ever allocated.
+Backward (Eq. 12). The (table, row) keys of all tokens are sorted (torch.sort), so one program per table
+row sums p * dL/dy over exactly the tokens that hit it and writes the row's gradient once: no atomics on
+the tables and no zero-fill. The same pass produces g = dL/dy . T_k[h(z_k)] per token and chunk, from which
+``_input_backward_kernel`` forms dL/dx through dp/dz; the sign hash passes no gradient. Nothing of shape
+[S, K, out] is ever allocated.
 
 Set TRITON_INTERPRET=1 before importing this module to run the kernels on CPU tensors.
 """
@@ -54,9 +54,24 @@ def _hash_and_weight(x_ptr, offs_s, mask_s, stride_xs, k, two_over_t,
 
 
 @triton.jit
-def _forward_kernel(x_ptr, t_ptr, y_ptr, S, H, K, stride_xs, stride_ys, two_over_t, S_BUCKET,
-                    TAU: tl.constexpr, TAU_P2: tl.constexpr, ROWS: tl.constexpr, WEIGHTING: tl.constexpr,
-                    BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr, GATHER: tl.constexpr,
+def _hash_kernel(x_ptr, idx_ptr, p_ptr, S, stride_xs, two_over_t,
+                 TAU: tl.constexpr, TAU_P2: tl.constexpr, WEIGHTING: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Row index and weight of chunk k for a block of tokens, stored (K, S) so that a token block's
+    values for one table are contiguous."""
+    pid_s = tl.program_id(0)
+    k = tl.program_id(1)
+    offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
+    mask_s = offs_s < S
+    idx, p, _z, _a, _sig, _q = _hash_and_weight(x_ptr, offs_s, mask_s, stride_xs, k, two_over_t,
+                                                TAU, TAU_P2, WEIGHTING)
+    out = tl.cast(k, tl.int64) * S + offs_s
+    tl.store(idx_ptr + out, idx, mask=mask_s)
+    tl.store(p_ptr + out, p, mask=mask_s)
+
+
+@triton.jit
+def _forward_kernel(idx_ptr, p_ptr, t_ptr, y_ptr, S, H, K, stride_ys, S_BUCKET,
+                    ROWS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr, UNROLL: tl.constexpr,
                     PASSES: tl.constexpr):
     pid_s = tl.program_id(0)
     pid_h = tl.program_id(1)
@@ -67,86 +82,97 @@ def _forward_kernel(x_ptr, t_ptr, y_ptr, S, H, K, stride_xs, stride_ys, two_over
     acc = tl.zeros((BLOCK_S, BLOCK_H), dtype=tl.float32)
     for _ in tl.static_range(PASSES):
         acc = acc * 0.0
-        for k in range(K):
-            idx, p, _z, _a, _sig, _q = _hash_and_weight(x_ptr, offs_s, mask_s, stride_xs, k, two_over_t,
-                                                        TAU, TAU_P2, WEIGHTING)
-            base = t_ptr + tl.cast(k, tl.int64) * ROWS * H
-            if GATHER:
-                r = tl.arange(0, ROWS)
-                tile = tl.load(base + r[:, None] * H + offs_h[None, :], mask=mask_h[None, :], other=0.0)
-                rows = tl.gather(tile, tl.broadcast_to(idx[:, None], (BLOCK_S, BLOCK_H)), 0)
-            else:
-                ptrs = base + idx[:, None].to(tl.int64) * H + offs_h[None, :]
-                rows = tl.load(ptrs, mask=mask_s[:, None] & mask_h[None, :], other=0.0)
-            acc += p[:, None] * rows.to(tl.float32)
+        for k0 in range(0, K, UNROLL):
+            # UNROLL independent gathers per trip keep several row loads in flight at once.
+            for j in tl.static_range(UNROLL):
+                k = tl.cast(k0 + j, tl.int64)
+                live = k < K
+                idx = tl.load(idx_ptr + k * S + offs_s, mask=mask_s & live, other=0)
+                p = tl.load(p_ptr + k * S + offs_s, mask=mask_s & live, other=0.0)
+                ptrs = t_ptr + (k * ROWS + idx[:, None]) * H + offs_h[None, :]
+                rows = tl.load(ptrs, mask=(mask_s & live)[:, None] & mask_h[None, :], other=0.0)
+                acc += p[:, None] * rows.to(tl.float32)
     out = y_ptr + offs_s[:, None].to(tl.int64) * stride_ys + offs_h[None, :]
     tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask_s[:, None] & mask_h[None, :])
 
 
 @triton.jit
-def _backward_kernel(x_ptr, t_ptr, gy_ptr, gx_ptr, gt_ptr, S, H, K, stride_xs, stride_gys, two_over_t, S_BUCKET,
-                     TAU: tl.constexpr, TAU_P2: tl.constexpr, ROWS: tl.constexpr, WEIGHTING: tl.constexpr,
-                     BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
-                     NEED_GX: tl.constexpr, NEED_GT: tl.constexpr):
+def _bucket_backward_kernel(order_ptr, offsets_ptr, p_ptr, t_ptr, gy_ptr, g_ptr, gt_ptr, S, H, stride_gys, S_BUCKET,
+                            ROWS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+                            NEED_GX: tl.constexpr, NEED_GT: tl.constexpr):
+    """One program per table row (k, r), over the tokens that hashed to it (sorted beforehand):
+    dT_k[r] = sum p * dL/dy (Eq. 12, written once, no atomics) and g = dL/dy . T_k[r] per token."""
+    row = tl.program_id(0)
+    k = row // ROWS
+    start = tl.load(offsets_ptr + row)
+    end = tl.load(offsets_ptr + row + 1)
+    row_base = tl.cast(row, tl.int64) * H
+    for h0 in range(0, H, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        mask_h = offs_h < H
+        trow = tl.load(t_ptr + row_base + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+        acc = tl.zeros((BLOCK_H,), dtype=tl.float32)
+        for j0 in range(start, end, BLOCK_T):
+            j = j0 + tl.arange(0, BLOCK_T)
+            mask_j = j < end
+            tok = tl.load(order_ptr + j, mask=mask_j, other=0)
+            gy = tl.load(gy_ptr + tok[:, None].to(tl.int64) * stride_gys + offs_h[None, :],
+                         mask=mask_j[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
+            at = tl.cast(k, tl.int64) * S + tok
+            if NEED_GT:
+                p = tl.load(p_ptr + at, mask=mask_j, other=0.0)
+                acc += tl.sum(p[:, None] * gy, axis=0)
+            if NEED_GX:
+                tl.atomic_add(g_ptr + at, tl.sum(gy * trow[None, :], axis=1), mask=mask_j)
+        if NEED_GT:
+            tl.store(gt_ptr + row_base + offs_h, acc.to(gt_ptr.dtype.element_ty), mask=mask_h)
+
+
+@triton.jit
+def _input_backward_kernel(x_ptr, g_ptr, gx_ptr, S, stride_xs, two_over_t,
+                           TAU: tl.constexpr, TAU_P2: tl.constexpr, WEIGHTING: tl.constexpr, BLOCK_S: tl.constexpr):
+    """dL/dz_i = g * dp/dz_i (Eq. 12); the sign hash passes no gradient."""
     pid_s = tl.program_id(0)
     k = tl.program_id(1)
     offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
     mask_s = offs_s < S
-    idx, p, z, a, sig, q = _hash_and_weight(x_ptr, offs_s, mask_s, stride_xs, k, two_over_t,
+    _idx, p, z, a, sig, q = _hash_and_weight(x_ptr, offs_s, mask_s, stride_xs, k, two_over_t,
                                             TAU, TAU_P2, WEIGHTING)
-    row = (tl.cast(k, tl.int64) * ROWS + idx[:, None].to(tl.int64)) * H
-    g = tl.zeros((BLOCK_S,), dtype=tl.float32)
-    for h0 in range(0, H, BLOCK_H):
-        offs_h = h0 + tl.arange(0, BLOCK_H)
-        mask = mask_s[:, None] & (offs_h < H)[None, :]
-        gy = tl.load(gy_ptr + offs_s[:, None].to(tl.int64) * stride_gys + offs_h[None, :], mask=mask, other=0.0)
-        gy = gy.to(tl.float32)
-        if NEED_GX:
-            rows = tl.load(t_ptr + row + offs_h[None, :], mask=mask, other=0.0)
-            g += tl.sum(gy * rows.to(tl.float32), axis=1)
-        if NEED_GT:
-            tl.atomic_add(gt_ptr + row + offs_h[None, :], p[:, None] * gy, mask=mask)
-    if NEED_GX:
-        # dp/dz_i; sign(0) = 0 as in torch's |z|' so the three paths agree at zero.
-        sign = tl.where(z > 0, 1.0, tl.where(z < 0, -1.0, 0.0))
-        if WEIGHTING == 1:
-            l1 = tl.sum(a, axis=1)
-            dp = sign * q[:, None] * (1.0 + two_over_t * l1[:, None] * (1.0 - sig))
-        else:
-            dp = sign * p[:, None] * two_over_t * (1.0 - sig)
-        i = tl.arange(0, TAU_P2)
-        ptrs = gx_ptr + offs_s[:, None].to(tl.int64) * stride_xs + k * TAU + i[None, :]
-        tl.store(ptrs, (g[:, None] * dp).to(gx_ptr.dtype.element_ty), mask=mask_s[:, None] & (i < TAU)[None, :])
+    g = tl.load(g_ptr + tl.cast(k, tl.int64) * S + offs_s, mask=mask_s, other=0.0)
+    # sign(0) = 0, as in torch's derivative of |z|, so every provider agrees at zero.
+    sign = tl.where(z > 0, 1.0, tl.where(z < 0, -1.0, 0.0))
+    if WEIGHTING == 1:
+        l1 = tl.sum(a, axis=1)
+        dp = sign * q[:, None] * (1.0 + two_over_t * l1[:, None] * (1.0 - sig))
+    else:
+        dp = sign * p[:, None] * two_over_t * (1.0 - sig)
+    i = tl.arange(0, TAU_P2)
+    ptrs = gx_ptr + offs_s[:, None].to(tl.int64) * stride_xs + k * TAU + i[None, :]
+    tl.store(ptrs, (g[:, None] * dp).to(gx_ptr.dtype.element_ty), mask=mask_s[:, None] & (i < TAU)[None, :])
 
 
 # --- launch configuration ------------------------------------------------------------------------
 
-
-def _prune_forward(configs, named_args, **kwargs):
-    rows = kwargs.get("ROWS", named_args.get("ROWS"))
-    keep = [c for c in configs if not c.kwargs["GATHER"] or rows * c.kwargs["BLOCK_H"] <= 8192]
-    return keep or configs
-
-
 _FORWARD_CONFIGS = [
-    triton.Config({"BLOCK_S": bs, "BLOCK_H": bh, "GATHER": g}, num_warps=w)
-    for g, bs, bh, w in [
-        (0, 16, 128, 4), (0, 32, 128, 4), (0, 64, 128, 8), (0, 32, 256, 8), (0, 64, 64, 4), (0, 128, 64, 8),
-        (1, 256, 32, 8), (1, 512, 16, 8), (1, 256, 16, 4), (1, 128, 32, 4), (1, 512, 32, 16),
+    triton.Config({"BLOCK_S": bs, "BLOCK_H": bh, "UNROLL": u}, num_warps=w, num_stages=st)
+    for bs, bh, u, w, st in [
+        (16, 128, 4, 4, 2), (32, 128, 2, 4, 2), (32, 128, 4, 4, 2), (16, 256, 4, 4, 2), (32, 256, 2, 8, 2),
+        (64, 64, 4, 4, 2), (64, 128, 2, 8, 2), (128, 32, 4, 4, 2), (256, 32, 2, 8, 2), (512, 16, 2, 8, 2),
+        (16, 128, 1, 4, 3), (32, 128, 1, 4, 4),
     ]
 ]
 _BACKWARD_CONFIGS = [
-    triton.Config({"BLOCK_S": bs, "BLOCK_H": bh}, num_warps=w)
-    for bs, bh, w in [(16, 128, 4), (32, 128, 4), (64, 64, 4), (32, 256, 8), (64, 128, 8)]
+    triton.Config({"BLOCK_T": bt, "BLOCK_H": bh}, num_warps=w)
+    for bt, bh, w in [(8, 256, 4), (16, 256, 4), (8, 512, 4), (16, 512, 8), (32, 256, 8), (4, 1024, 4)]
 ]
 # Fixed configurations for the CPU interpreter, where autotuning would time every config on the CPU.
-INTERPRETER_FORWARD = {"BLOCK_S": 16, "BLOCK_H": 32, "GATHER": 0}
-INTERPRETER_BACKWARD = {"BLOCK_S": 16, "BLOCK_H": 32}
+INTERPRETER_FORWARD = {"BLOCK_S": 16, "BLOCK_H": 32, "UNROLL": 2}
+INTERPRETER_BACKWARD = {"BLOCK_T": 8, "BLOCK_H": 32}
+HASH_BLOCK = 128
 
-_forward_tuned = triton.autotune(_FORWARD_CONFIGS, key=["S_BUCKET", "H", "K", "TAU", "WEIGHTING"],
-                                 prune_configs_by={"early_config_prune": _prune_forward})(_forward_kernel)
-_backward_tuned = triton.autotune(_BACKWARD_CONFIGS, key=["S_BUCKET", "H", "K", "TAU", "NEED_GX", "NEED_GT"],
-                                  reset_to_zero=["gt_ptr"])(_backward_kernel)
+_forward_tuned = triton.autotune(_FORWARD_CONFIGS, key=["S_BUCKET", "H", "K", "ROWS"])(_forward_kernel)
+_backward_tuned = triton.autotune(_BACKWARD_CONFIGS, key=["S_BUCKET", "H", "ROWS", "NEED_GX", "NEED_GT"],
+                                  reset_to_zero=["g_ptr"])(_bucket_backward_kernel)
 
 
 def _bucket(n: int) -> int:
@@ -165,58 +191,79 @@ def _check(x: torch.Tensor, tables: torch.Tensor, spec: LookupSpec) -> None:
         raise TypeError(f"x is {x.dtype} but the tables are {tables.dtype}")
 
 
-def _common(x: torch.Tensor, tables: torch.Tensor, spec: LookupSpec) -> dict:
-    k, rows, h = tables.shape
-    # S_BUCKET (unused in the kernels) keys the autotuner on the token count's power of two.
-    return dict(S=x.shape[0], S_BUCKET=_bucket(x.shape[0]), H=h, K=k, stride_xs=x.stride(0), two_over_t=2.0 / spec.temperature,
-                TAU=spec.tau, TAU_P2=triton.next_power_of_2(spec.tau), ROWS=rows,
-                WEIGHTING=_WEIGHTING_CODE[spec.weighting])
+def _hash_args(x: torch.Tensor, spec: LookupSpec) -> dict:
+    return dict(S=x.shape[0], stride_xs=x.stride(0), two_over_t=2.0 / spec.temperature, TAU=spec.tau,
+                TAU_P2=triton.next_power_of_2(spec.tau), WEIGHTING=_WEIGHTING_CODE[spec.weighting])
+
+
+def hash_and_weight(x: torch.Tensor, spec: LookupSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row index int32, weight float32), each (K, S): Eq. 2-4 and Eq. 10 for every chunk of every token."""
+    s, k = x.shape[0], x.shape[1] // spec.tau
+    idx = torch.empty(k, s, device=x.device, dtype=torch.int32)
+    p = torch.empty(k, s, device=x.device, dtype=torch.float32)
+    _hash_kernel[(triton.cdiv(s, HASH_BLOCK), k)](x, idx, p, BLOCK_S=HASH_BLOCK, **_hash_args(x, spec))
+    return idx, p
+
+
+def _launch(tuned, kernel, grid_of, args: dict, config: dict | None, default: dict) -> None:
+    """Autotuned launch on a GPU; a fixed (or the given) configuration under the interpreter."""
+    if config is None and not INTERPRETING:
+        tuned[grid_of](**args)
+        return
+    cfg = {**default, **(config or {})}
+    warps, stages = cfg.pop("num_warps", 4), cfg.pop("num_stages", None)
+    extra = {} if stages is None else {"num_stages": stages}
+    kernel[grid_of(cfg)](**args, **cfg, num_warps=warps, **extra)
 
 
 def lookup_forward(x: torch.Tensor, tables: torch.Tensor, spec: LookupSpec, config: dict | None = None,
                    out: torch.Tensor | None = None) -> torch.Tensor:
-    """y = sum_k p(z_k) T_k[h(z_k)] for x (S, d), tables (K, 2**tau, h): one fused launch.
+    """y = sum_k p(z_k) T_k[h(z_k)] for x (S, d), tables (K, 2**tau, h): a hash pass, then the gather.
 
     ``out`` (S, h), contiguous and of x's dtype, receives the result if given (tests poison it first).
     """
     _check(x, tables, spec)
     x, tables = x.contiguous(), tables.contiguous()
-    y = torch.empty(x.shape[0], tables.shape[2], device=x.device, dtype=x.dtype) if out is None else out
-    if y.shape != (x.shape[0], tables.shape[2]) or y.dtype != x.dtype or not y.is_contiguous():
-        raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {(x.shape[0], tables.shape[2])}")
-    args = _common(x, tables, spec)
-    args["stride_ys"] = y.stride(0)
-    passes = 1 + _EXTRA_PASSES
-    if config is None and not INTERPRETING:
-        grid = lambda m: (triton.cdiv(args["S"], m["BLOCK_S"]), triton.cdiv(args["H"], m["BLOCK_H"]))
-        _forward_tuned[grid](x, tables, y, PASSES=passes, **args)
-    else:
-        cfg = {**INTERPRETER_FORWARD, **(config or {})}
-        warps = cfg.pop("num_warps", 4)
-        grid = (triton.cdiv(args["S"], cfg["BLOCK_S"]), triton.cdiv(args["H"], cfg["BLOCK_H"]))
-        _forward_kernel[grid](x, tables, y, PASSES=passes, num_warps=warps, **args, **cfg)
+    s, (k, rows, h) = x.shape[0], tables.shape
+    y = torch.empty(s, h, device=x.device, dtype=x.dtype) if out is None else out
+    if y.shape != (s, h) or y.dtype != x.dtype or not y.is_contiguous():
+        raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {(s, h)}")
+    idx, p = hash_and_weight(x, spec)
+    args = dict(idx_ptr=idx, p_ptr=p, t_ptr=tables, y_ptr=y, S=s, H=h, K=k, stride_ys=y.stride(0),
+                S_BUCKET=_bucket(s), ROWS=rows, PASSES=1 + _EXTRA_PASSES)
+    grid = lambda m: (triton.cdiv(s, m["BLOCK_S"]), triton.cdiv(h, m["BLOCK_H"]))
+    _launch(_forward_tuned, _forward_kernel, grid, args, config, INTERPRETER_FORWARD)
     return y
 
 
 def lookup_backward(x: torch.Tensor, tables: torch.Tensor, grad_y: torch.Tensor, spec: LookupSpec,
                     need_x: bool = True, need_tables: bool = True,
                     config: dict | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Eq. 12: (dL/dx, dL/dtables) from dL/dy; the table gradient is accumulated in float32."""
+    """Eq. 12: (dL/dx, dL/dtables) from dL/dy.
+
+    Tokens are sorted by (table, row) so each table row's gradient is summed by one program and written
+    once; the per-token dot products g = dL/dy . T_k[h(z_k)] come out of the same pass.
+    """
     _check(x, tables, spec)
     x, tables, grad_y = x.contiguous(), tables.contiguous(), grad_y.contiguous()
-    gx = torch.empty_like(x) if need_x else x  # a placeholder pointer when not needed
-    gt = torch.zeros(tables.shape, device=x.device, dtype=torch.float32) if need_tables else tables
-    args = _common(x, tables, spec)
-    args.update(stride_gys=grad_y.stride(0), NEED_GX=need_x, NEED_GT=need_tables)
-    if config is None and not INTERPRETING:
-        grid = lambda m: (triton.cdiv(args["S"], m["BLOCK_S"]), args["K"])
-        _backward_tuned[grid](x, tables, grad_y, gx, gt, **args)
-    else:
-        cfg = {**INTERPRETER_BACKWARD, **(config or {})}
-        warps = cfg.pop("num_warps", 4)
-        grid = (triton.cdiv(args["S"], cfg["BLOCK_S"]), args["K"])
-        _backward_kernel[grid](x, tables, grad_y, gx, gt, num_warps=warps, **args, **cfg)
-    return (gx if need_x else None), (gt.to(tables.dtype) if need_tables else None)
+    s, (k, rows, h) = x.shape[0], tables.shape
+    idx, p = hash_and_weight(x, spec)
+    keys = (idx + torch.arange(k, device=x.device, dtype=torch.int32)[:, None] * rows).flatten()
+    order = torch.sort(keys, stable=True).indices
+    tokens = (order % s).to(torch.int32)
+    offsets = torch.zeros(k * rows + 1, device=x.device, dtype=torch.int32)
+    offsets[1:] = torch.cumsum(torch.bincount(keys, minlength=k * rows), 0)
+    g = torch.zeros(k, s, device=x.device, dtype=torch.float32) if need_x else p
+    gt = torch.empty_like(tables) if need_tables else tables
+    args = dict(order_ptr=tokens, offsets_ptr=offsets, p_ptr=p, t_ptr=tables, gy_ptr=grad_y, g_ptr=g, gt_ptr=gt,
+                S=s, H=h, stride_gys=grad_y.stride(0), S_BUCKET=_bucket(s), ROWS=rows,
+                NEED_GX=need_x, NEED_GT=need_tables)
+    _launch(_backward_tuned, _bucket_backward_kernel, lambda m: (k * rows,), args, config, INTERPRETER_BACKWARD)
+    gx = None
+    if need_x:
+        gx = torch.empty_like(x)
+        _input_backward_kernel[(triton.cdiv(s, HASH_BLOCK), k)](x, g, gx, BLOCK_S=HASH_BLOCK, **_hash_args(x, spec))
+    return gx, (gt if need_tables else None)
 
 
 class MemoryLookup(torch.autograd.Function):

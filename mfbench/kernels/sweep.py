@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     for direction, configs in (("forward", K._FORWARD_CONFIGS), ("backward", K._BACKWARD_CONFIGS)):
         for cfg in configs:
             config = {**cfg.kwargs, "num_warps": cfg.num_warps}
+            if cfg.num_stages is not None:
+                config["num_stages"] = cfg.num_stages
             if direction == "forward":
-                if cfg.kwargs["GATHER"] and spec.rows * cfg.kwargs["BLOCK_H"] > 8192:
-                    continue
                 fn = lambda c=config: K.lookup_forward(x, tables, spec, dict(c))
             else:
                 fn = lambda c=config: K.lookup_backward(x, tables, gy, spec, config=dict(c))
