@@ -163,8 +163,20 @@ _FORWARD_CONFIGS = [
 ]
 _BACKWARD_CONFIGS = [
     triton.Config({"BLOCK_T": bt, "BLOCK_H": bh}, num_warps=w)
-    for bt, bh, w in [(8, 256, 4), (16, 256, 4), (8, 512, 4), (16, 512, 8), (32, 256, 8), (4, 1024, 4)]
+    for bt, bh, w in [(2, 2048, 8), (4, 2048, 8), (8, 2048, 16), (2, 1024, 4), (4, 1024, 4), (8, 1024, 8),
+                      (4, 512, 4), (8, 512, 4), (16, 512, 8), (8, 256, 4)]
 ]
+
+
+def backward_config_fits(config: triton.Config, out_features: int) -> bool:
+    # A block wider than the row only wastes lanes; one that covers it avoids a second pass over the tokens.
+    return config.kwargs["BLOCK_H"] <= max(triton.next_power_of_2(out_features), 256)
+
+
+def _prune_backward(configs, named_args, **kwargs):
+    return [c for c in configs if backward_config_fits(c, named_args["H"])] or configs
+
+
 # Fixed configurations for the CPU interpreter, where autotuning would time every config on the CPU.
 INTERPRETER_FORWARD = {"BLOCK_S": 16, "BLOCK_H": 32, "UNROLL": 2}
 INTERPRETER_BACKWARD = {"BLOCK_T": 8, "BLOCK_H": 32}
@@ -172,7 +184,8 @@ HASH_BLOCK = 128
 
 _forward_tuned = triton.autotune(_FORWARD_CONFIGS, key=["S_BUCKET", "H", "K", "ROWS"])(_forward_kernel)
 _backward_tuned = triton.autotune(_BACKWARD_CONFIGS, key=["S_BUCKET", "H", "ROWS", "NEED_GX", "NEED_GT"],
-                                  reset_to_zero=["g_ptr"])(_bucket_backward_kernel)
+                                  reset_to_zero=["g_ptr"],
+                                  prune_configs_by={"early_config_prune": _prune_backward})(_bucket_backward_kernel)
 
 
 def _bucket(n: int) -> int:

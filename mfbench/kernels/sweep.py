@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             config = {**cfg.kwargs, "num_warps": cfg.num_warps}
             if cfg.num_stages is not None:
                 config["num_stages"] = cfg.num_stages
+            if direction == "backward" and not K.backward_config_fits(cfg, args.out_features):
+                continue
             if direction == "forward":
                 fn = lambda c=config: K.lookup_forward(x, tables, spec, dict(c))
             else:
