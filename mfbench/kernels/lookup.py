@@ -188,6 +188,11 @@ _backward_tuned = triton.autotune(_BACKWARD_CONFIGS, key=["S_BUCKET", "H", "ROWS
                                   prune_configs_by={"early_config_prune": _prune_backward})(_bucket_backward_kernel)
 
 
+def _empty(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Every output buffer comes from here; the tests swap in one that fills NaN, proving each element is written."""
+    return torch.empty(shape, device=like.device, dtype=dtype or like.dtype)
+
+
 def _bucket(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -212,8 +217,8 @@ def _hash_args(x: torch.Tensor, spec: LookupSpec) -> dict:
 def hash_and_weight(x: torch.Tensor, spec: LookupSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """(row index int32, weight float32), each (K, S): Eq. 2-4 and Eq. 10 for every chunk of every token."""
     s, k = x.shape[0], x.shape[1] // spec.tau
-    idx = torch.empty(k, s, device=x.device, dtype=torch.int32)
-    p = torch.empty(k, s, device=x.device, dtype=torch.float32)
+    idx = _empty((k, s), x, torch.int32)
+    p = _empty((k, s), x, torch.float32)
     _hash_kernel[(triton.cdiv(s, HASH_BLOCK), k)](x, idx, p, BLOCK_S=HASH_BLOCK, **_hash_args(x, spec))
     return idx, p
 
@@ -238,7 +243,7 @@ def lookup_forward(x: torch.Tensor, tables: torch.Tensor, spec: LookupSpec, conf
     _check(x, tables, spec)
     x, tables = x.contiguous(), tables.contiguous()
     s, (k, rows, h) = x.shape[0], tables.shape
-    y = torch.empty(s, h, device=x.device, dtype=x.dtype) if out is None else out
+    y = _empty((s, h), x) if out is None else out
     if y.shape != (s, h) or y.dtype != x.dtype or not y.is_contiguous():
         raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {(s, h)}")
     idx, p = hash_and_weight(x, spec)
@@ -267,14 +272,14 @@ def lookup_backward(x: torch.Tensor, tables: torch.Tensor, grad_y: torch.Tensor,
     offsets = torch.zeros(k * rows + 1, device=x.device, dtype=torch.int32)
     offsets[1:] = torch.cumsum(torch.bincount(keys, minlength=k * rows), 0)
     g = torch.zeros(k, s, device=x.device, dtype=torch.float32) if need_x else p
-    gt = torch.empty_like(tables) if need_tables else tables
+    gt = _empty(tables.shape, tables) if need_tables else tables
     args = dict(order_ptr=tokens, offsets_ptr=offsets, p_ptr=p, t_ptr=tables, gy_ptr=grad_y, g_ptr=g, gt_ptr=gt,
                 S=s, H=h, stride_gys=grad_y.stride(0), S_BUCKET=_bucket(s), ROWS=rows,
                 NEED_GX=need_x, NEED_GT=need_tables)
     _launch(_backward_tuned, _bucket_backward_kernel, lambda m: (k * rows,), args, config, INTERPRETER_BACKWARD)
     gx = None
     if need_x:
-        gx = torch.empty_like(x)
+        gx = _empty(x.shape, x)
         _input_backward_kernel[(triton.cdiv(s, HASH_BLOCK), k)](x, g, gx, BLOCK_S=HASH_BLOCK, **_hash_args(x, spec))
     return gx, (gt if need_tables else None)
 

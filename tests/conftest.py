@@ -1,0 +1,32 @@
+"""Test set-up. The Triton interpreter must be chosen before triton is first imported, so it is set here:
+kernel tests run on CPU tensors through it. On a GPU host, MFBENCH_TEST_GPU=1 leaves it off and the
+tests marked ``gpu`` run the kernels on the device instead."""
+
+import os
+import tempfile
+
+if os.environ.get("MFBENCH_TEST_GPU") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("MFBENCH_CACHE", tempfile.mkdtemp(prefix="mfbench-cache-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("ci", deadline=None, max_examples=20, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    gpu_ok = torch.cuda.is_available() and not INTERPRETING
+    skip = pytest.mark.skip(reason="needs a CUDA device and MFBENCH_TEST_GPU=1")
+    for item in items:
+        if "gpu" in item.keywords and not gpu_ok:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
