@@ -1,0 +1,73 @@
+"""nox sessions: `nox -s tests` (the CI command) and `nox -s bench` (the main job on a GPU or CPU box).
+
+Torch is never reinstalled on a host that has one: sessions see the host's packages
+(--system-site-packages) and pin its torch and triton with a constraint. A host without torch and
+without a GPU gets the CPU pins in constraints/cpu.txt, never a multi-GB CUDA build. On an offline host,
+MFBENCH_WHEELS=DIR installs the missing pure-Python packages from a local wheel directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+ROOT = Path(__file__).parent
+VENV = {"venv_params": ["--system-site-packages"]}
+
+
+def _has_gpu() -> bool:
+    smi = shutil.which("nvidia-smi")
+    return bool(smi) and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
+
+
+def _host_versions(session: nox.Session) -> dict[str, str]:
+    """torch/triton versions the session's interpreter already sees (from the host), if any."""
+    code = ("import importlib.metadata as m\n"
+            "for n in ('torch', 'triton'):\n"
+            "    try: print(n, m.version(n))\n"
+            "    except m.PackageNotFoundError: pass\n")
+    out = session.run("python", "-c", code, silent=True, external=True) or ""
+    return dict(line.split() for line in out.strip().splitlines() if line.strip())
+
+
+def _pins(text: str) -> dict[str, str]:
+    """{name: requirement line} of a constraints file, comments dropped."""
+    lines = (line.split("#")[0].strip() for line in text.splitlines())
+    return {line.split("=")[0].split("<")[0].split(">")[0].strip(): line for line in lines if line}
+
+
+def install(session: nox.Session, extras: str = "") -> None:
+    """Install mfbench into the session, keeping the host's torch and triton where it has them."""
+    host = _host_versions(session)
+    if "torch" not in host and _has_gpu():
+        session.error("this host has a GPU but no torch: install the torch build that matches its CUDA first")
+    pins = {} if _has_gpu() else _pins((ROOT / "constraints" / "cpu.txt").read_text())
+    pins.update({name: f"{name}=={version}" for name, version in host.items()})
+    constraint = Path(session.create_tmp()) / "constraints.txt"
+    constraint.write_text("".join(line + "\n" for line in pins.values()))
+    args = ["-c", str(constraint), "-e", f".{extras}"]
+    wheels = os.environ.get("MFBENCH_WHEELS")
+    if wheels:
+        args = ["--no-index", "--find-links", wheels, "--no-build-isolation", *args]
+    session.install(*args)
+
+
+@nox.session(**VENV)
+def tests(session: nox.Session) -> None:
+    """Run the test suite (Triton kernels through the CPU interpreter where there is no GPU)."""
+    install(session, "[test]")
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session(**VENV)
+def bench(session: nox.Session) -> None:
+    """Benchmark Memory Layer providers against the dense layer on this machine and print the table."""
+    install(session)
+    session.run("mfbench", "info")
+    session.run("mfbench", "bench", *session.posargs)

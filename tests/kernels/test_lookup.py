@@ -1,0 +1,149 @@
+"""The Triton kernels against a float64 reference, on CPU tensors through TRITON_INTERPRET=1 (see conftest),
+and at the benchmark shapes on a GPU (tests marked gpu)."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mfbench.kernels import lookup as kernels
+from mfbench.layerbench import CASES, TOLERANCE, make_layer, random_input, relative_errors
+from mfbench.lookup import LookupSpec, reference_lookup
+
+interpreted = pytest.mark.skipif(not kernels.INTERPRETING, reason="runs under TRITON_INTERPRET=1")
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every buffer the kernels allocate starts as NaN (or -1 for integers), so an unwritten element shows."""
+    def empty(shape, like, dtype=None):
+        dtype = dtype or like.dtype
+        fill = float("nan") if dtype.is_floating_point else -1
+        return torch.full(tuple(shape), fill, device=like.device, dtype=dtype)
+    monkeypatch.setattr(kernels, "_empty", empty)
+
+
+def _rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+@st.composite
+def problems(draw):
+    tau = draw(st.sampled_from([4, 6, 8, 10]))
+    k = draw(st.integers(1, 1 if tau == 10 else 3))
+    return dict(tau=tau, k=k, tokens=draw(st.integers(1, 45)), out=draw(st.integers(1, 70)),
+                weighting=draw(st.sampled_from(["paper", "released"])),
+                temperature=draw(st.sampled_from([1.0, 0.5])),
+                dtype=draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16])),
+                seed=draw(st.integers(0, 2**16)))
+
+
+@interpreted
+@given(problems())
+def test_forward_and_gradients_against_float64(poisoned, p):
+    temperature = 1.0 if p["weighting"] == "released" else p["temperature"]
+    spec = LookupSpec(p["tau"], p["weighting"], temperature)
+    g = torch.Generator().manual_seed(p["seed"])
+    x = torch.randn(p["tokens"], p["k"] * p["tau"], generator=g).to(p["dtype"])
+    tables = torch.randn(p["k"], 2 ** p["tau"], p["out"], generator=g).to(p["dtype"])
+    gy = torch.randn(p["tokens"], p["out"], generator=g).to(p["dtype"])
+    y = kernels.lookup_forward(x, tables, spec)
+    gx, gt = kernels.lookup_backward(x, tables, gy, spec)
+    assert torch.isfinite(y).all() and torch.isfinite(gx).all() and torch.isfinite(gt).all()
+    assert y.dtype == gx.dtype == gt.dtype == p["dtype"]
+
+    x64 = x.double().requires_grad_()
+    t64 = tables.double().requires_grad_()
+    ref = reference_lookup(x64, t64, spec)
+    rgx, rgt = torch.autograd.grad(ref, (x64, t64), gy.double())
+    tol = TOLERANCE[p["dtype"]] * 4
+    assert _rel(y, ref) <= tol
+    assert _rel(gx, rgx) <= tol * 2  # one more rounding: dL/dy . T summed before scaling
+    assert _rel(gt, rgt) <= tol
+
+
+@interpreted
+def test_only_one_gradient_when_only_one_is_needed(poisoned):
+    spec = LookupSpec(8)
+    x, tables, gy = torch.randn(20, 16), torch.randn(2, 256, 8), torch.randn(20, 8)
+    gx, gt = kernels.lookup_backward(x, tables, gy, spec, need_x=True, need_tables=False)
+    assert gt is None and torch.isfinite(gx).all()
+    gx2, gt2 = kernels.lookup_backward(x, tables, gy, spec, need_x=False, need_tables=True)
+    assert gx2 is None and torch.isfinite(gt2).all()
+
+
+@interpreted
+def test_autograd_function_and_out_buffer():
+    spec = LookupSpec(4, "released")
+    x = torch.randn(7, 8, requires_grad=True)
+    tables = torch.randn(2, 16, 5, requires_grad=True)
+    y = kernels.memory_lookup(x, tables, spec)
+    y.sum().backward()
+    ref = reference_lookup(x.detach(), tables.detach(), spec)
+    torch.testing.assert_close(y.detach(), ref, rtol=1e-5, atol=1e-6)
+    out = torch.full((7, 5), float("nan"))
+    assert kernels.lookup_forward(x.detach(), tables.detach(), spec, out=out) is out
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="out must be"):
+        kernels.lookup_forward(x.detach(), tables.detach(), spec, out=torch.empty(7, 4))
+
+
+@interpreted
+def test_256_rows_one_second_scale_case(poisoned):
+    spec = LookupSpec(8)
+    x, tables = torch.randn(256, 64), torch.randn(8, 256, 64)
+    torch.testing.assert_close(kernels.lookup_forward(x, tables, spec), reference_lookup(x, tables, spec),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_shape_checks():
+    spec = LookupSpec(8)
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.lookup_forward(torch.randn(3, 16), torch.randn(3, 256, 4), spec)
+    with pytest.raises(TypeError, match="float16"):
+        kernels.lookup_forward(torch.randn(3, 16), torch.randn(2, 256, 4, dtype=torch.float16), spec)
+
+
+# --- on the GPU ------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES["gpu"] + CASES["paper"], ids=lambda c: c.name)
+def test_benchmark_shapes_on_gpu(case, poisoned):
+    dtype = torch.float16
+    layer = make_layer(case, "triton", torch.device("cuda"), dtype)
+    for seed in (1, 2):  # fresh random inputs each time
+        x, gy = random_input(case, torch.device("cuda"), dtype, seed)
+        errors = relative_errors(layer, x, gy, case.direction)
+        assert all(v <= TOLERANCE[dtype] for v in errors.values()), errors
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("weighting", ["paper", "released"])
+def test_dtypes_and_weightings_on_gpu(dtype, weighting, poisoned):
+    from mfbench.layerbench import Case
+
+    case = Case("backward", 3000, 640, 700, tau=10, weighting=weighting)
+    layer = make_layer(case, "triton", torch.device("cuda"), dtype)
+    x, gy = random_input(case, torch.device("cuda"), dtype, 5)
+    errors = relative_errors(layer, x, gy, "backward")
+    errors.update(relative_errors(layer, x, gy, "forward"))
+    assert all(v <= TOLERANCE[dtype] * 2 for v in errors.values()), errors
+
+
+@pytest.mark.gpu
+def test_model_end_to_end_triton_matches_reference_on_gpu():
+    from mfbench.model import MemoryFormerLM, ModelConfig
+
+    cfg = ModelConfig.preset("tiny")
+    model = MemoryFormerLM(cfg).cuda()
+    idx = torch.randint(0, cfg.vocab_size, (2, 256), device="cuda")
+    with torch.no_grad():
+        ref = model(idx)
+        model.set_provider("triton")
+        got = model(idx)
+    assert _rel(got, ref) < 1e-4
+    loss = torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -1,0 +1,57 @@
+"""The command line as a user meets it: exit codes, messages, no tracebacks for mistakes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from mfbench.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "mfbench", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_info_exits_zero_without_gpu():
+    out = run("info")
+    assert out.returncode == 0, out.stderr
+    for field in ("cpu", "ram_gib", "torch", "triton", "python", "gpu", "providers"):
+        assert field in out.stdout
+
+
+def test_flops_prints_table1_beside_paper():
+    out = run("flops")
+    assert out.returncode == 0, out.stderr
+    assert "MemoryFormer-small" in out.stdout and "NO" in out.stdout
+    assert "10.74" in out.stdout and "10.7" in out.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["layers", "--providers", "nope"], "unknown provider 'nope'"),
+    (["layers", "--device", "cuda:7"], "cuda"),
+    (["layers", "--device", "tpu"], "device"),
+    (["layers", "--cases", "huge"], "unknown case set"),
+    (["layers", "--dtype", "int8"], "unknown dtype"),
+    (["flops", "--seq", "0"], "--seq"),
+])
+def test_user_mistakes_get_one_line_and_exit_2(args, message, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_layers_smoke_runs_and_writes_records(tmp_path, capsys):
+    csv = tmp_path / "layers.csv"
+    code = main(["layers", "--cases", "smoke", "--providers", "reference,embedding_bag,triton,dense",
+                 "--csv", str(csv)])
+    out = capsys.readouterr().out
+    assert code == 0
+    import pandas as pd
+
+    frame = pd.read_csv(csv)
+    assert set(frame["provider"]) == {"reference", "embedding_bag", "triton", "dense"}
+    ran = frame[frame["median_ms"].notna()]
+    assert (ran["median_ms"] > 0).all() and (ran["samples"] >= 1).all()
+    assert ran[ran["provider"] != "dense"]["within_tolerance"].all()
+    assert "x dense" in out and "floor ms" in out
