@@ -175,7 +175,8 @@ def backward_config_fits(config: triton.Config, out_features: int) -> bool:
 
 
 def _prune_backward(configs, named_args, **kwargs):
-    return [c for c in configs if backward_config_fits(c, named_args["H"])] or configs
+    width = {**named_args, **kwargs}["H"]  # the launch passes every argument by keyword
+    return [c for c in configs if backward_config_fits(c, width)] or configs
 
 
 # Fixed configurations for the CPU interpreter, where autotuning would time every config on the CPU.
