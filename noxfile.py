@@ -62,12 +62,12 @@ def install(session: nox.Session, extras: str = "") -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite (Triton kernels through the CPU interpreter where there is no GPU)."""
     install(session, "[test]")
-    session.run("pytest", *(session.posargs or ["-q"]))
+    session.run("python", "-m", "pytest", *(session.posargs or ["-q"]))
 
 
 @nox.session(**VENV)
 def bench(session: nox.Session) -> None:
     """Benchmark Memory Layer providers against the dense layer on this machine and print the table."""
     install(session)
-    session.run("mfbench", "info")
-    session.run("mfbench", "bench", *session.posargs)
+    session.run("python", "-m", "mfbench", "info")
+    session.run("python", "-m", "mfbench", "bench", *session.posargs)
