@@ -44,7 +44,7 @@ def test_user_mistakes_get_one_line_and_exit_2(args, message, capsys):
 def test_layers_smoke_runs_and_writes_records(tmp_path, capsys):
     csv = tmp_path / "layers.csv"
     code = main(["layers", "--cases", "smoke", "--providers", "reference,embedding_bag,triton,dense",
-                 "--csv", str(csv)])
+                 "--csv", str(csv), "--results-dir", str(tmp_path / "results")])
     out = capsys.readouterr().out
     assert code == 0
     import pandas as pd
@@ -55,3 +55,9 @@ def test_layers_smoke_runs_and_writes_records(tmp_path, capsys):
     assert (ran["median_ms"] > 0).all() and (ran["samples"] >= 1).all()
     assert ran[ran["provider"] != "dense"]["within_tolerance"].all()
     assert "x dense" in out and "floor ms" in out
+    from mfbench import results
+
+    rows = results.load(tmp_path / "results")
+    times = rows[rows["metric"] == "time"]
+    assert set(times["provider"]) == {"reference", "embedding_bag", "triton", "dense"}
+    assert sorted(times["value"] * 1e3) == pytest.approx(sorted(ran["median_ms"]))

@@ -146,7 +146,7 @@ def test_peak_memory_bounded_by_chunk_budget():
     """s=8192, d=h=512: the unblocked gather is 1 GiB. With a 4 MiB budget the forward's peak grows by
     y and its blocks (2 x 16 MiB) and one block of rows; the backward regathers block by block and adds
     the gradients and a table-shaped scatter buffer or two (32 MiB each), none of which grows with s."""
-    assert _peak_extra_bytes(2**31, grad=False) > 900 * 2**20, "control: the unblocked gather must show"
+    assert _peak_extra_bytes(2**31, grad=False) > 512 * 2**20, "control: the unblocked 1 GiB gather must show"
     assert _peak_extra_bytes(4 * 2**20, grad=False) < 64 * 2**20
     assert _peak_extra_bytes(4 * 2**20, grad=True) < 384 * 2**20
 

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-features", type=int, default=2048)
     parser.add_argument("--tau", type=int, default=8)
     parser.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    parser.add_argument("--stages", action="store_true", help="also time each stage of the autotuned backward")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("a CUDA device is needed")
@@ -51,7 +52,31 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((direction, ms, str(config)))
     for direction, ms, text in sorted(rows):
         print(f"{direction:<8} {ms:9.4f} ms  {text}")
+    if args.stages:
+        for name, ms in stage_times(x, tables, gy, spec).items():
+            print(f"stage    {ms:9.4f} ms  {name}")
     return 0
+
+
+def stage_times(x: torch.Tensor, tables: torch.Tensor, gy: torch.Tensor, spec: LookupSpec) -> dict[str, float]:
+    """Median time of each step of the backward, each run on its own."""
+    k, rows, h = tables.shape
+    s = x.shape[0]
+    idx, p = K.hash_and_weight(x, spec)
+    keys = (idx + torch.arange(k, device=x.device, dtype=torch.int32)[:, None] * rows).flatten()
+    order = torch.sort(keys, stable=True).indices
+    bench = lambda fn: triton.testing.do_bench(fn, return_mode="median")
+    out = {
+        "hash_and_weight (x -> idx, p)": bench(lambda: K.hash_and_weight(x, spec)),
+        "torch.sort of the (table, row) keys": bench(lambda: torch.sort(keys, stable=True)),
+        "bincount + cumsum": bench(lambda: torch.cumsum(torch.bincount(keys, minlength=k * rows), 0)),
+        "forward, autotuned": bench(lambda: K.lookup_forward(x, tables, spec)),
+        "backward, autotuned, both gradients": bench(lambda: K.lookup_backward(x, tables, gy, spec)),
+        "backward, table gradient only": bench(lambda: K.lookup_backward(x, tables, gy, spec, need_x=False)),
+        "backward, input gradient only": bench(lambda: K.lookup_backward(x, tables, gy, spec, need_tables=False)),
+    }
+    del order
+    return out
 
 
 if __name__ == "__main__":

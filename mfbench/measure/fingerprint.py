@@ -60,7 +60,13 @@ def _nvml_driver() -> tuple[str | None, str | None]:
 
 @lru_cache(maxsize=None)
 def git_commit(path: str | None = None) -> tuple[str, bool]:
-    """(commit hash, dirty) of the source tree mfbench runs from; ('unknown', False) outside git."""
+    """(commit hash, dirty) of the source tree mfbench runs from; ('unknown', False) outside git.
+
+    A copy of a tree without its .git (a lent GPU host, a CI artefact) can name its commit in
+    MFBENCH_COMMIT (and MFBENCH_DIRTY=1 if it differs from that commit).
+    """
+    if os.environ.get("MFBENCH_COMMIT"):
+        return os.environ["MFBENCH_COMMIT"], os.environ.get("MFBENCH_DIRTY") == "1"
     root = path or str(Path(mfbench.__file__).resolve().parent.parent)
     try:
         commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,

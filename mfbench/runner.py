@@ -1,0 +1,205 @@
+"""``mfbench run``: a matrix of (benchmark x direction x sequence length x provider) measured into result rows.
+
+Benchmarks: ``layer`` (one Memory Layer d -> d, or the nn.Linear it replaces), ``block`` (MemoryFormerBlock
+or the dense block) and ``model`` (the whole LM). For blocks and models the ``dense`` provider means the
+dense architecture; every other provider runs the MemoryFormer with its Memory Layers on that provider.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+from mfbench import flops, providers
+from mfbench.lookup import input_checks
+from mfbench.measure.ceilings import Ceilings
+from mfbench.measure.energy import EnergyMeter, EnergyResult, idle_power, measure_energy
+from mfbench.measure.memory import peak_memory
+from mfbench.measure.timing import time_callable
+from mfbench.measure.traffic import layer_traffic
+from mfbench.model import DenseBlock, MemoryFormerBlock, MemoryLayer, ModelConfig, build
+from mfbench.results import Run
+
+BENCHMARKS = ("layer", "block", "model")
+
+
+@dataclass(frozen=True)
+class Preset:
+    model: str
+    seqs: dict[str, tuple[int, ...]]  # by device type
+    items: tuple[tuple[str, str], ...]  # (benchmark, direction)
+    energy_seconds: float = 1.0
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset("micro", {"cpu": (64,), "cuda": (256,)},
+                    (("layer", "forward"), ("layer", "backward"), ("block", "forward"), ("model", "forward")), 0.5),
+    "default": Preset("tiny", {"cpu": (256, 1024), "cuda": (2048, 8192)},
+                      (("layer", "forward"), ("layer", "backward"), ("block", "forward"), ("block", "backward"),
+                       ("model", "forward"))),
+    "paper": Preset("base", {"cpu": (2048,), "cuda": (2048,)},
+                    (("layer", "forward"), ("layer", "backward"), ("block", "forward"), ("block", "backward"),
+                     ("model", "forward"))),
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    benchmark: str
+    direction: str
+    seq: int
+    provider: str
+    dtype: torch.dtype
+
+    @property
+    def label(self) -> str:
+        return f"{self.benchmark:<5} {'fwd' if self.direction == 'forward' else 'bwd'} s={self.seq:<6} {self.provider}"
+
+    def params(self, cfg: ModelConfig) -> dict:
+        return {"preset": cfg.name, "d": cfg.d_model, "tau": cfg.tau, "weighting": cfg.weighting, "seq": self.seq,
+                "batch": 1, "direction": self.direction, "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+def plan(preset: Preset, device: torch.device, names: Iterable[str], seqs: Iterable[int] | None,
+         dtype: torch.dtype, benchmarks: Iterable[str] | None = None) -> list[Item]:
+    seqs = tuple(seqs) if seqs else preset.seqs["cuda" if device.type == "cuda" else "cpu"]
+    wanted = set(benchmarks or BENCHMARKS)
+    return [Item(b, d, s, p, dtype) for b, d in preset.items if b in wanted for s in seqs for p in names]
+
+
+def _module(item: Item, cfg: ModelConfig) -> torch.nn.Module:
+    dense = item.provider == "dense"
+    if item.benchmark == "layer":
+        layer = MemoryLayer(cfg.d_model, cfg.d_model, cfg.tau, cfg.temperature, cfg.weighting, provider=item.provider)
+        return layer
+    if item.benchmark == "block":
+        return DenseBlock(cfg) if dense else MemoryFormerBlock(cfg)
+    return build("dense" if dense else "memoryformer", cfg)
+
+
+def _set_provider(module: torch.nn.Module, name: str) -> None:
+    for m in module.modules():
+        if isinstance(m, MemoryLayer):
+            m.provider = name
+
+
+def _input(item: Item, cfg: ModelConfig, device: torch.device) -> torch.Tensor:
+    if item.benchmark == "model":
+        return torch.randint(0, cfg.vocab_size, (1, item.seq), device=device)
+    shape = (item.seq, cfg.d_model) if item.benchmark == "layer" else (1, item.seq, cfg.d_model)
+    return torch.randn(*shape, device=device, dtype=item.dtype)
+
+
+def _call(item: Item, module: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    if item.direction == "forward":
+        def forward() -> object:
+            with torch.no_grad():
+                return module(x)
+        return forward
+    inputs = [x.requires_grad_()] if x.is_floating_point() else []
+    params = [p for p in module.parameters() if p.requires_grad]
+    y = module(x)
+    gy = torch.randn_like(y)
+
+    def backward() -> object:
+        return torch.autograd.grad(y, inputs + params, gy, retain_graph=True, allow_unused=True)
+    return backward
+
+
+def analytic_flops(item: Item, cfg: ModelConfig) -> int:
+    """2-per-multiply-add FLOPs from mfbench.flops; a backward pass counts twice its forward."""
+    s, d, dense = item.seq, cfg.d_model, item.provider == "dense"
+    if item.benchmark == "layer":
+        count = flops.linear(s, d, d) if dense else flops.memory_layer(s, d, d, cfg.tau, cfg.weighting)
+    elif item.benchmark == "block":
+        count = flops.dense_block(s, d) if dense else flops.memoryformer_block(s, cfg)
+    else:
+        count = flops.model("dense" if dense else "memoryformer", s, cfg)
+    return count.flops("2mac") * (2 if item.direction == "backward" else 1)
+
+
+def measure_item(item: Item, cfg: ModelConfig, run: Run, device: torch.device, ceilings: Ceilings,
+                 meter: EnergyMeter, idle: EnergyResult | None, energy_seconds: float) -> list[dict]:
+    """Every metric of one matrix entry as result rows (time, throughput, FLOPs, bytes, energy, memory)."""
+    module = _module(item, cfg).to(device=device, dtype=item.dtype)
+    _set_provider(module, item.provider) if item.provider != "dense" or item.benchmark == "layer" else None
+    x = _input(item, cfg, device)
+    fn = _call(item, module, x)
+    params = item.params(cfg)
+    rows: list[dict] = []
+
+    def add(metric: str, value: float, unit: str, **kw) -> None:
+        rows.append(run.row(item.benchmark, params, item.provider, metric, value, unit, **kw))
+
+    timing = time_callable(fn, device)
+    flags = ["nonpositive-time"] if timing.median_s <= 0 else []
+    add("time", timing.median_s, "s", spread_low=timing.q1_s, spread_high=timing.q3_s, spread_kind="iqr",
+        samples=timing.samples, flags=flags)
+    add("tokens_per_s", item.seq / timing.median_s, "token/s")
+    work = analytic_flops(item, cfg)
+    add("flops_analytic", work, "FLOP", flags=["2-per-mac"])
+    add("flops_per_s", work / timing.median_s, "FLOP/s")
+    if item.provider in ("reference", "dense") and item.direction == "forward":
+        from mfbench.flops import count_flops
+
+        add("flops_counted", count_flops(fn), "FLOP", flags=["FlopCounterMode"])
+    if item.benchmark == "layer":
+        elem = torch.finfo(item.dtype).bits // 8
+        traffic = layer_traffic(item.seq, cfg.d_model, cfg.d_model, cfg.tau, elem, item.direction,
+                                dense=item.provider == "dense")
+        gbps = traffic.hbm_bytes / timing.median_s
+        add("hbm_bytes_min", traffic.hbm_bytes, "B")
+        add("achieved_bandwidth", gbps, "B/s", flags=["above-copy-ceiling"] if gbps > ceilings.copy_bytes_per_s else [])
+        add("pct_of_copy_ceiling", 100 * gbps / ceilings.copy_bytes_per_s, "%")
+        add("arithmetic_intensity", traffic.intensity, "FLOP/B")
+        roof = min(ceilings.matmul_flops_per_s, traffic.intensity * ceilings.copy_bytes_per_s)
+        add("pct_of_roofline", 100 * (traffic.flops / timing.median_s) / roof, "%")
+    energy = measure_energy(fn, device, energy_seconds, meter)
+    if energy.available:
+        below = idle is not None and idle.watts is not None and energy.joules < 0.9 * idle.watts * energy.seconds
+        eflags = [energy.method] + (["energy-below-idle"] if below else [])
+        add("energy_per_call", energy.joules_per_call, "J", samples=energy.calls, flags=eflags)
+        add("energy_per_token", energy.joules_per_call / item.seq, "J/token", samples=energy.calls, flags=eflags)
+        add("power", energy.watts, "W", flags=eflags)
+    else:
+        add("energy_per_token", float("nan"), "J/token", flags=["unavailable: " + str(energy.reason).replace(",", ";")])
+    mem = peak_memory(fn, device)
+    add("peak_memory", mem.bytes, "B", flags=[mem.method])
+    return rows
+
+
+def run_matrix(items: list[Item], cfg: ModelConfig, run: Run, device: torch.device, ceilings: Ceilings,
+               energy_seconds: float, progress: Callable[[str], None] = print) -> Iterator[dict]:
+    """Measure every item, yielding rows as they come; unavailable or failing providers become a
+    ``skipped`` row with the reason instead of stopping the run."""
+    meter = EnergyMeter(device)
+    idle = None
+    if meter.available:
+        idle = idle_power(device, 1.0, meter)
+        yield run.row("idle", {"seconds": round(idle.seconds, 3)}, "-", "power", idle.watts, "W", flags=[idle.method])
+    total, start = len(items), time.perf_counter()
+    with input_checks(False):
+        for i, item in enumerate(items, 1):
+            head = f"[{i}/{total}] {item.label}"
+            reason = providers.unavailable(item.provider, str(device), item.dtype)
+            if reason is None:
+                try:
+                    rows = measure_item(item, cfg, run, device, ceilings, meter, idle, energy_seconds)
+                except Exception as exc:  # one failure must not lose the rest of the run
+                    first = str(exc).splitlines()[0] if str(exc) else ""
+                    reason = f"failed: {type(exc).__name__}: {first}"
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+            if reason is not None:
+                progress(f"{head}  skipped ({reason})")
+                yield run.row(item.benchmark, item.params(cfg), item.provider, "skipped", float("nan"), "",
+                              flags=[reason.replace(",", ";")])
+                continue
+            t = next(r["value"] for r in rows if r["metric"] == "time")
+            energy = next((r["value"] for r in rows if r["metric"] == "energy_per_token"), float("nan"))
+            joules = "" if energy != energy else f"  {energy * 1e6:.3g} uJ/token"
+            progress(f"{head}  {t * 1e3:.4g} ms{joules}  ({time.perf_counter() - start:.0f}s elapsed)")
+            yield from rows

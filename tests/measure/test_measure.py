@@ -1,0 +1,117 @@
+import math
+
+import pytest
+import torch
+
+from mfbench.measure import energy, memory, timing, traffic
+from mfbench.measure.ceilings import Ceilings, ceilings
+
+
+def test_timing_reports_median_and_spread():
+    t = timing.time_callable(lambda: torch.randn(64, 64) @ torch.randn(64, 64), "cpu", min_run_time_s=0.05)
+    assert 0 < t.q1_s <= t.median_s <= t.q3_s and t.min_s <= t.median_s <= t.max_s
+    assert t.samples >= 1 and t.method.startswith("torch.utils.benchmark")
+
+
+def test_timing_tracks_work():
+    small = timing.time_callable(lambda: torch.ones(10_000).sum(), "cpu", min_run_time_s=0.05)
+    big = timing.time_callable(lambda: torch.ones(10_000_000).sum(), "cpu", min_run_time_s=0.05)
+    assert big.median_s > 10 * small.median_s
+
+
+def test_ceilings_measured_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("MFBENCH_CACHE", str(tmp_path))
+    first = ceilings("cpu")
+    assert first.copy_bytes_per_s > 1e8 and first.matmul_flops_per_s > 1e8
+    assert first.onchip_bytes_per_s is None and first.measured_utc
+    assert (tmp_path / "ceilings.json").exists()
+    assert ceilings("cpu") == first  # from the cache, not measured again
+
+
+def test_floor_picks_the_binding_ceiling():
+    ceil = Ceilings("x", copy_bytes_per_s=1e12, matmul_flops_per_s=1e15, matmul_dtype="bf16",
+                    onchip_bytes_per_s=5e12, onchip_how="", measured_utc="", torch="")
+    lookup = traffic.layer_traffic(2048, 2048, 2048, 8, 2)
+    assert lookup.hbm_bytes == 256 * 256 * 2048 * 2 + 2 * 2048 * 2048 * 2
+    assert lookup.onchip_bytes == 2048 * 256 * 2048 * 2
+    seconds, bound = traffic.floor_seconds(lookup, ceil)
+    assert bound == "onchip" and seconds == pytest.approx(lookup.onchip_bytes / 5e12)
+    dense = traffic.layer_traffic(4096, 4096, 4096, 8, 2, dense=True)
+    assert traffic.floor_seconds(dense, ceil)[1] == "compute"
+    back = traffic.layer_traffic(2048, 2048, 2048, 8, 2, "backward")
+    assert back.flops == 2 * lookup.flops and back.hbm_bytes > lookup.hbm_bytes
+    with pytest.raises(ValueError, match="direction"):
+        traffic.layer_traffic(1, 8, 8, 8, 2, "sideways")
+
+
+def test_energy_without_nvml_says_why_never_zero():
+    meter = energy.EnergyMeter("cpu")
+    assert not meter.available and "cpu" in meter.reason
+    result = energy.measure_energy(lambda: None, "cpu", meter=meter)
+    assert result.joules is None and result.joules_per_call is None and result.reason
+    meter.begin_window("w")
+    window = meter.end_window("w", calls=3)
+    assert window.method == "unavailable" and window.joules is None and window.reason
+    with pytest.raises(ValueError, match="no open window"):
+        meter.end_window("w")
+
+
+class _FakeNVML:
+    """Stands in for pynvml: an energy counter advancing at a fixed 250 W."""
+
+    NVML_CLOCK_SM = 1
+
+    def __init__(self):
+        import time
+
+        self._t0 = time.perf_counter()
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        import time
+
+        return int((time.perf_counter() - self._t0) * 250 * 1000)  # mJ
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        return 250_000  # mW
+
+
+def test_energy_window_arithmetic(monkeypatch):
+    monkeypatch.setattr(energy, "_nvml", lambda: _FakeNVML())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    meter = energy.EnergyMeter(torch.device("cuda", 0))
+    assert meter.available and meter.method == "nvml-energy-counter"
+    result = energy.measure_energy(lambda: sum(range(20000)), "cuda", min_seconds=0.3, meter=meter)
+    assert result.seconds >= 0.3 and result.calls > 1
+    assert result.watts == pytest.approx(250, rel=0.05)
+    assert result.joules_per_call == pytest.approx(result.joules / result.calls)
+    idle = energy.idle_power("cuda", 0.2, meter)
+    assert idle.watts == pytest.approx(250, rel=0.05)
+
+
+def test_power_sampling_fallback(monkeypatch):
+    fake = _FakeNVML()
+
+    def no_counter(handle):
+        raise RuntimeError("not supported")
+
+    fake.nvmlDeviceGetTotalEnergyConsumption = no_counter
+    monkeypatch.setattr(energy, "_nvml", lambda: fake)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    meter = energy.EnergyMeter(torch.device("cuda", 0))
+    assert meter.method == "nvml-power-sampling"
+    result = energy.idle_power("cuda", 0.3, meter)
+    assert result.watts == pytest.approx(250, rel=0.1)
+
+
+def test_peak_memory_cpu_sees_a_large_allocation():
+    result = memory.peak_memory(lambda: torch.ones(64 * 2**20 // 4).add_(1), "cpu")
+    assert "lower bound" in result.method and result.bytes >= 0
+    assert not math.isnan(result.bytes)

@@ -1,0 +1,85 @@
+"""`mfbench run`, `show` and `compare` end to end on the CPU."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from mfbench import results, runner
+from mfbench.cli import main
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("results")
+    code = main(["run", "--preset", "smoke", "--device", "cpu", "--results-dir", str(directory)])
+    assert code == 0
+    return directory
+
+
+def test_smoke_run_rows(smoke_run):
+    frame = results.load(smoke_run)
+    assert frame["run_id"].nunique() == 1
+    expected = {(b, d) for b, d in runner.PRESETS["smoke"].items}
+    times = frame[frame["metric"] == "time"]
+    seen = {(b, json.loads(p)["direction"]) for b, p in zip(times["benchmark"], times["params"])}
+    assert seen == expected
+    assert (times["value"] > 0).all() and (times["spread_low"] <= times["value"]).all()
+    # every provider either measured or skipped with its reason, never silently missing
+    for (bench, params), group in frame.groupby(["benchmark", "params"]):
+        assert set(group["provider"]) == set(["reference", "embedding_bag", "compiled", "triton", "dense"])
+    skipped = frame[frame["metric"] == "skipped"]
+    assert (skipped["flags"].str.len() > 0).all()
+    energy = frame[frame["metric"] == "energy_per_token"]
+    assert energy["value"].isna().all() and energy["flags"].str.startswith("unavailable: ").all()
+    counted = frame[(frame["metric"] == "flops_counted") & (frame["provider"] == "dense")]
+    analytic = frame[(frame["metric"] == "flops_analytic") & (frame["provider"] == "dense")]
+    layer = lambda f: f[f["benchmark"] == "layer"]["value"].iloc[0]
+    assert layer(counted) == layer(analytic)  # nn.Linear: FlopCounterMode equals the 2-per-MAC formula
+
+
+def test_show_and_compare(smoke_run, capsys):
+    assert main(["show", "--results-dir", str(smoke_run)]) == 0
+    assert main(["show", "latest", "--results-dir", str(smoke_run)]) == 0
+    out = capsys.readouterr().out
+    assert "x dense" in out and "layer" in out
+    run_id = results.load(smoke_run)["run_id"].iloc[0]
+    assert main(["compare", run_id, "latest", "--results-dir", str(smoke_run)]) == 0
+    out = capsys.readouterr().out
+    assert "B/A" in out and "1.000" in out and "within noise" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--preset", "huge"], "unknown preset"),
+    (["run", "--seq", "12,x"], "whole numbers"),
+    (["run", "--seq", "0"], "positive"),
+    (["run", "--benchmarks", "layer,nope"], "unknown benchmark"),
+    (["show", "nope-run"], "not found"),
+])
+def test_run_mistakes(args, message, capsys, tmp_path):
+    results.append([results.Run.start("cpu").row("layer", {"direction": "forward", "seq": 1}, "dense", "time",
+                                                 1.0, "s")], tmp_path)
+    assert main([*args, "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_run_refuses_a_corrupt_table_before_measuring(tmp_path, capsys):
+    (tmp_path / results.TABLE).write_bytes(b"garbage")
+    assert main(["run", "--preset", "smoke", "--results-dir", str(tmp_path)]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+    assert (tmp_path / results.TABLE).read_bytes() == b"garbage"
+
+
+def test_sanity_flag_on_impossible_bandwidth(monkeypatch, tmp_path):
+    from mfbench.measure import ceilings as ceil_mod
+
+    tiny = ceil_mod.Ceilings("cpu", copy_bytes_per_s=1.0, matmul_flops_per_s=1e12, matmul_dtype="float32",
+                             onchip_bytes_per_s=None, onchip_how="", measured_utc="", torch="")
+    monkeypatch.setattr(ceil_mod, "ceilings", lambda device, refresh=False: tiny)
+    code = main(["run", "--preset", "smoke", "--benchmarks", "layer", "--providers", "dense",
+                 "--results-dir", str(tmp_path)])
+    assert code == 0
+    frame = results.load(tmp_path)
+    bw = frame[frame["metric"] == "achieved_bandwidth"]
+    assert bw["flags"].str.contains("above-copy-ceiling").all()
