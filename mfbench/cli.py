@@ -170,7 +170,7 @@ def summary(frame: pd.DataFrame) -> str:
         "floor ms": ran["floor_ms"].map("{:.3g}".format) + " " + ran["floor_bound"],
         "of floor": (100 * ran["fraction_of_floor"]).map("{:.0f}%".format),
         "x dense": [f"{m / dense[c]:.1f}" if c in dense.index else "-" for c, m in zip(ran["case"], ran["median_ms"])],
-        "target": [("-" if pd.isna(t) else f"{t:g} ms {'met' if m else 'MISSED'}")
+        "target": [("-" if pd.isna(t) or m is None or pd.isna(m) else f"{t:g} ms {'met' if m else 'MISSED'}")
                    for t, m in zip(ran["target_ms"], ran["met_target"])],
     })
     errs = [c for c in ran.columns if c.startswith("rel_err_")]

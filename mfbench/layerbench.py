@@ -159,7 +159,8 @@ def run_cases(cases: Iterable[Case], names: Iterable[str], device: torch.device 
                 onchip_bytes=traffic.onchip_bytes, flops=traffic.flops,
                 hbm_gbps=traffic.hbm_bytes / timing.median_s / 1e9,
                 within_tolerance=all(v <= TOLERANCE[dtype] for k, v in record.items() if k.startswith("rel_err_")),
-                met_target=None if case.target_ms is None else timing.median_s * 1e3 <= case.target_ms,
+                # The targets are the Triton kernels' (kernels issue); other providers are shown for scale.
+                met_target=None if case.target_ms is None or name != "triton" else timing.median_s * 1e3 <= case.target_ms,
             )
             if name == "triton":
                 from mfbench.kernels.lookup import last_config
