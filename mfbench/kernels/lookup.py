@@ -269,10 +269,11 @@ def lookup_backward(x: torch.Tensor, tables: torch.Tensor, grad_y: torch.Tensor,
     s, (k, rows, h) = x.shape[0], tables.shape
     idx, p = hash_and_weight(x, spec)
     keys = (idx + torch.arange(k, device=x.device, dtype=torch.int32)[:, None] * rows).flatten()
-    order = torch.sort(keys, stable=True).indices
+    sorted_keys, order = torch.sort(keys, stable=True)
     tokens = (order % s).to(torch.int32)
-    offsets = torch.zeros(k * rows + 1, device=x.device, dtype=torch.int32)
-    offsets[1:] = torch.cumsum(torch.bincount(keys, minlength=k * rows), 0)
+    # Where each (table, row) run starts in the sorted keys; cheaper than bincount + cumsum (measured).
+    bounds = torch.arange(k * rows + 1, device=x.device, dtype=torch.int32)
+    offsets = torch.searchsorted(sorted_keys, bounds, out_int32=True)
     g = torch.zeros(k, s, device=x.device, dtype=torch.float32) if need_x else p
     gt = _empty(tables.shape, tables) if need_tables else tables
     args = dict(order_ptr=tokens, offsets_ptr=offsets, p_ptr=p, t_ptr=tables, gy_ptr=grad_y, g_ptr=g, gt_ptr=gt,
