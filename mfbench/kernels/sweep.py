@@ -64,19 +64,18 @@ def stage_times(x: torch.Tensor, tables: torch.Tensor, gy: torch.Tensor, spec: L
     s = x.shape[0]
     idx, p = K.hash_and_weight(x, spec)
     keys = (idx + torch.arange(k, device=x.device, dtype=torch.int32)[:, None] * rows).flatten()
-    order = torch.sort(keys, stable=True).indices
+    sorted_keys = torch.sort(keys, stable=True).values
+    bounds = torch.arange(k * rows + 1, device=x.device, dtype=torch.int32)
     bench = lambda fn: triton.testing.do_bench(fn, return_mode="median")
     out = {
         "hash_and_weight (x -> idx, p)": bench(lambda: K.hash_and_weight(x, spec)),
         "torch.sort of the (table, row) keys": bench(lambda: torch.sort(keys, stable=True)),
-        "searchsorted row offsets": bench(lambda: torch.searchsorted(
-            torch.sort(keys).values, torch.arange(k * rows + 1, device=x.device, dtype=torch.int32), out_int32=True)),
+        "searchsorted row offsets": bench(lambda: torch.searchsorted(sorted_keys, bounds, out_int32=True)),
         "forward, autotuned": bench(lambda: K.lookup_forward(x, tables, spec)),
         "backward, autotuned, both gradients": bench(lambda: K.lookup_backward(x, tables, gy, spec)),
         "backward, table gradient only": bench(lambda: K.lookup_backward(x, tables, gy, spec, need_x=False)),
         "backward, input gradient only": bench(lambda: K.lookup_backward(x, tables, gy, spec, need_tables=False)),
     }
-    del order
     return out
 
 
