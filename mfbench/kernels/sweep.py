@@ -61,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
 def stage_times(x: torch.Tensor, tables: torch.Tensor, gy: torch.Tensor, spec: LookupSpec) -> dict[str, float]:
     """Median time of each step of the backward, each run on its own."""
     k, rows, h = tables.shape
-    s = x.shape[0]
     idx, p = K.hash_and_weight(x, spec)
     keys = (idx + torch.arange(k, device=x.device, dtype=torch.int32)[:, None] * rows).flatten()
     sorted_keys = torch.sort(keys, stable=True).values
