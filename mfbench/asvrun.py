@@ -1,0 +1,284 @@
+"""Driving asv for mfbench: run the suites for a commit in the host environment, bring asv's values into
+the result tables, and decide whether a kernel change regressed.
+
+asv's ``existing`` environment benchmarks whatever Python runs it and ``asv continuous`` refuses such
+environments, so each commit is checked out in a temporary git worktree and run there with
+``asv run --set-commit-hash``; the comparison is asv's own (``asv.commands.compare``).
+
+    python -m mfbench.asvrun bench  [--bench REGEX] [--quick]
+    python -m mfbench.asvrun alert  --base REF [--head REF] [--factor 1.1] [--report FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import itertools
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "asv.conf.json"
+KERNEL_GLOBS = ("mfbench/kernels/*", "mfbench/lookup.py", "mfbench/providers.py")
+KERNEL_SUITES = r"^layer\.Layer(Forward|Backward)\.time_call"
+
+
+class AlertError(Exception):
+    """A problem with what was asked (bad ref, no git); reported in one line."""
+
+
+def _git(*args: str, cwd: Path = ROOT) -> str:
+    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise AlertError(f"git {' '.join(args)}: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout.strip()
+
+
+def machine_name() -> str:
+    """Names the accelerator, so H100, H200 and CPU results never share an asv machine."""
+    import torch
+
+    from mfbench.measure.fingerprint import _cpu_model, device_name
+
+    if torch.cuda.is_available():
+        return device_name("cuda")
+    cpu = "".join(c if c.isalnum() else "-" for c in _cpu_model()).strip("-")[:40]
+    return f"{device_name('cpu')}-{cpu}"
+
+
+def _conf_for(tree: Path, results_dir: Path, html_dir: Path) -> Path:
+    """A copy of asv.conf.json that benchmarks ``tree`` and writes under ``results_dir``/``html_dir``."""
+    text = "\n".join(line for line in CONF.read_text().splitlines() if not line.strip().startswith("//"))
+    conf = json.loads(text)
+    conf.update(repo=str(tree), benchmark_dir=str(tree / "suites"), results_dir=str(results_dir),
+                html_dir=str(html_dir))
+    path = Path(tempfile.mkdtemp(prefix="mfbench-asv-")) / "asv.conf.json"
+    path.write_text(json.dumps(conf, indent=1))
+    return path
+
+
+def _asv(conf: Path, *args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "asv", "--config", str(conf), *args]
+    print("+ asv " + " ".join(args), flush=True)
+    return subprocess.run(cmd, env=env, cwd=cwd)
+
+
+def run_commit(tree: Path, commit: str, results_dir: Path, bench: str | None, quick: bool,
+               attributes: tuple[str, ...] = ()) -> Path:
+    """Run the suites of ``tree`` (a checkout of ``commit``) in this Python; returns the asv results dir."""
+    conf = _conf_for(tree, results_dir, results_dir.parent / "html")
+    name = machine_name()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "MFBENCH_COMMIT": commit}
+    env.setdefault("MFBENCH_ASV_CACHE", tempfile.mkdtemp(prefix="mfbench-asv-cache-"))
+    _asv(conf, "machine", "--machine", name, "--yes", env=env, cwd=tree)
+    args = ["run", "--set-commit-hash", commit, "--machine", name, "-E", f"existing:{sys.executable}",
+            "--show-stderr", "--launch-method", "spawn"]
+    if bench:
+        args += ["--bench", bench]
+    if quick:
+        args.append("--quick")
+    for attribute in attributes:
+        args += ["-a", attribute]
+    result = _asv(conf, *args, env=env, cwd=tree)
+    if result.returncode not in (0, 2):  # 2: some benchmarks failed; their rows say so
+        raise AlertError(f"asv run failed for {commit[:10]} (exit {result.returncode})")
+    return results_dir
+
+
+# --- asv results -> result rows ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AsvValue:
+    benchmark: str
+    params: dict
+    value: float | None
+    unit: str
+    q25: float | None
+    q75: float | None
+    samples: int | None
+    stats: tuple
+
+
+def asv_values(results_dir: Path, machine: str, commit: str) -> list[AsvValue]:
+    """Every value asv recorded for ``commit`` on ``machine``, one per benchmark and parameter set."""
+    from asv.results import iter_results_for_machine_and_hash
+
+    bench_meta = json.loads((results_dir / "benchmarks.json").read_text())
+    out = []
+    for result in iter_results_for_machine_and_hash(str(results_dir), machine, commit):
+        for key in result.get_all_result_keys():
+            meta = bench_meta.get(key, {})
+            params = result.get_result_params(key)
+            names = meta.get("param_names", [])
+            values = result.get_result_value(key, params)
+            stats = result.get_result_stats(key, params)
+            samples = result.get_result_samples(key, params)
+            combos = list(itertools.product(*params)) if params else [()]
+            if not params:
+                values, stats, samples = [values], [stats], [samples]
+            for combo, value, stat, sample in zip(combos, values, stats, samples):
+                labelled = {n: _unrepr(v) for n, v in zip(names, combo)}
+                stat = stat or {}
+                out.append(AsvValue(key, labelled, value, meta.get("unit", ""), stat.get("q_25"), stat.get("q_75"),
+                                    len(sample) if sample else None, (stat, sample)))
+    return out
+
+
+def _unrepr(text: str):
+    try:
+        return json.loads(text.replace("'", '"'))
+    except ValueError:
+        return text
+
+
+def import_to_tables(results_dir: Path, commit: str, directory: Path | None = None) -> int:
+    """Append asv's values for ``commit`` on this machine to the result tables (benchmark 'asv:NAME')."""
+    from mfbench import results
+
+    run = results.Run.start("cuda" if _has_cuda() else "cpu")
+    rows = []
+    for v in asv_values(results_dir, machine_name(), commit):
+        value = float("nan") if v.value is None else float(v.value)
+        flags = [] if v.value is not None else ["failed-or-skipped"]
+        rows.append(run.row(f"asv:{v.benchmark}", v.params, str(v.params.get("provider", "-")), "asv_value", value,
+                            v.unit, spread_low=v.q25, spread_high=v.q75, spread_kind="iqr" if v.q25 is not None else "",
+                            samples=v.samples, flags=flags))
+    results.append(rows, directory or results.project_dir())
+    return len(rows)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# --- alerts ------------------------------------------------------------------------------------------
+
+
+def changed_kernel_files(base: str, head: str, globs: tuple[str, ...]) -> list[str]:
+    files = _git("diff", "--name-only", f"{base}...{head}").splitlines()
+    return [f for f in files if any(fnmatch.fnmatch(f, g) for g in globs)]
+
+
+def compare(results_dir: Path, base: str, head: str, factor: float) -> list[dict]:
+    """asv's own verdict per benchmark and parameter set: 'regressed', 'improved' or 'same'."""
+    from asv.commands.compare import _is_result_better
+
+    machine = machine_name()
+    before = {(v.benchmark, json.dumps(v.params, sort_keys=True)): v for v in asv_values(results_dir, machine, base)}
+    rows = []
+    for v in asv_values(results_dir, machine, head):
+        b = before.get((v.benchmark, json.dumps(v.params, sort_keys=True)))
+        if b is None or b.value is None or v.value is None or math.isnan(b.value) or math.isnan(v.value):
+            continue
+        if _is_result_better(b.value, v.value, b.stats, v.stats, factor):
+            verdict = "regressed"
+        elif _is_result_better(v.value, b.value, v.stats, b.stats, factor):
+            verdict = "improved"
+        else:
+            verdict = "same"
+        rows.append({"benchmark": v.benchmark, "params": v.params, "before": b.value, "after": v.value,
+                     "ratio": v.value / b.value, "before_iqr": (b.q25, b.q75), "after_iqr": (v.q25, v.q75),
+                     "unit": v.unit, "verdict": verdict})
+    return rows
+
+
+def report(rows: list[dict], base: str, head: str, files: list[str], factor: float) -> str:
+    def iqr(pair):
+        lo, hi = pair
+        return "-" if lo is None else f"{lo:.4g}-{hi:.4g}"
+
+    regressed = [r for r in rows if r["verdict"] == "regressed"]
+    lines = [f"# mfbench kernel alert: {head[:10]} vs {base[:10]}", "",
+             f"Kernel files changed: {', '.join(files)}", f"Machine: {machine_name()}; threshold: x{factor:g} "
+             "and asv's significance test.", "",
+             f"**{len(regressed)} regression(s)** in {len(rows)} compared measurements." if regressed
+             else f"No regression in {len(rows)} compared measurements.", "",
+             "| benchmark | params | before | after | ratio | before IQR | after IQR | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: -r["ratio"]):
+        params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
+        lines.append(f"| {r['benchmark']} | {params} | {r['before']:.4g} {r['unit']} | {r['after']:.4g} {r['unit']} "
+                     f"| {r['ratio']:.3f} | {iqr(r['before_iqr'])} | {iqr(r['after_iqr'])} | {r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def alert(base: str, head: str, factor: float, bench: str, globs: tuple[str, ...], report_path: Path,
+          quick: bool, attributes: tuple[str, ...]) -> int:
+    base_sha, head_sha = _git("rev-parse", base), _git("rev-parse", head)
+    files = changed_kernel_files(base_sha, head_sha, globs)
+    if not files:
+        message = f"No kernel file changed between {base} and {head} (globs: {', '.join(globs)}); nothing to run."
+        print(message)
+        report_path.write_text(f"# mfbench kernel alert\n\n{message}\n")
+        return 0
+    print(f"kernel files changed: {', '.join(files)}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="mfbench-alert-"))
+    results_dir = work / "asv-results"
+    try:
+        for sha in (base_sha, head_sha):
+            tree = work / sha[:12]
+            _git("worktree", "add", "--detach", str(tree), sha)
+            try:
+                run_commit(tree, sha, results_dir, bench, quick, attributes)
+            finally:
+                _git("worktree", "remove", "--force", str(tree))
+        rows = compare(results_dir, base_sha, head_sha, factor)
+    finally:
+        _git("worktree", "prune")
+    text = report(rows, base_sha, head_sha, files, factor)
+    report_path.write_text(text)
+    print(text)
+    shutil.rmtree(work, ignore_errors=True)
+    if not rows:
+        print("no measurement could be compared (every benchmark failed or was skipped)", file=sys.stderr)
+        return 1
+    return 1 if any(r["verdict"] == "regressed" for r in rows) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mfbench.asvrun", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="run the suites for HEAD and append asv's values to the result tables")
+    b.add_argument("--bench", help="regular expression of benchmarks to run (default: all)")
+    b.add_argument("--quick", action="store_true", help="one sample per benchmark (smoke runs)")
+    b.add_argument("--results-dir", type=Path, help="result tables (default: the project's)")
+    a = sub.add_parser("alert", help="benchmark base and head if kernel files changed; exit 1 on a regression")
+    a.add_argument("--base", required=True)
+    a.add_argument("--head", default="HEAD")
+    a.add_argument("--factor", type=float, default=1.1, help="slowdown ratio that counts (default 1.1)")
+    a.add_argument("--bench", default=KERNEL_SUITES, help=f"benchmarks to compare (default {KERNEL_SUITES})")
+    a.add_argument("--globs", default=",".join(KERNEL_GLOBS), help="comma-separated kernel file globs")
+    a.add_argument("--report", type=Path, default=Path("alert-report.md"))
+    a.add_argument("--quick", action="store_true")
+    a.add_argument("-a", "--attribute", action="append", default=[], help="asv benchmark attribute override")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "alert":
+            return alert(args.base, args.head, args.factor, args.bench, tuple(g for g in args.globs.split(",") if g),
+                         args.report, args.quick, tuple(args.attribute))
+        head = _git("rev-parse", "HEAD")
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+        results_dir = ROOT / "results" / "asv"
+        os.environ.setdefault("MFBENCH_DIRTY", "1" if dirty else "0")
+        run_commit(ROOT, head, results_dir, args.bench, args.quick)
+        count = import_to_tables(results_dir, head, args.results_dir)
+        print(f"appended {count} asv values to the result tables")
+        return 0
+    except AlertError as exc:
+        print(f"mfbench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

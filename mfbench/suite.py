@@ -1,0 +1,124 @@
+"""What the asv suites under ``suites/`` measure with: one prepared call per parameter set, from the
+same runner (``mfbench.runner``) that ``mfbench run`` uses.
+
+asv runs every benchmark method in a fresh process, so the expensive measurement behind the ``track_``
+methods (time, FLOPs, bytes, energy) is made once per parameter set and kept in a JSON cache under
+``MFBENCH_ASV_CACHE`` (the ``bench`` and ``alert`` nox sessions set it per run). The matrix adapts to
+the machine and can be narrowed with environment variables:
+
+- ``MFBENCH_ASV_DEVICES`` (default: cuda where present, else cpu),
+- ``MFBENCH_ASV_PROVIDERS`` (default: every registered provider),
+- ``MFBENCH_ASV_SEQS`` (default: 128,2048,8192,32768 on a GPU; 128,512,2048 on the CPU),
+- ``MFBENCH_ASV_PRESET`` (model config, default ``tiny``; ``micro`` for quick runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mfbench import providers
+from mfbench.layerbench import DTYPES
+from mfbench.lookup import input_checks
+from mfbench.model import ModelConfig
+from mfbench.runner import Item, _call, _input, _module, _set_provider, measure_item
+
+
+def _env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    return [v.strip() for v in value.split(",") if v.strip()] if value else default
+
+
+GPU = torch.cuda.is_available()
+DEVICES = _env_list("MFBENCH_ASV_DEVICES", ["cuda"] if GPU else ["cpu"])
+PROVIDERS = _env_list("MFBENCH_ASV_PROVIDERS", providers.names())
+SEQS = [int(s) for s in _env_list("MFBENCH_ASV_SEQS", ["128", "2048", "8192", "32768"] if GPU else ["128", "512", "2048"])]
+DTYPES_FOR = {"cuda": "float16", "cpu": "float32"}
+DTYPE_PARAMS = sorted({DTYPES_FOR[d.split(":")[0]] for d in DEVICES})
+PRESET = os.environ.get("MFBENCH_ASV_PRESET", "tiny")
+PARAMS = (DEVICES, PROVIDERS, SEQS, DTYPE_PARAMS)
+PARAM_NAMES = ["device", "provider", "seq", "dtype"]
+
+
+class Prepared:
+    """One benchmark call, built and warmed up; ``metric(name)`` gives the runner's measurement of it."""
+
+    def __init__(self, benchmark: str, direction: str, device: str, provider: str, seq: int, dtype: str) -> None:
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise NotImplementedError("no CUDA device")
+        if DTYPES_FOR[dev.type] != dtype:
+            raise NotImplementedError(f"{dtype} is not benchmarked on {dev.type}")
+        reason = providers.unavailable(provider, device, DTYPES[dtype])
+        if reason:
+            raise NotImplementedError(reason)
+        self.cfg = ModelConfig.preset(PRESET)
+        self.item = Item(benchmark, direction, seq, provider, DTYPES[dtype])
+        self.device = dev
+        self._key = json.dumps([benchmark, direction, device, provider, seq, dtype, PRESET])
+        self._fn: Callable[[], object] | None = None
+
+    def prepare_call(self) -> None:
+        """Build the module and input and warm the call up (compilation and autotuning stay out)."""
+        module = _module(self.item, self.cfg).to(device=self.device, dtype=self.item.dtype)
+        if self.item.provider != "dense" or self.item.benchmark == "layer":
+            _set_provider(module, self.item.provider)
+        x = _input(self.item, self.cfg, self.device)
+        if self.item.direction == "train":
+            optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+
+            def step() -> None:
+                logits = module(x)
+                loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten())
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            self._fn = step
+        else:
+            self._fn = _call(self.item, module, x)
+        with input_checks(False):
+            self.call()
+
+    def call(self) -> None:
+        with input_checks(False):
+            self._fn()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _cache_file(self) -> Path | None:
+        root = os.environ.get("MFBENCH_ASV_CACHE")
+        if not root:
+            return None
+        return Path(root) / (hashlib.sha1(self._key.encode()).hexdigest()[:16] + ".json")
+
+    def rows(self) -> list[dict]:
+        """The runner's rows for this parameter set: measured once, then read from the cache."""
+        path = self._cache_file()
+        if path is not None and path.exists():
+            return json.loads(path.read_text())
+        from mfbench.measure.ceilings import ceilings
+        from mfbench.measure.energy import EnergyMeter
+        from mfbench.results import Run
+
+        with input_checks(False):
+            rows = measure_item(self.item, self.cfg, Run.start(str(self.device)), self.device,
+                                ceilings(self.device), EnergyMeter(self.device), None, 1.0)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(rows))
+            tmp.replace(path)
+        return rows
+
+    def metric(self, name: str) -> float:
+        """A metric's value, or NaN where it was not measured (never 0 for 'unknown')."""
+        for row in self.rows():
+            if row["metric"] == name:
+                return row["value"] if row["value"] == row["value"] else math.nan
+        return math.nan
