@@ -67,7 +67,36 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(**VENV)
 def bench(session: nox.Session) -> None:
-    """Benchmark Memory Layer providers against the dense layer on this machine and print the table."""
+    """Run the asv suites for HEAD here, append the result tables, draw the plots, publish the dashboard."""
     install(session)
     session.run("python", "-m", "mfbench", "info")
-    session.run("python", "-m", "mfbench", "bench", *session.posargs)
+    session.run("python", "-m", "mfbench.asvrun", "bench", *session.posargs)
+    session.run("python", "-m", "mfbench", "run", "--preset", os.environ.get("MFBENCH_RUN_PRESET", "default"))
+    session.run("python", "-m", "mfbench.plots")
+    _publish(session)
+
+
+def _publish(session: nox.Session) -> None:
+    session.run("python", "-m", "asv", "publish", "--config", "asv.conf.json")
+    session.run("python", "-m", "mfbench.dashboard", "install", "results/html")
+
+
+@nox.session(**VENV)
+def publish(session: nox.Session) -> None:
+    """Publish the asv results as an offline dashboard in results/html (asv publish + asv-tachyon UI)."""
+    install(session)
+    _publish(session)
+
+
+@nox.session(**VENV)
+def plots(session: nox.Session) -> None:
+    """Draw the plots of the result tables into results/plots (PNG and SVG)."""
+    install(session)
+    session.run("python", "-m", "mfbench.plots", *session.posargs)
+
+
+@nox.session(**VENV)
+def alert(session: nox.Session) -> None:
+    """If kernel files changed since --base REF, benchmark both commits and fail on a regression."""
+    install(session)
+    session.run("python", "-m", "mfbench.asvrun", "alert", *session.posargs)

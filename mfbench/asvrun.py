@@ -80,7 +80,7 @@ def run_commit(tree: Path, commit: str, results_dir: Path, bench: str | None, qu
     env.setdefault("MFBENCH_ASV_CACHE", tempfile.mkdtemp(prefix="mfbench-asv-cache-"))
     _asv(conf, "machine", "--machine", name, "--yes", env=env, cwd=tree)
     args = ["run", "--set-commit-hash", commit, "--machine", name, "-E", f"existing:{sys.executable}",
-            "--show-stderr", "--launch-method", "spawn"]
+            "--show-stderr"]
     if bench:
         args += ["--bench", bench]
     if quick:

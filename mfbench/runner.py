@@ -175,6 +175,11 @@ def run_matrix(items: list[Item], cfg: ModelConfig, run: Run, device: torch.devi
                energy_seconds: float, progress: Callable[[str], None] = print) -> Iterator[dict]:
     """Measure every item, yielding rows as they come; unavailable or failing providers become a
     ``skipped`` row with the reason instead of stopping the run."""
+    for metric, value, unit in (("copy_bandwidth", ceilings.copy_bytes_per_s, "B/s"),
+                                ("matmul_rate", ceilings.matmul_flops_per_s, "FLOP/s"),
+                                ("onchip_bandwidth", ceilings.onchip_bytes_per_s or float("nan"), "B/s")):
+        yield run.row("ceiling", {"measured_utc": ceilings.measured_utc, "matmul_dtype": ceilings.matmul_dtype},
+                      "-", metric, value, unit, flags=[ceilings.onchip_how.replace(",", ";")] if "onchip" in metric else [])
     meter = EnergyMeter(device)
     idle = None
     if meter.available:

@@ -1,0 +1,188 @@
+"""Plots of the result tables (seaborn), PNG and SVG under results/plots/.
+
+- ``regression``: each benchmark's median time against commit, per device and provider;
+- ``roofline``: every Memory Layer measurement on its device's measured roofline;
+- ``crossover``: time and energy per token against tokens, MemoryFormer providers vs dense, with the
+  crossover marked or "no crossover up to N tokens" said on the plot;
+- ``flops_vs_time``: analytic FLOPs against measured time: what FLOPs predict and what they don't.
+
+    python -m mfbench.plots [--results-dir DIR] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from mfbench import results  # noqa: E402
+
+RUNNER_BENCHMARKS = ("layer", "block", "model")
+
+
+def _expand(frame: pd.DataFrame) -> pd.DataFrame:
+    """Runner rows with their params as columns, newest run per (device, commit, measurement) kept."""
+    frame = frame[frame["benchmark"].isin(RUNNER_BENCHMARKS)].copy()
+    if frame.empty:
+        return frame
+    params = pd.DataFrame([json.loads(p) for p in frame["params"]], index=frame.index)
+    frame = pd.concat([frame, params[["seq", "direction", "d", "dtype"]]], axis=1)
+    frame["commit_short"] = frame["commit"].str[:8] + np.where(frame["dirty"], "+", "")
+    return frame
+
+
+def _wide(frame: pd.DataFrame) -> pd.DataFrame:
+    keys = ["run_id", "time_utc", "device", "commit_short", "benchmark", "direction", "seq", "d", "dtype", "provider"]
+    return frame.pivot_table(index=keys, columns="metric", values="value", aggfunc="first").reset_index()
+
+
+def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    for path in paths:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _empty(out: Path, name: str, message: str) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    return _save(fig, out, name)
+
+
+def regression(frame: pd.DataFrame, out: Path) -> list[Path]:
+    wide = _wide(frame)
+    if wide.empty or "time" not in wide:
+        return _empty(out, "regression", "no timed runs in the result tables yet")
+    wide = wide.sort_values("time_utc")
+    wide["case"] = wide["benchmark"] + " " + wide["direction"].str[:3] + " s=" + wide["seq"].astype(str)
+    order = list(dict.fromkeys(wide["commit_short"]))
+    grid = sns.relplot(data=wide, x="commit_short", y="time", hue="provider", style="device", col="case",
+                       col_wrap=4, kind="line", marker="o", height=2.6, aspect=1.2, facet_kws={"sharey": False})
+    grid.set(yscale="log", xlabel="commit", ylabel="median time (s)")
+    for ax in grid.axes.flat:
+        ax.set_xticks(range(len(order)), order, rotation=45, ha="right", fontsize=7) if len(order) > 1 else None
+    grid.figure.suptitle("Median time against commit, per device and provider", y=1.02)
+    return _save(grid.figure, out, "regression")
+
+
+def roofline(frame: pd.DataFrame, all_rows: pd.DataFrame, out: Path) -> list[Path]:
+    wide = _wide(frame[frame["benchmark"] == "layer"])
+    if wide.empty or "arithmetic_intensity" not in wide:
+        return _empty(out, "roofline", "no Memory Layer measurements in the result tables yet")
+    ceilings = all_rows[all_rows["benchmark"] == "ceiling"]
+    devices = list(dict.fromkeys(wide["device"]))
+    fig, axes = plt.subplots(1, len(devices), figsize=(6 * len(devices), 4.5), squeeze=False)
+    for ax, device in zip(axes[0], devices):
+        points = wide[wide["device"] == device]
+        sns.scatterplot(data=points, x="arithmetic_intensity", y="flops_per_s", hue="provider", style="direction",
+                        size="seq", ax=ax)
+        ceil = ceilings[ceilings["device"] == device]
+        copy = ceil.loc[ceil["metric"] == "copy_bandwidth", "value"]
+        mm = ceil.loc[ceil["metric"] == "matmul_rate", "value"]
+        if copy.empty and "pct_of_copy_ceiling" in points:  # runs before ceilings were rows: derive the copy rate
+            copy = points["achieved_bandwidth"] / (points["pct_of_copy_ceiling"] / 100)
+        if not copy.empty:
+            x = np.logspace(-1.5, 3.5, 200)
+            roof = x * float(copy.iloc[-1])
+            if not mm.empty:
+                roof = np.minimum(roof, float(mm.iloc[-1]))
+            ax.plot(x, roof, color="black", lw=1, label="measured roof")
+        ax.set(xscale="log", yscale="log", xlabel="FLOPs per byte of device memory traffic",
+               ylabel="achieved FLOP/s (2 per multiply-add)", title=f"Roofline: {device}")
+        ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, out, "roofline")
+
+
+def crossover(frame: pd.DataFrame, out: Path) -> list[Path]:
+    wide = _wide(frame[frame["direction"] == "forward"])
+    if wide.empty or "time" not in wide:
+        return _empty(out, "crossover", "no forward measurements in the result tables yet")
+    latest = wide.sort_values("time_utc").groupby(["device", "benchmark", "seq", "provider"]).last().reset_index()
+    panels = [(dev, bench) for dev in dict.fromkeys(latest["device"]) for bench in RUNNER_BENCHMARKS
+              if ((latest["device"] == dev) & (latest["benchmark"] == bench)).any()]
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7), squeeze=False)
+    for col, (device, bench) in enumerate(panels):
+        part = latest[(latest["device"] == device) & (latest["benchmark"] == bench)]
+        for row, (metric, label) in enumerate((("time", "median time (s)"), ("energy_per_token", "J per token"))):
+            ax = axes[row][col]
+            if metric not in part or part[metric].isna().all():
+                ax.text(0.5, 0.5, f"{metric} not measured on {device}", ha="center", va="center", fontsize=8)
+                ax.set_axis_off()
+                continue
+            sns.lineplot(data=part, x="seq", y=metric, hue="provider", marker="o", ax=ax)
+            ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel=label, title=f"{bench}, {device}")
+            ax.legend(fontsize=6, loc="lower right")
+            if row == 0:
+                ax.text(0.02, 0.98, _crossover_text(part), transform=ax.transAxes, va="top", fontsize=6.5, wrap=True,
+                        bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
+    fig.suptitle("MemoryFormer providers vs dense: time and energy per token against tokens")
+    fig.tight_layout()
+    return _save(fig, out, "crossover")
+
+
+def _crossover_text(part: pd.DataFrame) -> str:
+    dense = part[part["provider"] == "dense"].set_index("seq")["time"]
+    best = part[part["provider"] != "dense"].groupby("seq")["time"].min()
+    common = sorted(set(dense.index) & set(best.index))
+    if not common:
+        return "no dense baseline measured"
+    faster = [s for s in common if best[s] < dense[s]]
+    if not faster:
+        return f"no crossover up to {max(common)} tokens: dense is faster everywhere"
+    if len(faster) == len(common):
+        return f"MemoryFormer faster at every measured length ({min(common)}-{max(common)} tokens)"
+    return f"crossover: MemoryFormer faster from {min(faster)} tokens"
+
+
+def flops_vs_time(frame: pd.DataFrame, out: Path) -> list[Path]:
+    wide = _wide(frame)
+    if wide.empty or "flops_analytic" not in wide or "time" not in wide:
+        return _empty(out, "flops_vs_time", "no measurements in the result tables yet")
+    grid = sns.relplot(data=wide, x="flops_analytic", y="time", hue="provider", style="benchmark", col="device",
+                       height=4, aspect=1.2, facet_kws={"sharex": False, "sharey": False})
+    grid.set(xscale="log", yscale="log", xlabel="analytic FLOPs (2 per multiply-add)", ylabel="median time (s)")
+    grid.figure.suptitle("FLOPs against measured time: fewer FLOPs is not less time", y=1.03)
+    return _save(grid.figure, out, "flops_vs_time")
+
+
+def draw_all(directory: str | Path | None = None, out: str | Path | None = None) -> list[Path]:
+    rows = results.load(directory)
+    out = Path(out) if out else results.project_dir() / "plots"
+    frame = _expand(rows)
+    sns.set_theme(style="whitegrid", context="paper")
+    paths = []
+    paths += regression(frame, out)
+    paths += roofline(frame, rows, out)
+    paths += crossover(frame, out)
+    paths += flops_vs_time(frame, out)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mfbench.plots", description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", help="result tables (default: the project's)")
+    parser.add_argument("--out", help="output directory (default: results/plots)")
+    args = parser.parse_args(argv)
+    try:
+        paths = draw_all(args.results_dir, args.out)
+    except results.ResultsError as exc:
+        print(f"mfbench: error: {exc}")
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
