@@ -10,15 +10,27 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import subprocess
 from pathlib import Path
+
+import importlib.util
 
 import nox
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 ROOT = Path(__file__).parent
-VENV = {"venv_params": ["--system-site-packages"]}
+# A Python that already has torch (a GPU host's image) is used as it is: a new virtualenv would not see
+# the packages of a venv-based host Python, and nothing may reinstall torch there.
+HOST_TORCH = importlib.util.find_spec("torch") is not None
+VENV = {"venv_backend": "none"} if HOST_TORCH else {"venv_params": ["--system-site-packages"]}
+PY = sys.executable if HOST_TORCH else "python"
+
+
+def run(session: nox.Session, *args: str) -> None:
+    """Run a command with the session's Python (the host's own where sessions use no virtualenv)."""
+    session.run(PY, *args, external=HOST_TORCH)
 
 
 def _has_gpu() -> bool:
@@ -32,7 +44,7 @@ def _host_versions(session: nox.Session) -> dict[str, str]:
             "for n in ('torch', 'triton'):\n"
             "    try: print(n, m.version(n))\n"
             "    except m.PackageNotFoundError: pass\n")
-    out = session.run("python", "-c", code, silent=True, external=True) or ""
+    out = session.run(PY, "-c", code, silent=True, external=True) or ""
     return dict(line.split() for line in out.strip().splitlines() if line.strip())
 
 
@@ -55,30 +67,32 @@ def install(session: nox.Session, extras: str = "") -> None:
     wheels = os.environ.get("MFBENCH_WHEELS")
     if wheels:
         args = ["--no-index", "--find-links", wheels, "--no-build-isolation", *args]
-    session.install(*args)
+    if HOST_TORCH:
+        run(session, "-m", "pip", "install", "-q", *args)
+    else:
+        session.install(*args)
 
 
 @nox.session(**VENV)
 def tests(session: nox.Session) -> None:
     """Run the test suite (Triton kernels through the CPU interpreter where there is no GPU)."""
     install(session, "[test]")
-    session.run("python", "-m", "pytest", *(session.posargs or ["-q"]))
+    run(session, "-m", "pytest", *(session.posargs or ["-q"]))
 
 
 @nox.session(**VENV)
 def bench(session: nox.Session) -> None:
     """Run the asv suites for HEAD here, append the result tables, draw the plots, publish the dashboard."""
     install(session)
-    session.run("python", "-m", "mfbench", "info")
-    session.run("python", "-m", "mfbench.asvrun", "bench", *session.posargs)
-    session.run("python", "-m", "mfbench", "run", "--preset", os.environ.get("MFBENCH_RUN_PRESET", "default"))
-    session.run("python", "-m", "mfbench.plots")
+    run(session, "-m", "mfbench", "info")
+    run(session, "-m", "mfbench.asvrun", "bench", *session.posargs)
+    run(session, "-m", "mfbench.plots")
     _publish(session)
 
 
 def _publish(session: nox.Session) -> None:
-    session.run("python", "-m", "asv", "publish", "--config", "asv.conf.json")
-    session.run("python", "-m", "mfbench.dashboard", "install", "results/html")
+    run(session, "-m", "asv", "publish", "--config", "asv.conf.json")
+    run(session, "-m", "mfbench.dashboard", "install", "results/html")
 
 
 @nox.session(**VENV)
@@ -92,11 +106,11 @@ def publish(session: nox.Session) -> None:
 def plots(session: nox.Session) -> None:
     """Draw the plots of the result tables into results/plots (PNG and SVG)."""
     install(session)
-    session.run("python", "-m", "mfbench.plots", *session.posargs)
+    run(session, "-m", "mfbench.plots", *session.posargs)
 
 
 @nox.session(**VENV)
 def alert(session: nox.Session) -> None:
     """If kernel files changed since --base REF, benchmark both commits and fail on a regression."""
     install(session)
-    session.run("python", "-m", "mfbench.asvrun", "alert", *session.posargs)
+    run(session, "-m", "mfbench.asvrun", "alert", *session.posargs)

@@ -140,12 +140,22 @@ def _unrepr(text: str):
         return text
 
 
-def import_to_tables(results_dir: Path, commit: str, directory: Path | None = None) -> int:
-    """Append asv's values for ``commit`` on this machine to the result tables (benchmark 'asv:NAME')."""
+def import_to_tables(results_dir: Path, commit: str, directory: Path | None = None,
+                     cache: Path | None = None) -> int:
+    """Append to the result tables, as one run: asv's values for ``commit`` on this machine (benchmark
+    'asv:NAME', so every number the dashboard shows is a row) and the runner's rows behind the track_
+    benchmarks, from the suites' cache."""
     from mfbench import results
 
-    run = results.Run.start("cuda" if _has_cuda() else "cpu")
-    rows = []
+    from mfbench.measure.ceilings import ceilings
+    from mfbench.runner import ceiling_rows
+
+    device = "cuda" if _has_cuda() else "cpu"
+    run = results.Run.start(device)
+    rows = ceiling_rows(run, ceilings(device))
+    for path in sorted(cache.glob("*.json")) if cache else []:
+        for row in json.loads(path.read_text()):
+            rows.append({**row, **{k: getattr(run, k) for k in ("run_id", "time_utc", "commit", "dirty")}})
     for v in asv_values(results_dir, machine_name(), commit):
         value = float("nan") if v.value is None else float(v.value)
         flags = [] if v.value is not None else ["failed-or-skipped"]
@@ -271,9 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
         results_dir = ROOT / "results" / "asv"
         os.environ.setdefault("MFBENCH_DIRTY", "1" if dirty else "0")
+        cache = Path(tempfile.mkdtemp(prefix="mfbench-asv-cache-"))
+        os.environ["MFBENCH_ASV_CACHE"] = str(cache)
         run_commit(ROOT, head, results_dir, args.bench, args.quick)
-        count = import_to_tables(results_dir, head, args.results_dir)
-        print(f"appended {count} asv values to the result tables")
+        count = import_to_tables(results_dir, head, args.results_dir, cache)
+        print(f"appended {count} rows (asv values and the measurements behind them) to the result tables")
         return 0
     except AlertError as exc:
         print(f"mfbench: error: {exc}", file=sys.stderr)

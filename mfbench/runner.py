@@ -171,15 +171,22 @@ def measure_item(item: Item, cfg: ModelConfig, run: Run, device: torch.device, c
     return rows
 
 
+def ceiling_rows(run: Run, ceilings: Ceilings) -> list[dict]:
+    """The machine's measured ceilings as rows, so rooflines can be drawn from the tables alone."""
+    params = {"measured_utc": ceilings.measured_utc, "matmul_dtype": ceilings.matmul_dtype}
+    return [
+        run.row("ceiling", params, "-", "copy_bandwidth", ceilings.copy_bytes_per_s, "B/s"),
+        run.row("ceiling", params, "-", "matmul_rate", ceilings.matmul_flops_per_s, "FLOP/s"),
+        run.row("ceiling", params, "-", "onchip_bandwidth", ceilings.onchip_bytes_per_s or float("nan"), "B/s",
+                flags=[ceilings.onchip_how.replace(",", ";")]),
+    ]
+
+
 def run_matrix(items: list[Item], cfg: ModelConfig, run: Run, device: torch.device, ceilings: Ceilings,
                energy_seconds: float, progress: Callable[[str], None] = print) -> Iterator[dict]:
     """Measure every item, yielding rows as they come; unavailable or failing providers become a
     ``skipped`` row with the reason instead of stopping the run."""
-    for metric, value, unit in (("copy_bandwidth", ceilings.copy_bytes_per_s, "B/s"),
-                                ("matmul_rate", ceilings.matmul_flops_per_s, "FLOP/s"),
-                                ("onchip_bandwidth", ceilings.onchip_bytes_per_s or float("nan"), "B/s")):
-        yield run.row("ceiling", {"measured_utc": ceilings.measured_utc, "matmul_dtype": ceilings.matmul_dtype},
-                      "-", metric, value, unit, flags=[ceilings.onchip_how.replace(",", ";")] if "onchip" in metric else [])
+    yield from ceiling_rows(run, ceilings)
     meter = EnergyMeter(device)
     idle = None
     if meter.available:

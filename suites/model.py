@@ -1,25 +1,19 @@
-"""Whole language models: a forward pass and one AdamW training step, MemoryFormer vs dense."""
+"""Whole language models, MemoryFormer vs dense: a forward pass and one AdamW training step."""
 
-from mfbench.suite import Prepared
-from suites.block import _Block
-
-
-class ModelForward(_Block):
-    benchmark = "model"
-    direction = "forward"
+from .block import SHORT
+from .layer import _Metrics, _Timed
 
 
-class TrainStep:
-    params = ModelForward.params
-    param_names = ModelForward.param_names
-    timeout = 900
+class ModelForward(_Timed):
+    params, benchmark, direction = SHORT, "model", "forward"
 
-    def setup(self, device, provider, seq, dtype):
-        self.case = Prepared("model", "train", device, provider, seq, dtype)
-        self.case.prepare_call()
 
-    def time_step(self, *params):
-        self.case.call()
+class ModelForwardMetrics(_Metrics):
+    params, benchmark, direction = SHORT, "model", "forward"
 
-    def peakmem_step(self, *params):
+
+class TrainStep(_Timed):
+    params, benchmark, direction = SHORT, "model", "train"
+
+    def time_call(self, *params):  # one optimiser step: forward, backward, AdamW update
         self.case.call()
