@@ -75,8 +75,10 @@ def run_commit(tree: Path, commit: str, results_dir: Path, bench: str | None, qu
     """Run the suites of ``tree`` (a checkout of ``commit``) in this Python; returns the asv results dir."""
     conf = _conf_for(tree, results_dir, results_dir.parent / "html")
     name = machine_name()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "MFBENCH_COMMIT": commit}
+    path = os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    # asv drops PYTHONPATH in benchmark processes unless it comes as ASV_PYTHONPATH; without it the
+    # suites would import whichever mfbench is installed instead of this commit's.
+    env = {**os.environ, "PYTHONPATH": path, "ASV_PYTHONPATH": path, "MFBENCH_COMMIT": commit}
     env.setdefault("MFBENCH_ASV_CACHE", tempfile.mkdtemp(prefix="mfbench-asv-cache-"))
     _asv(conf, "machine", "--machine", name, "--yes", env=env, cwd=tree)
     args = ["run", "--set-commit-hash", commit, "--machine", name, "-E", f"existing:{sys.executable}",

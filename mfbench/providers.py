@@ -76,10 +76,22 @@ def unavailable(name: str, device: str = "cpu", dtype: torch.dtype = torch.float
     try:
         layer = MemoryLayer(16, 24, tau=8, provider=name).to(device=dev, dtype=dtype)
         x = torch.randn(5, 16, device=dev, dtype=dtype, requires_grad=True)
-        layer(x).sum().backward()
+        with _probe_context(name):
+            layer(x).sum().backward()
     except Exception as exc:  # any failure here means "cannot run", never a crash
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
     return None
+
+
+def _probe_context(name: str):
+    """The trial run needs no autotuning: it only asks whether the kernels compile and launch."""
+    if name == "triton":
+        from mfbench.kernels.lookup import untuned
+
+        return untuned()
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 # --- the providers ---------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ methods (time, FLOPs, bytes, energy) is made once per parameter set and kept in 
 the machine and can be narrowed with environment variables:
 
 - ``MFBENCH_ASV_DEVICES`` (default: cuda where present, else cpu),
-- ``MFBENCH_ASV_PROVIDERS`` (default: every registered provider),
+- ``MFBENCH_ASV_PROVIDERS`` (default: every registered provider but ``compiled``: asv runs each benchmark
+  in a new process, where torch.compile would trace and compile again every time; ``mfbench run`` and
+  ``mfbench layers`` measure it in one process),
 - ``MFBENCH_ASV_SEQS`` (default: 128,2048,8192,32768 on a GPU; 128,512,2048 on the CPU),
 - ``MFBENCH_ASV_PRESET`` (model config, default ``tiny``; ``micro`` for quick runs).
 """
@@ -37,7 +39,7 @@ def _env_list(name: str, default: list[str]) -> list[str]:
 
 GPU = torch.cuda.is_available()
 DEVICES = _env_list("MFBENCH_ASV_DEVICES", ["cuda"] if GPU else ["cpu"])
-PROVIDERS = _env_list("MFBENCH_ASV_PROVIDERS", providers.names())
+PROVIDERS = _env_list("MFBENCH_ASV_PROVIDERS", [p for p in providers.names() if p != "compiled"])
 SEQS = [int(s) for s in _env_list("MFBENCH_ASV_SEQS", ["128", "2048", "8192", "32768"] if GPU else ["128", "512", "2048"])]
 DTYPES_FOR = {"cuda": "float16", "cpu": "float32"}
 DTYPE_PARAMS = sorted({DTYPES_FOR[d.split(":")[0]] for d in DEVICES})

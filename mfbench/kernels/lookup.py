@@ -18,7 +18,9 @@ Set TRITON_INTERPRET=1 before importing this module to run the kernels on CPU te
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import torch
 import triton
@@ -184,10 +186,12 @@ INTERPRETER_FORWARD = {"BLOCK_S": 16, "BLOCK_H": 32, "UNROLL": 2}
 INTERPRETER_BACKWARD = {"BLOCK_T": 8, "BLOCK_H": 32}
 HASH_BLOCK = 128
 
-_forward_tuned = triton.autotune(_FORWARD_CONFIGS, key=["S_BUCKET", "H", "K", "ROWS"])(_forward_kernel)
+# cache_results: the choice is kept on disk, so each of asv's benchmark processes does not tune again.
+_forward_tuned = triton.autotune(_FORWARD_CONFIGS, key=["S_BUCKET", "H", "K", "ROWS"], cache_results=True)(_forward_kernel)
 _backward_tuned = triton.autotune(_BACKWARD_CONFIGS, key=["S_BUCKET", "H", "ROWS", "NEED_GX", "NEED_GT"],
                                   reset_to_zero=["g_ptr"],
-                                  prune_configs_by={"early_config_prune": _prune_backward})(_bucket_backward_kernel)
+                                  prune_configs_by={"early_config_prune": _prune_backward},
+                                  cache_results=True)(_bucket_backward_kernel)
 
 
 def _empty(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -225,9 +229,23 @@ def hash_and_weight(x: torch.Tensor, spec: LookupSpec) -> tuple[torch.Tensor, to
     return idx, p
 
 
+_untuned = False
+
+
+@contextlib.contextmanager
+def untuned() -> Iterator[None]:
+    """Launch with the fixed configurations, no autotuning (for quick availability probes)."""
+    global _untuned
+    previous, _untuned = _untuned, True
+    try:
+        yield
+    finally:
+        _untuned = previous
+
+
 def _launch(tuned, kernel, grid_of, args: dict, config: dict | None, default: dict) -> None:
     """Autotuned launch on a GPU; a fixed (or the given) configuration under the interpreter."""
-    if config is None and not INTERPRETING:
+    if config is None and not INTERPRETING and not _untuned:
         tuned[grid_of](**args)
         return
     cfg = {**default, **(config or {})}
