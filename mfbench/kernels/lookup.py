@@ -19,6 +19,7 @@ Set TRITON_INTERPRET=1 before importing this module to run the kernels on CPU te
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from typing import Iterator
 
@@ -31,8 +32,9 @@ from mfbench.lookup import LookupSpec
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 _WEIGHTING_CODE = {"paper": 0, "released": 1}
 
-# Test-only knob: repeat the forward's table walk this many extra times, to plant a known slowdown.
-_EXTRA_PASSES = int(os.environ.get("MFBENCH_PLANT_SLOWDOWN", "0") or 0)
+# Test-only knob: the forward walks this share of the tables a second time and discards the result, a
+# known slowdown that the alert tests plant by committing a change to this line. Keep it 0.0.
+PLANTED_SLOWDOWN = 0.0
 
 
 @triton.jit
@@ -72,9 +74,21 @@ def _hash_kernel(x_ptr, idx_ptr, p_ptr, S, stride_xs, two_over_t,
 
 
 @triton.jit
+def _gather_rows(idx_ptr, p_ptr, t_ptr, S, H, K, k, offs_s, offs_h, mask_s, mask_h, ROWS: tl.constexpr):
+    """p * T_k[idx] for a block of tokens and output columns (zero where k >= K)."""
+    k = tl.cast(k, tl.int64)
+    live = k < K
+    idx = tl.load(idx_ptr + k * S + offs_s, mask=mask_s & live, other=0)
+    p = tl.load(p_ptr + k * S + offs_s, mask=mask_s & live, other=0.0)
+    ptrs = t_ptr + (k * ROWS + idx[:, None]) * H + offs_h[None, :]
+    rows = tl.load(ptrs, mask=(mask_s & live)[:, None] & mask_h[None, :], other=0.0)
+    return p[:, None] * rows.to(tl.float32)
+
+
+@triton.jit
 def _forward_kernel(idx_ptr, p_ptr, t_ptr, y_ptr, S, H, K, stride_ys, S_BUCKET,
                     ROWS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr, UNROLL: tl.constexpr,
-                    PASSES: tl.constexpr):
+                    EXTRA_K: tl.constexpr):
     pid_s = tl.program_id(0)
     pid_h = tl.program_id(1)
     offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -82,18 +96,15 @@ def _forward_kernel(idx_ptr, p_ptr, t_ptr, y_ptr, S, H, K, stride_ys, S_BUCKET,
     mask_s = offs_s < S
     mask_h = offs_h < H
     acc = tl.zeros((BLOCK_S, BLOCK_H), dtype=tl.float32)
-    for _ in tl.static_range(PASSES):
-        acc = acc * 0.0
-        for k0 in range(0, K, UNROLL):
-            # UNROLL independent gathers per trip keep several row loads in flight at once.
-            for j in tl.static_range(UNROLL):
-                k = tl.cast(k0 + j, tl.int64)
-                live = k < K
-                idx = tl.load(idx_ptr + k * S + offs_s, mask=mask_s & live, other=0)
-                p = tl.load(p_ptr + k * S + offs_s, mask=mask_s & live, other=0.0)
-                ptrs = t_ptr + (k * ROWS + idx[:, None]) * H + offs_h[None, :]
-                rows = tl.load(ptrs, mask=(mask_s & live)[:, None] & mask_h[None, :], other=0.0)
-                acc += p[:, None] * rows.to(tl.float32)
+    for k0 in range(0, K, UNROLL):
+        # UNROLL independent gathers per trip keep several row loads in flight at once.
+        for j in tl.static_range(UNROLL):
+            acc += _gather_rows(idx_ptr, p_ptr, t_ptr, S, H, K, k0 + j, offs_s, offs_h, mask_s, mask_h, ROWS)
+    if EXTRA_K > 0:  # the planted slowdown (PLANTED_SLOWDOWN); x * 0.0 is not folded away for floats
+        waste = tl.zeros((BLOCK_S, BLOCK_H), dtype=tl.float32)
+        for k in range(EXTRA_K):
+            waste += _gather_rows(idx_ptr, p_ptr, t_ptr, S, H, K, k, offs_s, offs_h, mask_s, mask_h, ROWS)
+        acc += waste * 0.0
     out = y_ptr + offs_s[:, None].to(tl.int64) * stride_ys + offs_h[None, :]
     tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask_s[:, None] & mask_h[None, :])
 
@@ -268,7 +279,7 @@ def lookup_forward(x: torch.Tensor, tables: torch.Tensor, spec: LookupSpec, conf
         raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {(s, h)}")
     idx, p = hash_and_weight(x, spec)
     args = dict(idx_ptr=idx, p_ptr=p, t_ptr=tables, y_ptr=y, S=s, H=h, K=k, stride_ys=y.stride(0),
-                S_BUCKET=_bucket(s), ROWS=rows, PASSES=1 + _EXTRA_PASSES)
+                S_BUCKET=_bucket(s), ROWS=rows, EXTRA_K=math.ceil(k * PLANTED_SLOWDOWN))
     grid = lambda m: (triton.cdiv(s, m["BLOCK_S"]), triton.cdiv(h, m["BLOCK_H"]))
     _launch(_forward_tuned, _forward_kernel, grid, args, config, INTERPRETER_FORWARD)
     return y
