@@ -157,6 +157,8 @@ def import_to_tables(results_dir: Path, commit: str, directory: Path | None = No
     rows = ceiling_rows(run, ceilings(device))
     for path in sorted(cache.glob("*.json")) if cache else []:
         for row in json.loads(path.read_text()):
+            if "schema_version" not in row:  # a 'skipped' marker, not a measurement
+                continue
             rows.append({**row, **{k: getattr(run, k) for k in ("run_id", "time_utc", "commit", "dirty")}})
     for v in asv_values(results_dir, machine_name(), commit):
         value = float("nan") if v.value is None else float(v.value)

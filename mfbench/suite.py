@@ -10,7 +10,8 @@ the machine and can be narrowed with environment variables:
 - ``MFBENCH_ASV_PROVIDERS`` (default: every registered provider but ``compiled``: asv runs each benchmark
   in a new process, where torch.compile would trace and compile again every time; ``mfbench run`` and
   ``mfbench layers`` measure it in one process),
-- ``MFBENCH_ASV_SEQS`` (default: 128,2048,8192,32768 on a GPU; 128,512,2048 on the CPU),
+- ``MFBENCH_ASV_SEQS`` (default: 2048,8192,32768 on a GPU; 128,512,2048 on the CPU; blocks and models
+  take those from 512 to 8192),
 - ``MFBENCH_ASV_PRESET`` (model config, default ``tiny``; ``micro`` for quick runs).
 """
 
@@ -40,7 +41,7 @@ def _env_list(name: str, default: list[str]) -> list[str]:
 GPU = torch.cuda.is_available()
 DEVICES = _env_list("MFBENCH_ASV_DEVICES", ["cuda"] if GPU else ["cpu"])
 PROVIDERS = _env_list("MFBENCH_ASV_PROVIDERS", [p for p in providers.names() if p != "compiled"])
-SEQS = [int(s) for s in _env_list("MFBENCH_ASV_SEQS", ["128", "2048", "8192", "32768"] if GPU else ["128", "512", "2048"])]
+SEQS = [int(s) for s in _env_list("MFBENCH_ASV_SEQS", ["2048", "8192", "32768"] if GPU else ["128", "512", "2048"])]
 DTYPES_FOR = {"cuda": "float16", "cpu": "float32"}
 DTYPE_PARAMS = sorted({DTYPES_FOR[d.split(":")[0]] for d in DEVICES})
 PRESET = os.environ.get("MFBENCH_ASV_PRESET", "tiny")
@@ -51,20 +52,33 @@ PARAM_NAMES = ["device", "provider", "seq", "dtype"]
 class Prepared:
     """One benchmark call, built and warmed up; ``metric(name)`` gives the runner's measurement of it."""
 
-    def __init__(self, benchmark: str, direction: str, device: str, provider: str, seq: int, dtype: str) -> None:
+    def __init__(self, benchmark: str, direction: str, device: str, provider: str, seq: int, dtype: str,
+                 probe: bool = True) -> None:
         dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise NotImplementedError("no CUDA device")
         if DTYPES_FOR[dev.type] != dtype:
             raise NotImplementedError(f"{dtype} is not benchmarked on {dev.type}")
-        reason = providers.unavailable(provider, device, DTYPES[dtype])
-        if reason:
-            raise NotImplementedError(reason)
         self.cfg = ModelConfig.preset(PRESET)
         self.item = Item(benchmark, direction, seq, provider, DTYPES[dtype])
         self.device = dev
         self._key = json.dumps([benchmark, direction, device, provider, seq, dtype, PRESET])
         self._fn: Callable[[], object] | None = None
+        # asv runs every parameter set of every method in a new process. With a cached measurement a
+        # track_ method needs neither CUDA nor a trial run, which keeps the whole matrix in minutes.
+        cached = self._cached()
+        if cached is not None:
+            skipped = [r for r in cached if r["metric"] == "skipped"]
+            if skipped:
+                raise NotImplementedError(skipped[0]["flags"])
+        elif probe or self._cache_file() is not None:
+            self._check()
+
+    def _check(self) -> None:
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise NotImplementedError("no CUDA device")
+        reason = providers.unavailable(self.item.provider, str(self.device), self.item.dtype)
+        if reason:
+            self._store([{"metric": "skipped", "flags": reason, "value": math.nan}])
+            raise NotImplementedError(reason)
 
     def prepare_call(self) -> None:
         """Build the module and input and warm the call up (compilation and autotuning stay out)."""
@@ -99,11 +113,23 @@ class Prepared:
             return None
         return Path(root) / (hashlib.sha1(self._key.encode()).hexdigest()[:16] + ".json")
 
+    def _cached(self) -> list[dict] | None:
+        path = self._cache_file()
+        return json.loads(path.read_text()) if path is not None and path.exists() else None
+
+    def _store(self, rows: list[dict]) -> None:
+        path = self._cache_file()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(rows))
+            tmp.replace(path)
+
     def rows(self) -> list[dict]:
         """The runner's rows for this parameter set: measured once, then read from the cache."""
-        path = self._cache_file()
-        if path is not None and path.exists():
-            return json.loads(path.read_text())
+        cached = self._cached()
+        if cached is not None:
+            return cached
         from mfbench.measure.ceilings import ceilings
         from mfbench.measure.energy import EnergyMeter
         from mfbench.results import Run
@@ -111,11 +137,7 @@ class Prepared:
         with input_checks(False):
             rows = measure_item(self.item, self.cfg, Run.start(str(self.device)), self.device,
                                 ceilings(self.device), EnergyMeter(self.device), None, 1.0)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(rows))
-            tmp.replace(path)
+        self._store(rows)
         return rows
 
     def metric(self, name: str) -> float:

@@ -32,7 +32,7 @@ class _Metrics:
     benchmark, direction = "layer", "forward"
 
     def setup(self, device, provider, seq, dtype):
-        self.case = Prepared(self.benchmark, self.direction, device, provider, seq, dtype)
+        self.case = Prepared(self.benchmark, self.direction, device, provider, seq, dtype, probe=False)
 
     def track_median_time(self, *params):
         return self.case.metric("time")
@@ -69,16 +69,14 @@ class _LayerMetrics(_Metrics):
     track_pct_of_roofline.unit = "%"
 
 
-class _LayerTimed(_Timed):
+class LayerForward(_Timed):
+    direction = "forward"
+
     def peakmem_call(self, *params):  # host memory of the process; the device's peak is a track_ metric
         self.case.call()
 
 
-class LayerForward(_LayerTimed):
-    direction = "forward"
-
-
-class LayerBackward(_LayerTimed):
+class LayerBackward(_Timed):
     direction = "backward"
 
 
