@@ -34,8 +34,8 @@ class AlertError(Exception):
     """A problem with what was asked (bad ref, no git); reported in one line."""
 
 
-def _git(*args: str, cwd: Path = ROOT) -> str:
-    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+def _git(*args: str, cwd: Path | None = None) -> str:
+    out = subprocess.run(["git", *args], cwd=cwd or ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise AlertError(f"git {' '.join(args)}: {out.stderr.strip() or out.stdout.strip()}")
     return out.stdout.strip()

@@ -40,6 +40,8 @@ def _expand(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _wide(frame: pd.DataFrame) -> pd.DataFrame:
+    if frame.empty:
+        return pd.DataFrame()
     keys = ["run_id", "time_utc", "device", "commit_short", "benchmark", "direction", "seq", "d", "dtype", "provider"]
     return frame.pivot_table(index=keys, columns="metric", values="value", aggfunc="first").reset_index()
 
@@ -77,7 +79,7 @@ def regression(frame: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def roofline(frame: pd.DataFrame, all_rows: pd.DataFrame, out: Path) -> list[Path]:
-    wide = _wide(frame[frame["benchmark"] == "layer"])
+    wide = _wide(frame[frame["benchmark"] == "layer"]) if not frame.empty else pd.DataFrame()
     if wide.empty or "arithmetic_intensity" not in wide:
         return _empty(out, "roofline", "no Memory Layer measurements in the result tables yet")
     ceilings = all_rows[all_rows["benchmark"] == "ceiling"]
@@ -105,7 +107,7 @@ def roofline(frame: pd.DataFrame, all_rows: pd.DataFrame, out: Path) -> list[Pat
 
 
 def crossover(frame: pd.DataFrame, out: Path) -> list[Path]:
-    wide = _wide(frame[frame["direction"] == "forward"])
+    wide = _wide(frame[frame["direction"] == "forward"]) if "direction" in frame else pd.DataFrame()
     if wide.empty or "time" not in wide:
         return _empty(out, "crossover", "no forward measurements in the result tables yet")
     latest = wide.sort_values("time_utc").groupby(["device", "benchmark", "seq", "provider"]).last().reset_index()

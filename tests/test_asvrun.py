@@ -1,0 +1,72 @@
+"""The asv driver's decisions that need no benchmark run: which files count, the no-change path, the report."""
+
+import subprocess
+import time
+
+import pytest
+
+from mfbench import asvrun, dashboard
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t", *args], check=True,
+                   capture_output=True)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "mfbench" / "kernels").mkdir(parents=True)
+    (tmp_path / "mfbench" / "kernels" / "lookup.py").write_text("A = 1\n")
+    (tmp_path / "README.md").write_text("hello\n")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "base")
+    return tmp_path
+
+
+def test_changed_kernel_files(repo, monkeypatch):
+    monkeypatch.setattr(asvrun, "ROOT", repo)
+    (repo / "README.md").write_text("changed\n")
+    _git(repo, "commit", "-qam", "docs")
+    assert asvrun.changed_kernel_files("HEAD~1", "HEAD", asvrun.KERNEL_GLOBS) == []
+    (repo / "mfbench" / "kernels" / "lookup.py").write_text("A = 2\n")
+    _git(repo, "commit", "-qam", "kernel")
+    assert asvrun.changed_kernel_files("HEAD~2", "HEAD", asvrun.KERNEL_GLOBS) == ["mfbench/kernels/lookup.py"]
+
+
+def test_alert_without_kernel_change_exits_zero_quickly(repo, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(asvrun, "ROOT", repo)
+    (repo / "README.md").write_text("changed\n")
+    _git(repo, "commit", "-qam", "docs")
+    report = tmp_path / "report.md"
+    start = time.perf_counter()
+    code = asvrun.main(["alert", "--base", "HEAD~1", "--report", str(report)])
+    assert code == 0 and time.perf_counter() - start < 5
+    assert "No kernel file changed" in capsys.readouterr().out
+    assert "No kernel file changed" in report.read_text()
+
+
+def test_bad_ref_is_a_one_line_error(repo, monkeypatch, capsys):
+    monkeypatch.setattr(asvrun, "ROOT", repo)
+    assert asvrun.main(["alert", "--base", "no-such-ref"]) == 2
+    assert "no-such-ref" in capsys.readouterr().err
+
+
+def test_report_lists_regressions_first():
+    rows = [
+        {"benchmark": "layer.LayerForward.time_call", "params": {"provider": "triton"}, "before": 1.0, "after": 1.25,
+         "ratio": 1.25, "before_iqr": (0.99, 1.01), "after_iqr": (1.24, 1.26), "unit": "seconds", "verdict": "regressed"},
+        {"benchmark": "layer.LayerForward.time_call", "params": {"provider": "dense"}, "before": 1.0, "after": 1.0,
+         "ratio": 1.0, "before_iqr": (None, None), "after_iqr": (None, None), "unit": "seconds", "verdict": "same"},
+    ]
+    text = asvrun.report(rows, "a" * 40, "b" * 40, ["mfbench/kernels/lookup.py"], 1.1)
+    assert "**1 regression(s)** in 2 compared measurements" in text
+    lines = [line for line in text.splitlines() if line.startswith("| layer")]
+    assert "regressed" in lines[0] and "1.250" in lines[0] and "same" in lines[1]
+
+
+def test_netlog_reader_tolerates_a_truncated_log(tmp_path):
+    log = tmp_path / "netlog.json"
+    log.write_text('{"constants": {}, "events": [{"params": {"url": "http://127.0.0.1:8000/index.json"}},'
+                   '{"params": {"url": "https://cdn.example.org/x.js"}},')
+    assert dashboard._netlog_urls(log) == ["http://127.0.0.1:8000/index.json", "https://cdn.example.org/x.js"]

@@ -1,0 +1,51 @@
+"""The plots draw from the result tables alone, and say so when there is nothing to draw."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from mfbench import plots, results
+
+
+def _rows(run, device_rows):
+    out = []
+    for bench, direction, seq, provider, t, joules in device_rows:
+        params = {"preset": "micro", "d": 64, "tau": 8, "weighting": "paper", "seq": seq, "batch": 1,
+                  "direction": direction, "dtype": "float32"}
+        out.append(run.row(bench, params, provider, "time", t, "s", spread_low=t * 0.9, spread_high=t * 1.1))
+        out.append(run.row(bench, params, provider, "flops_analytic", 1e6 * seq, "FLOP"))
+        out.append(run.row(bench, params, provider, "energy_per_token", joules, "J/token"))
+        if bench == "layer":
+            out.append(run.row(bench, params, provider, "arithmetic_intensity", 2.0, "FLOP/B"))
+            out.append(run.row(bench, params, provider, "flops_per_s", 1e6 * seq / t, "FLOP/s"))
+    return out
+
+
+def test_all_plots_written(tmp_path):
+    run = results.Run.start("cpu")
+    rows = _rows(run, [
+        ("layer", "forward", 128, "reference", 2e-3, 1e-6), ("layer", "forward", 128, "dense", 1e-3, 5e-7),
+        ("layer", "forward", 1024, "reference", 4e-3, 1e-6), ("layer", "forward", 1024, "dense", 8e-3, 5e-7),
+        ("block", "forward", 128, "triton", 3e-3, float("nan")), ("block", "forward", 128, "dense", 1e-3, float("nan")),
+    ])
+    rows.append(run.row("ceiling", {"measured_utc": "x", "matmul_dtype": "float32"}, "-", "copy_bandwidth", 1e10, "B/s"))
+    results.append(rows, tmp_path / "tables")
+    paths = plots.draw_all(tmp_path / "tables", tmp_path / "plots")
+    names = {p.name for p in paths}
+    for kind in ("regression", "roofline", "crossover", "flops_vs_time"):
+        assert {f"{kind}.png", f"{kind}.svg"} <= names
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_crossover_text():
+    frame = pd.DataFrame({"provider": ["dense", "triton", "dense", "triton"], "seq": [128, 128, 1024, 1024],
+                          "time": [1.0, 2.0, 3.0, 2.5]})
+    assert plots._crossover_text(frame) == "crossover: MemoryFormer faster from 1024 tokens"
+    slower = frame.assign(time=[1.0, 2.0, 1.0, 2.0])
+    assert plots._crossover_text(slower) == "no crossover up to 1024 tokens: dense is faster everywhere"
+
+
+def test_empty_tables_give_labelled_placeholders(tmp_path):
+    paths = plots.draw_all(tmp_path / "none", tmp_path / "plots")
+    assert len(paths) == 8 and all(p.exists() for p in paths)
