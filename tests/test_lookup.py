@@ -112,15 +112,17 @@ def test_chunk_tokens_respects_budget():
 
 
 _RSS_SCRIPT = textwrap.dedent("""
-    import resource, sys, torch
+    import sys, torch
     from mfbench.lookup import LookupSpec, reference_lookup
+    from mfbench.measure.memory import peak_rss_bytes, reset_peak_rss
     torch.set_num_threads(1)
     budget, grad = int(sys.argv[1]), sys.argv[2] == "1"
     x = torch.randn(8192, 512)
     tables = torch.randn(64, 256, 512, requires_grad=grad)
     spec = LookupSpec(8)
     reference_lookup(x[:8], tables.detach(), spec, budget)  # load kernels before the baseline
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert reset_peak_rss(), "cannot reset the peak RSS mark"
+    before = peak_rss_bytes()
     if grad:
         x.requires_grad_()
         y = reference_lookup(x, tables, spec, budget)
@@ -128,7 +130,7 @@ _RSS_SCRIPT = textwrap.dedent("""
     else:
         with torch.no_grad():
             y = reference_lookup(x, tables, spec, budget)
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+    print(peak_rss_bytes() - before)
 """)
 
 

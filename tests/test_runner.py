@@ -26,10 +26,14 @@ def test_smoke_run_rows(smoke_run):
     assert seen == expected
     assert (times["value"] > 0).all() and (times["spread_low"] <= times["value"]).all()
     # every provider either measured or skipped with its reason, never silently missing
-    for (bench, params), group in frame.groupby(["benchmark", "params"]):
+    measured = frame[~frame["benchmark"].isin(["ceiling", "idle"])]
+    for (bench, params), group in measured.groupby(["benchmark", "params"]):
         assert set(group["provider"]) == set(["reference", "embedding_bag", "compiled", "triton", "dense"])
     skipped = frame[frame["metric"] == "skipped"]
     assert (skipped["flags"].str.len() > 0).all()
+    ceilings = frame[frame["benchmark"] == "ceiling"]
+    assert set(ceilings["metric"]) == {"copy_bandwidth", "matmul_rate", "onchip_bandwidth"}
+    assert (ceilings.loc[ceilings["metric"] != "onchip_bandwidth", "value"] > 0).all()
     energy = frame[frame["metric"] == "energy_per_token"]
     assert energy["value"].isna().all() and energy["flags"].str.startswith("unavailable: ").all()
     counted = frame[(frame["metric"] == "flops_counted") & (frame["provider"] == "dense")]

@@ -144,10 +144,19 @@ def measure_energy(fn: Callable[[], object], device: torch.device | str, min_sec
     fn()
     torch.cuda.synchronize()
     per_call = max(time.perf_counter() - t0, 1e-6)
-    calls = max(1, int(min_seconds / per_call) + 1)
+    batch = max(1, int(min_seconds / per_call / 4))
+    calls = 0
     meter.begin_window("measure")
-    for _ in range(calls):
-        fn()
+    start = time.perf_counter()
+    # Batches without a sync between calls keep the device busy; the window closes only once it has
+    # lasted min_seconds, however the first estimate of a call's time turned out.
+    while True:
+        for _ in range(batch):
+            fn()
+        calls += batch
+        torch.cuda.synchronize()
+        if time.perf_counter() - start >= min_seconds:
+            break
     return meter.end_window("measure", calls)
 
 
