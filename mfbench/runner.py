@@ -20,7 +20,8 @@ from mfbench.measure.energy import EnergyMeter, EnergyResult, idle_power, measur
 from mfbench.measure.memory import peak_memory
 from mfbench.measure.timing import time_callable
 from mfbench.measure.traffic import layer_traffic
-from mfbench.model import DenseBlock, MemoryFormerBlock, MemoryLayer, ModelConfig, build
+from mfbench.model import DenseBlock, MemoryFormerBlock, MemoryLayer, ModelConfig
+from mfbench.model import build as build_lm
 from mfbench.results import Run
 
 BENCHMARKS = ("layer", "block", "model")
@@ -70,27 +71,30 @@ def plan(preset: Preset, device: torch.device, names: Iterable[str], seqs: Itera
     return [Item(b, d, s, p, dtype) for b, d in preset.items if b in wanted for s in seqs for p in names]
 
 
-def _module(item: Item, cfg: ModelConfig) -> torch.nn.Module:
+def build(item: Item, cfg: ModelConfig, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The module and input an item measures, on ``device`` in the item's dtype.
+
+    For blocks and models the ``dense`` provider means the dense architecture; every other provider
+    runs the MemoryFormer with all its Memory Layers on that provider.
+    """
     dense = item.provider == "dense"
     if item.benchmark == "layer":
-        layer = MemoryLayer(cfg.d_model, cfg.d_model, cfg.tau, cfg.temperature, cfg.weighting, provider=item.provider)
-        return layer
-    if item.benchmark == "block":
-        return DenseBlock(cfg) if dense else MemoryFormerBlock(cfg)
-    return build("dense" if dense else "memoryformer", cfg)
-
-
-def _set_provider(module: torch.nn.Module, name: str) -> None:
-    for m in module.modules():
-        if isinstance(m, MemoryLayer):
-            m.provider = name
-
-
-def _input(item: Item, cfg: ModelConfig, device: torch.device) -> torch.Tensor:
+        module = MemoryLayer(cfg.d_model, cfg.d_model, cfg.tau, cfg.temperature, cfg.weighting, provider=item.provider)
+    elif item.benchmark == "block":
+        module = DenseBlock(cfg) if dense else MemoryFormerBlock(cfg)
+    else:
+        module = build_lm("dense" if dense else "memoryformer", cfg)
+    module = module.to(device=device, dtype=item.dtype)
+    if not dense or item.benchmark == "layer":
+        for m in module.modules():
+            if isinstance(m, MemoryLayer):
+                m.provider = item.provider
     if item.benchmark == "model":
-        return torch.randint(0, cfg.vocab_size, (1, item.seq), device=device)
-    shape = (item.seq, cfg.d_model) if item.benchmark == "layer" else (1, item.seq, cfg.d_model)
-    return torch.randn(*shape, device=device, dtype=item.dtype)
+        x = torch.randint(0, cfg.vocab_size, (1, item.seq), device=device)
+    else:
+        shape = (item.seq, cfg.d_model) if item.benchmark == "layer" else (1, item.seq, cfg.d_model)
+        x = torch.randn(*shape, device=device, dtype=item.dtype)
+    return module, x
 
 
 def _call(item: Item, module: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
@@ -124,9 +128,7 @@ def analytic_flops(item: Item, cfg: ModelConfig) -> int:
 def measure_item(item: Item, cfg: ModelConfig, run: Run, device: torch.device, ceilings: Ceilings,
                  meter: EnergyMeter, idle: EnergyResult | None, energy_seconds: float) -> list[dict]:
     """Every metric of one matrix entry as result rows (time, throughput, FLOPs, bytes, energy, memory)."""
-    module = _module(item, cfg).to(device=device, dtype=item.dtype)
-    _set_provider(module, item.provider) if item.provider != "dense" or item.benchmark == "layer" else None
-    x = _input(item, cfg, device)
+    module, x = build(item, cfg, device)
     fn = _call(item, module, x)
     params = item.params(cfg)
     rows: list[dict] = []

@@ -30,7 +30,7 @@ from mfbench import providers
 from mfbench.layerbench import DTYPES
 from mfbench.lookup import input_checks
 from mfbench.model import ModelConfig
-from mfbench.runner import Item, _call, _input, _module, _set_provider, measure_item
+from mfbench.runner import Item, _call, build, measure_item
 
 
 def _env_list(name: str, default: list[str]) -> list[str]:
@@ -82,10 +82,7 @@ class Prepared:
 
     def prepare_call(self) -> None:
         """Build the module and input and warm the call up (compilation and autotuning stay out)."""
-        module = _module(self.item, self.cfg).to(device=self.device, dtype=self.item.dtype)
-        if self.item.provider != "dense" or self.item.benchmark == "layer":
-            _set_provider(module, self.item.provider)
-        x = _input(self.item, self.cfg, self.device)
+        module, x = build(self.item, self.cfg, self.device)
         if self.item.direction == "train":
             optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
 
