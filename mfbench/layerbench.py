@@ -77,7 +77,8 @@ def random_input(case: Case, device: torch.device, dtype: torch.dtype, seed: int
     return x, gy
 
 
-def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64; inf where out has a NaN or Inf."""
     out, ref = out.double(), ref.double()
     if not torch.isfinite(out).all():
         return float("inf")
@@ -92,11 +93,11 @@ def relative_errors(layer: MemoryLayer, x: torch.Tensor, gy: torch.Tensor, direc
     xr = x.detach().clone().requires_grad_(direction == "backward")
     if direction == "forward":
         with torch.no_grad():
-            return {"y": _rel(providers.get(layer.provider).fn(layer, xr), reference_lookup(x64, t64, spec))}
+            return {"y": relative_error(providers.get(layer.provider).fn(layer, xr), reference_lookup(x64, t64, spec))}
     y = providers.get(layer.provider).fn(layer, xr)
     gx, gt = torch.autograd.grad(y, (xr, layer.tables), gy)
     rgx, rgt = torch.autograd.grad(reference_lookup(x64, t64, spec), (x64, t64), gy.double())
-    return {"grad_x": _rel(gx, rgx), "grad_tables": _rel(gt, rgt)}
+    return {"grad_x": relative_error(gx, rgx), "grad_tables": relative_error(gt, rgt)}
 
 
 def _timed_call(layer: MemoryLayer, x: torch.Tensor, gy: torch.Tensor, direction: str) -> Callable[[], object]:

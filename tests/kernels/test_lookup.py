@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mfbench.kernels import lookup as kernels
-from mfbench.layerbench import CASES, TOLERANCE, make_layer, random_input, relative_errors
+from mfbench.layerbench import CASES, TOLERANCE, make_layer, random_input, relative_error, relative_errors
 from mfbench.lookup import LookupSpec, reference_lookup
 
 interpreted = pytest.mark.skipif(not kernels.INTERPRETING, reason="runs under TRITON_INTERPRET=1")
@@ -21,10 +21,6 @@ def poisoned(monkeypatch):
         fill = float("nan") if dtype.is_floating_point else -1
         return torch.full(tuple(shape), fill, device=like.device, dtype=dtype)
     monkeypatch.setattr(kernels, "_empty", empty)
-
-
-def _rel(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
 @st.composite
@@ -57,9 +53,9 @@ def test_forward_and_gradients_against_float64(poisoned, p):
     ref = reference_lookup(x64, t64, spec)
     rgx, rgt = torch.autograd.grad(ref, (x64, t64), gy.double())
     tol = TOLERANCE[p["dtype"]] * 4
-    assert _rel(y, ref) <= tol
-    assert _rel(gx, rgx) <= tol * 2  # one more rounding: dL/dy . T summed before scaling
-    assert _rel(gt, rgt) <= tol
+    assert relative_error(y, ref) <= tol
+    assert relative_error(gx, rgx) <= tol * 2  # one more rounding: dL/dy . T summed before scaling
+    assert relative_error(gt, rgt) <= tol
 
 
 @interpreted
@@ -143,7 +139,7 @@ def test_model_end_to_end_triton_matches_reference_on_gpu():
         ref = model(idx)
         model.set_provider("triton")
         got = model(idx)
-    assert _rel(got, ref) < 1e-4
+    assert relative_error(got, ref) < 1e-4
     loss = torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
