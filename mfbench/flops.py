@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import pandas as pd
-import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 

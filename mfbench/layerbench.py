@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from mfbench import providers
-from mfbench.lookup import LookupSpec, reference_lookup
+from mfbench.lookup import reference_lookup
 from mfbench.measure.ceilings import Ceilings
 from mfbench.measure.timing import time_callable
 from mfbench.measure.traffic import floor_seconds, layer_traffic

@@ -1,9 +1,6 @@
 """The plots draw from the result tables alone, and say so when there is nothing to draw."""
 
-import json
-
 import pandas as pd
-import pytest
 
 from mfbench import plots, results
 

@@ -88,7 +88,8 @@ class EnergyMeter:
     def begin_window(self, name: str) -> None:
         if name in self._windows:
             raise ValueError(f"window {name!r} is already open")
-        torch.cuda.synchronize() if self.available else None
+        if self.available:
+            torch.cuda.synchronize()
         if self.method == "nvml-power-sampling":
             self._sampler = _PowerSampler(self._nvml, self._handle)
             self._sampler.start()
