@@ -82,17 +82,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(**VENV)
 def bench(session: nox.Session) -> None:
-    """Benchmark every provider against the dense layer here, append the result tables, draw the plots."""
+    """Run the asv suites for HEAD here, append the result tables, draw the plots, publish the dashboard."""
     install(session)
     run(session, "-m", "mfbench", "info")
-    run(session, "-m", "mfbench", "bench", *session.posargs)
-    run(session, "-m", "mfbench.plots")
-
-
-@nox.session(**VENV)
-def asv(session: nox.Session) -> None:
-    """Run the asv suites for HEAD, import their values into the result tables, publish the dashboard."""
-    install(session)
     run(session, "-m", "mfbench.asvrun", "bench", *session.posargs)
     run(session, "-m", "mfbench.plots")
     _publish(session)

@@ -78,7 +78,10 @@ def run_commit(tree: Path, commit: str, results_dir: Path, bench: str | None, qu
     path = os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     # asv drops PYTHONPATH in benchmark processes unless it comes as ASV_PYTHONPATH; without it the
     # suites would import whichever mfbench is installed instead of this commit's.
-    env = {**os.environ, "PYTHONPATH": path, "ASV_PYTHONPATH": path, "MFBENCH_COMMIT": commit}
+    # asv's forkserver imports the suites once and forks per benchmark; CUDA must not be initialised
+    # before the fork, so torch answers is_available() from NVML instead of the driver.
+    env = {**os.environ, "PYTHONPATH": path, "ASV_PYTHONPATH": path, "MFBENCH_COMMIT": commit,
+           "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
     env.setdefault("MFBENCH_ASV_CACHE", tempfile.mkdtemp(prefix="mfbench-asv-cache-"))
     _asv(conf, "machine", "--machine", name, "--yes", env=env, cwd=tree)
     args = ["run", "--set-commit-hash", commit, "--machine", name, "-E", f"existing:{sys.executable}",
@@ -156,6 +159,8 @@ def import_to_tables(results_dir: Path, commit: str, directory: Path | None = No
     run = results.Run.start(device)
     rows = ceiling_rows(run, ceilings(device))
     for path in sorted(cache.glob("*.json")) if cache else []:
+        if path.name.startswith("probe-"):  # availability verdicts, not measurements
+            continue
         for row in json.loads(path.read_text()):
             if "schema_version" not in row:  # a 'skipped' marker, not a measurement
                 continue

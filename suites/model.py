@@ -1,19 +1,20 @@
 """Whole language models, MemoryFormer vs dense: a forward pass and one AdamW training step."""
 
-from .block import SHORT
+from mfbench.suite import MODEL_PARAMS
+
 from .layer import _Metrics, _Timed
 
 
 class ModelForward(_Timed):
-    params, benchmark, direction = SHORT, "model", "forward"
+    params, benchmark, direction = MODEL_PARAMS, "model", "forward"
 
 
 class ModelForwardMetrics(_Metrics):
-    params, benchmark, direction = SHORT, "model", "forward"
+    params, benchmark, direction = MODEL_PARAMS, "model", "forward"
 
 
 class TrainStep(_Timed):
-    params, benchmark, direction = SHORT, "model", "train"
+    params, benchmark, direction = MODEL_PARAMS, "model", "train"
 
     def time_call(self, *params):  # one optimiser step: forward, backward, AdamW update
         self.case.call()
