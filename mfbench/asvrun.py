@@ -85,7 +85,7 @@ def run_commit(tree: Path, commit: str, results_dir: Path, bench: str | None, qu
     env.setdefault("MFBENCH_ASV_CACHE", tempfile.mkdtemp(prefix="mfbench-asv-cache-"))
     _asv(conf, "machine", "--machine", name, "--yes", env=env, cwd=tree)
     args = ["run", "--set-commit-hash", commit, "--machine", name, "-E", f"existing:{sys.executable}",
-            "--show-stderr"]
+            "--show-stderr", "--durations", "all"]
     if bench:
         args += ["--bench", bench]
     if quick:
