@@ -15,6 +15,7 @@ import contextlib
 import functools
 import http.server
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -25,7 +26,13 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                  "--no-pings", "--disable-domain-reliability", "--disable-extensions", "--disable-default-apps",
+                  "--disable-features=NetworkTimeServiceQuerying,AutofillServerCommunication,OptimizationHints"]
+# Chromium still makes a few requests of its own (component updates, account list) that no flag stops.
+# Name resolution fails for every host but this one, so none of them leaves the machine; the net log
+# keeps each attempt, with who started it.
+NO_EGRESS = "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
 
 
 def install(html_dir: Path) -> None:
@@ -58,47 +65,85 @@ def chromium() -> str | None:
 
 
 @dataclass(frozen=True)
+class Request:
+    url: str
+    by_page: bool  # started by a page (it has an origin), not by the browser itself
+
+    @property
+    def off_machine(self) -> bool:
+        u = urlparse(self.url)
+        return u.scheme in ("http", "https", "ws", "wss") and u.hostname not in ("127.0.0.1", "localhost")
+
+
+@dataclass(frozen=True)
 class PageCheck:
     dom: str
-    requested: list[str]
-    off_machine: list[str]
+    requests: list[Request]
     screenshot: Path | None
+
+    @property
+    def off_machine(self) -> list[str]:
+        """Off-machine URLs the page asked for: what the check fails on."""
+        return sorted({r.url for r in self.requests if r.off_machine and r.by_page})
+
+    @property
+    def browser_background(self) -> list[str]:
+        """Off-machine URLs Chromium itself tried (updates, accounts); name resolution refused them."""
+        return sorted({r.url for r in self.requests if r.off_machine and not r.by_page})
 
 
 def render(url: str, screenshot: Path | None = None, wait_ms: int = 8000) -> PageCheck:
-    """Render ``url`` in headless Chromium; return its DOM and every URL it asked for (from the net log)."""
+    """Render ``url`` in headless Chromium; return its DOM and every request made (from the net log)."""
     browser = chromium()
     if browser is None:
         raise RuntimeError("Chromium is not installed (Debian package 'chromium')")
     with tempfile.TemporaryDirectory() as tmp:
         netlog = Path(tmp) / "netlog.json"
-        base = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/profile", f"--log-net-log={netlog}",
+        base = [browser, *CHROMIUM_FLAGS, NO_EGRESS, f"--user-data-dir={tmp}/profile", f"--log-net-log={netlog}",
                 f"--virtual-time-budget={wait_ms}", "--window-size=1400,1000"]
         dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-        requested = _netlog_urls(netlog)
+        requests = _netlog_requests(netlog)
         if screenshot is not None:
             screenshot = Path(screenshot).resolve()
             subprocess.run([*base, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
-            requested += _netlog_urls(netlog)
-    off = sorted({u for u in requested if urlparse(u).scheme in ("http", "https", "ws", "wss")
-                  and urlparse(u).hostname not in ("127.0.0.1", "localhost")})
-    return PageCheck(dom, sorted(set(requested)), off, screenshot)
+            requests += _netlog_requests(netlog)
+    return PageCheck(dom, requests, screenshot)
 
 
-def _netlog_urls(path: Path) -> list[str]:
-    """URLs of every request in a Chromium net log (a truncated log is read as far as it goes)."""
+def shown_benchmarks(dom: str, html_dir: Path) -> tuple[int, int]:
+    """(benchmarks the page says it shows, benchmarks asv published): the page renders the data only
+    if the first is the second."""
+    published = json.loads((Path(html_dir) / "index.json").read_text()).get("benchmarks", {})
+    match = re.search(r"(\d+)\s*benchmarks", re.sub(r"<[^>]+>", " ", dom))
+    return (int(match.group(1)) if match else 0), len(published)
+
+
+def _netlog_requests(path: Path) -> list[Request]:
+    """Every URL request in a Chromium net log, with whether a page started it (a truncated log is read
+    as far as it goes)."""
     if not path.exists():
         return []
-    text = path.read_text(errors="replace").rstrip().rstrip(",")
-    if not text.endswith("}"):
-        text = text.rsplit("}", 1)[0] + "}"
-    if not text.rstrip().endswith("]}"):
-        text += "]}"
+    text = path.read_text(errors="replace")
     try:
         events = json.loads(text).get("events", [])
-    except ValueError:
-        return []
-    return [e["params"]["url"] for e in events if isinstance(e.get("params"), dict) and "url" in e["params"]]
+    except ValueError:  # Chromium killed mid-write: close the events list after the last whole event
+        text = text.rstrip().rstrip(",")
+        if not text.endswith("}"):
+            text = text.rsplit("}", 1)[0] + "}"
+        try:
+            events = json.loads(text + "]}").get("events", [])
+        except ValueError:
+            return []
+    urls: dict[object, str] = {}
+    initiators: dict[object, str] = {}
+    for e in events:
+        params = e.get("params") if isinstance(e.get("params"), dict) else {}
+        source = (e.get("source") or {}).get("id")
+        if "url" in params:
+            urls.setdefault(source, params["url"])
+        if "initiator" in params:
+            initiators.setdefault(source, params["initiator"])
+    return [Request(url, initiators.get(source, "not an origin") != "not an origin") for source, url in urls.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,10 +171,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with serve(args.html_dir) as url:
         page = render(url, args.screenshot)
-    print(f"{len(page.requested)} requests, {len(page.off_machine)} off this machine")
+    shown, published = shown_benchmarks(page.dom, args.html_dir)
+    print(f"{len(page.requests)} requests; the page asked for {len(page.off_machine)} off this machine; "
+          f"it shows {shown} of {published} published benchmarks")
     for u in page.off_machine:
-        print(f"  off-machine request: {u}")
-    return 1 if page.off_machine else 0
+        print(f"  off-machine request by the page: {u}")
+    if page.browser_background:
+        print(f"  Chromium's own background requests, refused by name resolution: {len(page.browser_background)}")
+    if args.screenshot:
+        print(f"screenshot: {args.screenshot}")
+    return 1 if page.off_machine or shown != published or published == 0 else 0
 
 
 if __name__ == "__main__":

@@ -67,6 +67,17 @@ def test_report_lists_regressions_first():
 
 def test_netlog_reader_tolerates_a_truncated_log(tmp_path):
     log = tmp_path / "netlog.json"
-    log.write_text('{"constants": {}, "events": [{"params": {"url": "http://127.0.0.1:8000/index.json"}},'
-                   '{"params": {"url": "https://cdn.example.org/x.js"}},')
-    assert dashboard._netlog_urls(log) == ["http://127.0.0.1:8000/index.json", "https://cdn.example.org/x.js"]
+    log.write_text('{"constants": {}, "events": ['
+                   '{"source": {"id": 1}, "params": {"url": "http://127.0.0.1:8000/index.json"}},'
+                   '{"source": {"id": 1}, "params": {"initiator": "http://127.0.0.1:8000"}},'
+                   '{"source": {"id": 2}, "params": {"url": "https://update.example.org/x"}},'
+                   '{"source": {"id": 2}, "params": {"initiator": "not an origin"}},'
+                   '{"source": {"id": 3}, "params": {"url": "https://cdn.example.org/x.js"}},'
+                   '{"source": {"id": 3}, "params": {"initiator": "http://127.0.0.1:8000"}},')
+    requests = dashboard._netlog_requests(log)
+    assert [(r.url, r.by_page, r.off_machine) for r in requests] == [
+        ("http://127.0.0.1:8000/index.json", True, False), ("https://update.example.org/x", False, True),
+        ("https://cdn.example.org/x.js", True, True)]
+    page = dashboard.PageCheck("", requests, None)
+    assert page.off_machine == ["https://cdn.example.org/x.js"]
+    assert page.browser_background == ["https://update.example.org/x"]
