@@ -53,6 +53,15 @@ def machine_name() -> str:
     return f"{device_name('cpu')}-{cpu}"
 
 
+def _machine_known(name: str) -> bool:
+    """Whether ~/.asv-machine.json already describes ``name`` (asv reads it; `asv machine` writes it)."""
+    path = Path(os.path.expanduser("~/.asv-machine.json"))
+    try:
+        return name in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def _conf_for(tree: Path, results_dir: Path, html_dir: Path) -> Path:
     """A copy of asv.conf.json that benchmarks ``tree`` and writes under ``results_dir``/``html_dir``."""
     text = "\n".join(line for line in CONF.read_text().splitlines() if not line.strip().startswith("//"))
@@ -83,9 +92,10 @@ def run_commit(tree: Path, commit: str, results_dir: Path, bench: str | None, qu
     env = {**os.environ, "PYTHONPATH": path, "ASV_PYTHONPATH": path, "MFBENCH_COMMIT": commit,
            "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
     env.setdefault("MFBENCH_ASV_CACHE", tempfile.mkdtemp(prefix="mfbench-asv-cache-"))
-    _asv(conf, "machine", "--machine", name, "--yes", env=env, cwd=tree)
+    if not _machine_known(name):
+        _asv(conf, "machine", "--machine", name, "--yes", env=env, cwd=tree)
     args = ["run", "--set-commit-hash", commit, "--machine", name, "-E", f"existing:{sys.executable}",
-            "--show-stderr", "--durations", "all"]
+            "--show-stderr", "--durations", "all", "--record-samples"]
     if bench:
         args += ["--bench", bench]
     if quick:

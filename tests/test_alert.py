@@ -1,0 +1,71 @@
+"""The kernel alert end to end, on the CPU: a test-only knob (``PLANTED_SLOWDOWN`` in
+mfbench/kernels/lookup.py) makes the Triton forward re-walk a fifth of its chunks. ``alert`` must fail on
+that commit 10 times out of 10 and pass on a kernel commit that changes nothing 10 times out of 10.
+
+Each alert is the real thing: git worktrees of both commits, ``asv run --set-commit-hash`` on each and
+asv's comparison. The suites are narrowed by environment variables to what the knob touches: the Triton
+Memory Layer forward under the interpreter, micro preset, 64 tokens (about 0.16 s a call).
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mfbench import asvrun
+
+RUNS = 10
+ENV = {"TRITON_INTERPRET": "1", "MFBENCH_ASV_DEVICES": "cpu", "MFBENCH_ASV_PROVIDERS": "triton",
+       "MFBENCH_ASV_SEQS": "64", "MFBENCH_ASV_PRESET": "micro"}
+ARGS = ["--bench", r"^layer\.LayerForward\.time_call$", "-a", "repeat=(10,10,10.0)", "-a", "warmup_time=0.2"]
+
+
+def _git(repo: Path, *args: str) -> str:
+    out = subprocess.run(["git", "-c", "user.email=test@mfbench", "-c", "user.name=test", *args], cwd=repo,
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A clone of this commit with two children: the planted slowdown, and a comment-only kernel edit."""
+    path = tmp_path_factory.mktemp("alert") / "repo"
+    subprocess.run(["git", "clone", "-q", str(asvrun.ROOT), str(path)], check=True)
+    kernel = path / "mfbench" / "kernels" / "lookup.py"
+    source = kernel.read_text()
+    assert "\nPLANTED_SLOWDOWN = 0.0\n" in source, "the test-only knob moved; update this test"
+    _git(path, "tag", "alert-base")
+    _git(path, "checkout", "-q", "-b", "planted")
+    kernel.write_text(source.replace("\nPLANTED_SLOWDOWN = 0.0\n", "\nPLANTED_SLOWDOWN = 0.2\n"))
+    _git(path, "commit", "-qam", "plant a 20% slowdown")
+    _git(path, "checkout", "-q", "-b", "unchanged", "alert-base")
+    kernel.write_text(source + "# a comment: the kernel file changed, the kernels did not\n")
+    _git(path, "commit", "-qam", "touch a kernel file")
+    return path
+
+
+def alert(repo: Path, head: str, report: Path) -> tuple[int, str]:
+    env = {**os.environ, **ENV}
+    env.pop("MFBENCH_ASV_CACHE", None)
+    result = subprocess.run([sys.executable, "-m", "mfbench.asvrun", "alert", "--base", "alert-base",
+                             "--head", head, "--report", str(report), *ARGS], cwd=repo, env=env,
+                            capture_output=True, text=True)
+    return result.returncode, report.read_text() if report.exists() else result.stdout + result.stderr
+
+
+def _ratio(text: str) -> float:
+    return float(re.search(r"\| layer\.LayerForward\.time_call \|[^|]*\|[^|]*\|[^|]*\| ([0-9.]+) \|", text).group(1))
+
+
+@pytest.mark.parametrize("head, expected_code, verdict", [("planted", 1, "regressed"), ("unchanged", 0, "same")])
+def test_alert_decides_10_of_10(repo, tmp_path, head, expected_code, verdict):
+    outcomes = []
+    for i in range(RUNS):
+        code, text = alert(repo, head, tmp_path / f"report-{i}.md")
+        assert "layer.LayerForward.time_call" in text, text
+        outcomes.append((code, _ratio(text), verdict in text))
+    print(f"\n{head}: exit codes {[c for c, _, _ in outcomes]}, ratios {[r for _, r, _ in outcomes]}")
+    assert all(code == expected_code and seen for code, _, seen in outcomes), outcomes
