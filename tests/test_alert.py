@@ -20,7 +20,7 @@ from mfbench import asvrun
 RUNS = 10
 ENV = {"TRITON_INTERPRET": "1", "MFBENCH_ASV_DEVICES": "cpu", "MFBENCH_ASV_PROVIDERS": "triton",
        "MFBENCH_ASV_SEQS": "64", "MFBENCH_ASV_PRESET": "micro"}
-ARGS = ["--bench", r"^layer\.LayerForward\.time_call$", "-a", "repeat=(10,10,10.0)", "-a", "warmup_time=0.2"]
+ARGS = ["--bench", r"^layer\.LayerForward\.time_call", "-a", "repeat=(20,20,20.0)", "-a", "warmup_time=0.2"]
 
 
 def _git(repo: Path, *args: str) -> str:
