@@ -54,8 +54,20 @@ def _pins(text: str) -> dict[str, str]:
     return {line.split("=")[0].split("<")[0].split(">")[0].strip(): line for line in lines if line}
 
 
+def _ready_here(session: nox.Session) -> bool:
+    """Whether the host Python already imports this checkout's mfbench and what the sessions need (a
+    GPU runner that ran a session before, or a test driving a CI job): then nothing is installed."""
+    code = ("import pathlib, asv, asv_tachyon, pandas, pyarrow, seaborn, pynvml, mfbench\n"
+            "print(pathlib.Path(mfbench.__file__).resolve().parent.parent)")
+    out = session.run(PY, "-c", code, silent=True, external=True, success_codes=[0, 1]) or ""
+    return out.strip().splitlines()[-1:] == [str(ROOT.resolve())]
+
+
 def install(session: nox.Session, extras: str = "") -> None:
     """Install mfbench into the session, keeping the host's torch and triton where it has them."""
+    if HOST_TORCH and not extras and _ready_here(session):
+        session.log("mfbench from this checkout and its dependencies are importable here: nothing to install")
+        return
     host = _host_versions(session)
     if "torch" not in host and _has_gpu():
         session.error("this host has a GPU but no torch: install the torch build that matches its CUDA first")

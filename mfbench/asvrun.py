@@ -286,11 +286,15 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--base", required=True)
     a.add_argument("--head", default="HEAD")
     a.add_argument("--factor", type=float, default=1.1, help="slowdown ratio that counts (default 1.1)")
-    a.add_argument("--bench", default=KERNEL_SUITES, help=f"benchmarks to compare (default {KERNEL_SUITES})")
+    bench = os.environ.get("MFBENCH_ALERT_BENCH", KERNEL_SUITES)
+    a.add_argument("--bench", default=bench, help=f"benchmarks to compare (default $MFBENCH_ALERT_BENCH or {KERNEL_SUITES})")
     a.add_argument("--globs", default=",".join(KERNEL_GLOBS), help="comma-separated kernel file globs")
     a.add_argument("--report", type=Path, default=Path("alert-report.md"))
     a.add_argument("--quick", action="store_true")
-    a.add_argument("-a", "--attribute", action="append", default=[], help="asv benchmark attribute override")
+    attributes = [s for s in os.environ.get("MFBENCH_ALERT_ATTRIBUTES", "").split(";") if s.strip()]
+    a.add_argument("-a", "--attribute", action="append", default=attributes,
+                   help="asv benchmark attribute override, e.g. 'repeat=(20,20,20.0)' (default: "
+                        "$MFBENCH_ALERT_ATTRIBUTES, ';'-separated)")
     args = parser.parse_args(argv)
     try:
         if args.command == "alert":

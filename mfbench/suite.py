@@ -12,7 +12,9 @@ the machine and can be narrowed with environment variables:
   ``mfbench layers`` measure it in one process),
 - ``MFBENCH_ASV_SEQS`` (default: 2048,8192,32768 on a GPU; 128,512,2048 on the CPU; blocks take
   those from 512 to 8192, and so do whole models on a GPU; on the CPU models take the shortest),
-- ``MFBENCH_ASV_PRESET`` (model config, default ``tiny``; ``micro`` for quick runs).
+- ``MFBENCH_ASV_PRESET`` (model config, default ``tiny``; ``micro`` for quick runs),
+- ``MFBENCH_ASV_TIMER`` (``wall``, the default, or ``process``: the process's CPU time, which another
+  program on a small shared CPU machine cannot inflate; CPU-only, and what the CPU alert test uses).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import hashlib
 import json
 import math
 import os
+import time
+import timeit
 from pathlib import Path
 from typing import Callable
 
@@ -46,6 +50,12 @@ DTYPES_FOR = {"cuda": "float16", "cpu": "float32"}
 DTYPE_PARAMS = sorted({DTYPES_FOR[d.split(":")[0]] for d in DEVICES})
 PRESET = os.environ.get("MFBENCH_ASV_PRESET", "tiny")
 PARAMS = (DEVICES, PROVIDERS, SEQS, DTYPE_PARAMS)
+_TIMERS = {"wall": timeit.default_timer, "process": time.process_time}
+TIMER = _TIMERS.get(os.environ.get("MFBENCH_ASV_TIMER", "wall"))
+if TIMER is None:
+    raise ValueError(f"MFBENCH_ASV_TIMER must be one of {', '.join(_TIMERS)}")
+if TIMER is time.process_time and "cuda" in DEVICES:
+    raise ValueError("MFBENCH_ASV_TIMER=process measures CPU time: it cannot time GPU work")
 # Blocks and models at the middle lengths; on the CPU a tiny-model training step at 2048 tokens takes
 # 35 s a call (reference provider), so whole models run at the shortest length there.
 BLOCK_SEQS = [s for s in SEQS if 512 <= s <= 8192] or SEQS[:1]

@@ -1,6 +1,6 @@
 """One Memory Layer (d -> d, d from the preset) against the nn.Linear it replaces (provider 'dense')."""
 
-from mfbench.suite import PARAM_NAMES, PARAMS, Prepared
+from mfbench.suite import PARAM_NAMES, PARAMS, TIMER, Prepared
 
 
 class _Timed:
@@ -12,6 +12,7 @@ class _Timed:
     repeat = (2, 10, 0.5)
     rounds = 1
     warmup_time = 0.1
+    timer = TIMER
     benchmark, direction = "layer", "forward"
 
     def setup(self, device, provider, seq, dtype):
