@@ -21,7 +21,9 @@ from mfbench import asvrun
 
 RUNS = 10
 ENV = {"TRITON_INTERPRET": "1", "MFBENCH_ASV_DEVICES": "cpu", "MFBENCH_ASV_PROVIDERS": "triton",
-       "MFBENCH_ASV_SEQS": "64", "MFBENCH_ASV_PRESET": "micro", "MFBENCH_ASV_TIMER": "process"}
+       "MFBENCH_ASV_SEQS": "64", "MFBENCH_ASV_PRESET": "micro", "MFBENCH_ASV_TIMER": "process",
+       # one thread: idle OpenMP workers spin, and their spinning is CPU time of the process too
+       "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # The same narrowing as environment variables, for driving CI job scripts unchanged.
 ALERT_ENV = {"MFBENCH_ALERT_BENCH": r"^layer\.LayerForward\.time_call",
              "MFBENCH_ALERT_ATTRIBUTES": "repeat=(20,20,20.0);warmup_time=0.2"}

@@ -104,5 +104,7 @@ def test_pr_job_commands_fail_on_a_planted_regression_with_the_report(planted_pr
                                                      env=env, capture_output=True, text=True).returncode
     alert_code = codes["Benchmark base and head, compare"]
     text = summary.read_text()
+    if os.environ.get("MFBENCH_SAMPLE_REPORT"):  # how docs/ci/sample-alert-report.md was made
+        Path(os.environ["MFBENCH_SAMPLE_REPORT"]).write_text(text)
     assert alert_code != 0, text
     assert "**1 regression(s)**" in text and "| regressed |" in text and "mfbench/kernels/lookup.py" in text
