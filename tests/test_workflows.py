@@ -12,7 +12,7 @@ from ruamel.yaml import YAML
 
 from mfbench import asvrun
 
-from .test_alert import ALERT_ENV, ENV, _git
+from .test_alert import ALERT_ENV, ENV, _git, slow
 
 ROOT = asvrun.ROOT
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
@@ -90,6 +90,7 @@ def planted_pr(tmp_path) -> Path:
     return path
 
 
+@slow
 def test_pr_job_commands_fail_on_a_planted_regression_with_the_report(planted_pr, tmp_path):
     summary = tmp_path / "summary.md"
     env = {**os.environ, **ENV, "BASE_REF": "main", "GITHUB_STEP_SUMMARY": str(summary),
