@@ -54,12 +54,15 @@ def machine_name() -> str:
 
 
 def _machine_known(name: str) -> bool:
-    """Whether ~/.asv-machine.json already describes ``name`` (asv reads it; `asv machine` writes it)."""
-    path = Path(os.path.expanduser("~/.asv-machine.json"))
+    """Whether asv's machine file already describes ``name`` (so `asv machine` need not run again)."""
+    from asv.machine import MachineCollection
+    from asv.util import UserError
+
     try:
-        return name in json.loads(path.read_text())
-    except (OSError, ValueError):
+        MachineCollection.load(name)
+    except (UserError, OSError, ValueError):
         return False
+    return True
 
 
 def _conf_for(tree: Path, results_dir: Path, html_dir: Path) -> Path:

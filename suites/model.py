@@ -14,7 +14,6 @@ class ModelForwardMetrics(_Metrics):
 
 
 class TrainStep(_Timed):
-    params, benchmark, direction = MODEL_PARAMS, "model", "train"
+    """One optimiser step: forward, backward, AdamW update."""
 
-    def time_call(self, *params):  # one optimiser step: forward, backward, AdamW update
-        self.case.call()
+    params, benchmark, direction = MODEL_PARAMS, "model", "train"
