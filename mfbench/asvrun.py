@@ -7,6 +7,9 @@ environments, so each commit is checked out in a temporary git worktree and run 
 
     python -m mfbench.asvrun bench  [--bench REGEX] [--quick]
     python -m mfbench.asvrun alert  --base REF [--head REF] [--factor 1.1] [--report FILE]
+
+An alert also re-evaluates HEAD's newest MemoryFormer snapshot through every provider (``mfbench snapshot
+eval``): a kernel that answers differently from ``reference`` fails the alert like a slowdown does.
 """
 
 from __future__ import annotations
@@ -245,6 +248,23 @@ def report(rows: list[dict], base: str, head: str, files: list[str], factor: flo
     return "\n".join(lines) + "\n"
 
 
+def accuracy_check(tree: Path) -> tuple[int, str]:
+    """``mfbench snapshot eval`` of the tree's newest MemoryFormer snapshot, with the tree's own code:
+    (exit code, its output). Exit 0 with a note where the tree has no snapshot.
+    ``MFBENCH_ALERT_ACCURACY_SEQUENCES`` narrows the evaluation set (the Triton interpreter is slow)."""
+    snaps = tree / "results" / "snapshots"
+    if not any(snaps.glob("*/snapshot.json")):
+        return 0, f"no snapshot committed under {snaps.relative_to(tree)}; accuracy not checked"
+    args = [sys.executable, "-m", "mfbench", "snapshot", "eval", "--no-save", "--snapshots-dir", str(snaps),
+            "--device", "cuda" if _has_cuda() else "cpu"]
+    sequences = os.environ.get("MFBENCH_ALERT_ACCURACY_SEQUENCES")
+    if sequences:
+        args += ["--sequences", sequences]
+    path = os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    result = subprocess.run(args, cwd=tree, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True)
+    return result.returncode, (result.stdout + result.stderr).strip()
+
+
 def alert(base: str, head: str, factor: float, bench: str, globs: tuple[str, ...], report_path: Path,
           quick: bool, attributes: tuple[str, ...]) -> int:
     base_sha, head_sha = _git("rev-parse", base), _git("rev-parse", head)
@@ -263,19 +283,25 @@ def alert(base: str, head: str, factor: float, bench: str, globs: tuple[str, ...
             _git("worktree", "add", "--detach", str(tree), sha)
             try:
                 run_commit(tree, sha, results_dir, bench, quick, attributes)
+                if sha == head_sha:
+                    print("checking the snapshot's accuracy through every provider ...", flush=True)
+                    accuracy_code, accuracy_text = accuracy_check(tree)
             finally:
                 _git("worktree", "remove", "--force", str(tree))
         rows = compare(results_dir, base_sha, head_sha, factor)
     finally:
         _git("worktree", "prune")
     text = report(rows, base_sha, head_sha, files, factor)
+    verdict = ("**accuracy regression**: a provider's accuracy differs from reference's beyond the tolerance"
+               if accuracy_code else "Every provider's accuracy agrees with reference's.")
+    text += f"\n## Accuracy at {head_sha[:10]}\n\n{verdict}\n\n```\n{accuracy_text}\n```\n"
     report_path.write_text(text)
     print(text)
     shutil.rmtree(work, ignore_errors=True)
     if not rows:
         print("no measurement could be compared (every benchmark failed or was skipped)", file=sys.stderr)
         return 1
-    return 1 if any(r["verdict"] == "regressed" for r in rows) else 0
+    return 1 if accuracy_code or any(r["verdict"] == "regressed" for r in rows) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Sequence
 
@@ -349,6 +350,178 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_provider(text: str | None, device: torch.device) -> str:
+    """The provider the MemoryFormer trains with: the fastest exact one measured for the device by default."""
+    name = text or ("triton" if device.type == "cuda" else "embedding_bag")
+    if name not in providers.names(exact_only=True):
+        raise UsageError(f"--provider {name!r}: train through one of {', '.join(providers.names(exact_only=True))}")
+    reason = providers.unavailable(name, str(device), torch.float32)
+    if reason:
+        raise UsageError(f"provider {name} cannot run on {device}: {reason}")
+    return name
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mfbench import results, snapshots, train
+    from mfbench.tasks import synthetic
+
+    try:
+        rec = train.recipe(args.preset, steps=args.steps, seed=args.seed)
+        task = synthetic.make(args.task)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if rec.steps < 1:
+        raise UsageError(f"--steps must be positive, got {rec.steps}")
+    device = _device(args.device or _default_device())
+    provider = _train_provider(args.provider, device)
+    archs = list(train.ARCHITECTURES) if args.arch == "both" else [args.arch]
+    directory = args.results_dir or results.project_dir()
+    if not args.no_save:
+        try:
+            results.load(directory)
+        except results.ResultsError as exc:
+            raise UsageError(str(exc)) from None
+    run = results.Run.start(str(device))
+    print(f"run {run.run_id}: train {', '.join(archs)} on {task.name} ({task.spec()}), preset {rec.name}: "
+          f"{rec.steps} steps x {rec.batch} sequences x {task.seq_len} tokens, dense lr {rec.lr:g}, "
+          f"MemoryFormer lr x{train.LR_RATIO:g}, on {device}" + (f" via {provider}" if "memoryformer" in archs else ""),
+          flush=True)
+    summary = []
+    for arch in archs:
+        try:
+            trained = train.train(arch, rec, task, device, provider, progress=lambda m: print(m, flush=True))
+        except KeyboardInterrupt:
+            print(f"interrupted while training {arch}: nothing of it is kept", file=sys.stderr)
+            return 130
+        correct, scored, _ = snapshots.task_accuracy(trained.model, task, rec.eval_sequences, train.EVAL_SEED, device)
+        acc = correct / scored
+        label = "dense" if arch == "dense" else provider
+        extra = {"recipe": train.recipe_dict(rec), "train_provider": label, "curve": trained.curve,
+                 "trained_seconds": trained.seconds, "lr": trained.lr, "device": run.device,
+                 "fingerprint": json.loads(run.fingerprint), "run_id": run.run_id,
+                 "eval": {"sequences": rec.eval_sequences, "seed": train.EVAL_SEED, "chance": task.chance},
+                 "accuracy": {label: acc}}
+        snap = None if args.no_save else snapshots.save(trained.model, arch, trained.config, task, extra,
+                                                        args.snapshots_dir)
+        rows = train_rows(run, arch, label, rec, task, trained, acc, scored, snap.id if snap else None)
+        if not args.no_save:
+            results.append(rows, directory)
+            print(f"  snapshot {snap.id} at {snap.path}; {len(rows)} rows appended", flush=True)
+        per_step = [p["seconds_per_step"] for p in trained.curve]
+        joules = [p["joules_per_step"] for p in trained.curve if p["joules_per_step"] is not None]
+        summary.append({"architecture": arch, "provider": label, "lr": f"{trained.lr:g}",
+                        "final loss": f"{trained.curve[-1]['loss']:.3f}", "accuracy": f"{acc:.3f}",
+                        "chance": f"{task.chance:.3f}", "ms/step": f"{1e3 * sorted(per_step)[len(per_step) // 2]:.1f}",
+                        "J/step": f"{sorted(joules)[len(joules) // 2]:.3g}" if joules else "-",
+                        "train s": f"{trained.seconds:.0f}", "snapshot": snap.id if snap else "-"})
+    _print_frame(pd.DataFrame(summary))
+    return 0
+
+
+def train_rows(run, arch: str, provider: str, rec, task, trained, acc: float, scored: int,
+               snapshot: str | None) -> list[dict]:
+    """Rows (benchmark 'train:TASK') of one trained model: accuracy, final loss, time, throughput, energy."""
+    import statistics
+
+    params = {"preset": rec.name, "architecture": arch, "steps": rec.steps, "batch": rec.batch, "lr": trained.lr,
+              "seed": rec.seed, "tokens_per_step": trained.tokens_per_step, "snapshot": snapshot,
+              **{f"task_{k}": v for k, v in task.spec().items()}, "chance": task.chance}
+    bench = f"train:{task.name}"
+    per_step = [p["seconds_per_step"] for p in trained.curve]
+    q = statistics.quantiles(per_step, n=4) if len(per_step) > 1 else [per_step[0]] * 3
+    out = [run.row(bench, params, provider, "accuracy", acc, "fraction", samples=scored),
+           run.row(bench, params, provider, "final_loss", trained.curve[-1]["loss"], "nats"),
+           run.row(bench, params, provider, "time_per_step", statistics.median(per_step), "s", spread_low=q[0],
+                   spread_high=q[2], spread_kind="iqr", samples=len(per_step), flags=["per-log-interval"]),
+           run.row(bench, params, provider, "tokens_per_s", statistics.median(p["tokens_per_s"] for p in trained.curve),
+                   "tokens/s")]
+    joules = [p["joules_per_step"] for p in trained.curve if p["joules_per_step"] is not None]
+    if joules:
+        out.append(run.row(bench, params, provider, "energy_per_step", statistics.median(joules), "J",
+                           samples=len(joules), flags=[trained.curve[0]["energy_method"]]))
+    return out
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from mfbench import results, snapshots
+
+    try:
+        if args.snapshot_command == "list":
+            snaps = snapshots.listing(args.snapshots_dir)
+            if not snaps:
+                print(f"no snapshots under {args.snapshots_dir or snapshots.directory()}")
+                return 0
+            _print_frame(pd.DataFrame([{
+                "id": s.id, "architecture": s.meta["architecture"], "preset": s.meta["config"]["name"],
+                "task": s.meta["task"]["task"], "steps": s.meta["recipe"]["steps"],
+                "accuracy": ", ".join(f"{k} {v:.3f}" for k, v in s.meta["accuracy"].items()),
+                "commit": s.meta["commit"][:10], "MB": f"{s.meta['weights_bytes'] / 2**20:.1f}",
+                "created": s.meta["created_utc"]} for s in snaps]))
+            return 0
+        snap = snapshots.find(args.id, args.snapshots_dir, architecture=None if args.id != "latest" else "memoryformer")
+    except snapshots.SnapshotError as exc:
+        raise UsageError(str(exc)) from None
+    device = _device(args.device or _default_device())
+    names = _provider_list(args.providers, providers.names(exact_only=True))
+    tolerance = snapshots.ACCURACY_TOLERANCE if args.tolerance is None else args.tolerance
+    print(f"snapshot {snap.id}: {snap.meta['architecture']} {snap.meta['config']['name']} on "
+          f"{snap.meta['task']['task']}, trained at {snap.meta['commit'][:10]}; tolerance {tolerance:g}", flush=True)
+    measured = snapshots.evaluate(snap, names, device, args.sequences, progress=lambda m: print(m, flush=True))
+    reference = measured[0]
+    lines, failed = [], []
+    for m in measured:
+        agrees = m.agrees_with(reference, tolerance)
+        if not agrees:
+            failed.append(m.provider)
+        lines.append({"provider": m.provider,
+                      "accuracy": "-" if m.accuracy is None else f"{m.accuracy:.4f}",
+                      "vs reference": "-" if m.accuracy is None or reference.accuracy is None
+                      else f"{m.accuracy - reference.accuracy:+.4f}",
+                      "bucket agreement": "-" if m.bucket_agreement is None else f"{m.bucket_agreement:.6f}",
+                      "verdict": m.skipped and f"skipped: {m.skipped}" or ("agrees" if agrees else "DISAGREES")})
+    _print_frame(pd.DataFrame(lines))
+    for name in args.choice.split(",") if args.choice else []:
+        _score_choice(snap, name.strip(), args, device, [m.provider for m in measured if not m.skipped])
+    if not args.no_save:
+        run = results.Run.start(str(device))
+        rows = snapshots.rows(snap, measured, run, args.sequences)
+        try:
+            path = results.append(rows, args.results_dir or results.project_dir())
+        except results.ResultsError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"wrote {len(rows)} rows to {path} (run {run.run_id})")
+    if failed:
+        print(f"accuracy regression: {', '.join(failed)} differ from reference by more than {tolerance:g}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _score_choice(snap, name: str, args: argparse.Namespace, device: torch.device, names: list[str]) -> None:
+    from mfbench.tasks import choice
+
+    vocab = snap.meta["config"]["vocab_size"]
+    if vocab < choice.BYTE_VOCAB:
+        raise UsageError(f"snapshot {snap.id} reads {vocab} token ids; multiple-choice text needs a byte "
+                         f"vocabulary of {choice.BYTE_VOCAB} or more")
+    try:
+        questions = choice.load(name, args.data, args.limit)
+    except (choice.DataMissing, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    model = snap.load_model(device)
+    for provider in names:
+        if hasattr(model, "set_provider"):
+            model.set_provider(provider)
+        s = choice.score(model, questions, device)
+        print(f"{name}: {provider}: acc {s.acc:.4f}, acc_norm {s.acc_norm:.4f} over {s.questions} questions")
+
+
+def _path(text: str):
+    from pathlib import Path
+
+    return Path(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mfbench", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"mfbench {__version__}")
@@ -400,6 +573,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_b")
     p.add_argument("--results-dir")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("train", help="train MemoryFormer and the dense baseline on a synthetic task into snapshots")
+    p.add_argument("--preset", default="micro", help="micro (CPU, minutes) or tiny (one GPU) (default: micro)")
+    p.add_argument("--task", default="mqar", help="mqar or induction (default: mqar)")
+    p.add_argument("--arch", default="both", choices=("both", "memoryformer", "dense"))
+    p.add_argument("--steps", type=int, help="override the preset's number of steps")
+    p.add_argument("--seed", type=int, help="initialisation and data seed (default 0)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if present)")
+    p.add_argument("--provider", help="how MemoryFormer's layers compute while training (default: triton on a "
+                   "GPU, embedding_bag on the CPU)")
+    p.add_argument("--results-dir", help="result tables to append to (default: the project's results/)")
+    p.add_argument("--snapshots-dir", type=_path, help="where snapshots go (default: results/snapshots)")
+    p.add_argument("--no-save", action="store_true", help="train and print only")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("snapshot", help="list snapshots, or re-evaluate one through every provider")
+    ssub = p.add_subparsers(dest="snapshot_command", metavar="SUBCOMMAND", required=True)
+    q = ssub.add_parser("list", help="the stored snapshots")
+    q.add_argument("--snapshots-dir", type=_path)
+    q.set_defaults(func=cmd_snapshot)
+    q = ssub.add_parser("eval", help="accuracy through every provider; exit 1 if one disagrees with reference")
+    q.add_argument("id", nargs="?", default="latest", help="snapshot id or prefix (default: the newest MemoryFormer)")
+    q.add_argument("--providers", help="comma-separated subset of: " + ", ".join(providers.names(exact_only=True)))
+    q.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if present)")
+    q.add_argument("--sequences", type=int, help="evaluation sequences (default: the snapshot's)")
+    q.add_argument("--tolerance", type=float, default=None, help="allowed accuracy difference from reference")
+    q.add_argument("--choice", help="also score multiple-choice tasks: piqa, arc_easy, arc_challenge, winogrande, generic")
+    q.add_argument("--data", help="directory (or file) holding the multiple-choice JSONL")
+    q.add_argument("--limit", type=int, help="score only the first N questions")
+    q.add_argument("--snapshots-dir", type=_path)
+    q.add_argument("--results-dir")
+    q.add_argument("--no-save", action="store_true")
+    q.set_defaults(func=cmd_snapshot)
     return parser
 
 

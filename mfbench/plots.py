@@ -4,7 +4,10 @@
 - ``roofline``: every Memory Layer measurement on its device's measured roofline;
 - ``crossover``: time and energy per token against tokens, MemoryFormer providers vs dense, with the
   crossover marked or "no crossover up to N tokens" said on the plot;
-- ``flops_vs_time``: analytic FLOPs against measured time: what FLOPs predict and what they don't.
+- ``flops_vs_time``: analytic FLOPs against measured time: what FLOPs predict and what they don't;
+- ``accuracy``: snapshot accuracy against commit, per task, device and provider (a kernel that changes
+  answers shows as a provider leaving the others), with each task's chance level;
+- ``training``: the loss curves and time per step of the stored snapshots, MemoryFormer vs dense.
 
     python -m mfbench.plots [--results-dir DIR] [--out DIR]
 """
@@ -158,6 +161,51 @@ def flops_vs_time(frame: pd.DataFrame, out: Path) -> list[Path]:
     return _save(grid.figure, out, "flops_vs_time")
 
 
+def accuracy(rows: pd.DataFrame, snapshot_dir: Path, out: Path) -> list[Path]:
+    acc = rows[rows["benchmark"].str.startswith("accuracy:") & (rows["metric"] == "accuracy")].copy()
+    if acc.empty:
+        return _empty(out, "accuracy", "no snapshot accuracy in the result tables yet (mfbench snapshot eval)")
+    acc = acc.sort_values("time_utc")
+    acc["task"] = acc["benchmark"].str.removeprefix("accuracy:")
+    acc["commit_short"] = acc["commit"].str[:8]
+    acc["snapshot"] = [json.loads(p)["snapshot"] for p in acc["params"]]
+    # one point per (commit, device, provider, task): the latest evaluation at that commit
+    acc = acc.groupby(["task", "device", "provider", "commit_short"], sort=False).last().reset_index()
+    order = list(dict.fromkeys(acc.sort_values("time_utc")["commit_short"]))
+    acc["x"] = acc["commit_short"].map(order.index)
+    grid = sns.relplot(data=acc, x="x", y="value", hue="provider", style="device", col="task", kind="line",
+                       marker="o", height=3, aspect=1.3, facet_kws={"sharey": False})
+    grid.set(xlabel="commit", ylabel="accuracy", ylim=(0, 1.02))
+    chance = {}
+    for path in snapshot_dir.glob("*/snapshot.json"):
+        meta = json.loads(path.read_text())
+        chance[meta["task"]["task"]] = meta["eval"].get("chance")
+    for task, ax in grid.axes_dict.items():
+        ax.set_xticks(range(len(order)), order, rotation=45, ha="right", fontsize=7)
+        if chance.get(task):
+            ax.axhline(chance[task], color="grey", ls=":", lw=1)
+            ax.text(0, chance[task], " chance", va="bottom", fontsize=7, color="grey")
+    grid.figure.suptitle("Snapshot accuracy against commit, through every provider", y=1.03)
+    return _save(grid.figure, out, "accuracy")
+
+
+def training(snapshot_dir: Path, out: Path) -> list[Path]:
+    metas = [json.loads(p.read_text()) for p in sorted(snapshot_dir.glob("*/snapshot.json"))]
+    points = [{"task": m["task"]["task"], "model": f"{m['architecture']} ({m['config']['name']}, lr {m['lr']:g})",
+               "device": m.get("device", "?"), "step": p["step"], "loss": p["loss"], "ms/step": 1e3 * p["seconds_per_step"]}
+              for m in metas for p in m.get("curve", [])]
+    if not points:
+        return _empty(out, "training", "no snapshots with a training curve yet (mfbench train)")
+    frame = pd.DataFrame(points)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    sns.lineplot(data=frame, x="step", y="loss", hue="model", style="task", ax=axes[0])
+    sns.lineplot(data=frame, x="step", y="ms/step", hue="model", style="task", ax=axes[1], legend=False)
+    axes[0].set_title("training loss (answer positions)")
+    axes[1].set_title("wall time per step, per log interval")
+    axes[1].set_yscale("log")
+    return _save(fig, out, "training")
+
+
 def draw_all(directory: str | Path | None = None, out: str | Path | None = None) -> list[Path]:
     rows = results.load(directory)
     out = Path(out) if out else results.project_dir() / "plots"
@@ -168,6 +216,9 @@ def draw_all(directory: str | Path | None = None, out: str | Path | None = None)
     paths += roofline(frame, rows, out)
     paths += crossover(frame, out)
     paths += flops_vs_time(frame, out)
+    snapshot_dir = Path(directory or results.project_dir()) / "snapshots"
+    paths += accuracy(rows, snapshot_dir, out)
+    paths += training(snapshot_dir, out)
     return paths
 
 

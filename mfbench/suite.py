@@ -13,6 +13,7 @@ the machine and can be narrowed with environment variables:
 - ``MFBENCH_ASV_SEQS`` (default: 2048,8192,32768 on a GPU; 128,512,2048 on the CPU; blocks take
   those from 512 to 8192, and so do whole models on a GPU; on the CPU models take the shortest),
 - ``MFBENCH_ASV_PRESET`` (model config, default ``tiny``; ``micro`` for quick runs),
+- ``MFBENCH_ASV_TASKS`` (tasks whose committed snapshots ``suites/accuracy.py`` evaluates, default mqar),
 - ``MFBENCH_ASV_TIMER`` (``wall``, the default, or ``process``: the process's CPU time, which another
   program on a small shared CPU machine cannot inflate; CPU-only, and what the CPU alert test uses).
 """
@@ -133,19 +134,13 @@ class Prepared:
             torch.cuda.synchronize(self.device)
 
     def _cache_file(self) -> Path | None:
-        root = os.environ.get("MFBENCH_ASV_CACHE")
-        if not root:
-            return None
-        return Path(root) / (hashlib.sha1(self._key.encode()).hexdigest()[:16] + ".json")
+        return _cache_file(self._key)
 
     def _cached(self) -> list[dict] | None:
-        path = self._cache_file()
-        return json.loads(path.read_text()) if path is not None and path.exists() else None
+        return _cached(self._key)
 
     def _store(self, rows: list[dict]) -> None:
-        path = self._cache_file()
-        if path is not None:
-            _write_json(path, rows)
+        _store(self._key, rows)
 
     def rows(self) -> list[dict]:
         """The runner's rows for this parameter set: measured once, then read from the cache."""
@@ -164,10 +159,74 @@ class Prepared:
 
     def metric(self, name: str) -> float:
         """A metric's value, or NaN where it was not measured (never 0 for 'unknown')."""
-        for row in self.rows():
-            if row["metric"] == name:
-                return row["value"] if row["value"] == row["value"] else math.nan
-        return math.nan
+        return _metric(self.rows(), name)
+
+
+def _metric(rows: list[dict], name: str) -> float:
+    for row in rows:
+        if row["metric"] == name:
+            return row["value"] if row["value"] == row["value"] else math.nan
+    return math.nan
+
+
+def _cache_file(key: str) -> Path | None:
+    root = os.environ.get("MFBENCH_ASV_CACHE")
+    if not root:
+        return None
+    return Path(root) / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".json")
+
+
+def _cached(key: str) -> list[dict] | None:
+    path = _cache_file(key)
+    return json.loads(path.read_text()) if path is not None and path.exists() else None
+
+
+def _store(key: str, rows: list[dict]) -> None:
+    path = _cache_file(key)
+    if path is not None:
+        _write_json(path, rows)
+
+
+# Snapshot accuracy: the tasks of the committed MemoryFormer snapshots, through every provider ('dense' is
+# the dense baseline's own snapshot on the same task).
+ACCURACY_TASKS = _env_list("MFBENCH_ASV_TASKS", ["mqar"])
+ACCURACY_PARAMS = (DEVICES, PROVIDERS, ACCURACY_TASKS)
+
+
+class SnapshotCase:
+    """The newest committed snapshot of a task, evaluated through one provider once per run (cached)."""
+
+    def __init__(self, device: str, provider: str, task: str) -> None:
+        from mfbench import snapshots
+
+        architecture = "dense" if provider == "dense" else "memoryformer"
+        try:
+            self.snapshot = snapshots.find("latest", architecture=architecture, task=task)
+        except snapshots.SnapshotError as exc:
+            raise NotImplementedError(str(exc)) from None
+        self.device, self.provider = torch.device(device), provider
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise NotImplementedError("no CUDA device")
+        self._key = json.dumps(["accuracy", device, provider, task, self.snapshot.id])
+        rows = self.rows()
+        if rows and rows[0]["metric"] == "skipped":
+            raise NotImplementedError(rows[0]["flags"])
+
+    def rows(self) -> list[dict]:
+        cached = _cached(self._key)
+        if cached is not None:
+            return cached
+        from mfbench import snapshots
+        from mfbench.results import Run
+
+        names = [] if self.provider == "dense" else [self.provider]
+        measured = [m for m in snapshots.evaluate(self.snapshot, names, self.device) if m.provider == self.provider]
+        rows = snapshots.rows(self.snapshot, measured, Run.start(str(self.device)))
+        _store(self._key, rows)
+        return rows
+
+    def metric(self, name: str) -> float:
+        return _metric(self.rows(), name)
 
 
 def _write_json(path: Path, data: object) -> None:

@@ -45,4 +45,27 @@ def test_crossover_text():
 
 def test_empty_tables_give_labelled_placeholders(tmp_path):
     paths = plots.draw_all(tmp_path / "none", tmp_path / "plots")
-    assert len(paths) == 8 and all(p.exists() for p in paths)
+    assert len(paths) == 12 and all(p.exists() for p in paths)
+
+
+def test_accuracy_and_training_plots(tmp_path):
+    import torch
+
+    from mfbench import snapshots
+    from mfbench.model import MemoryFormerLM, ModelConfig
+    from mfbench.tasks.synthetic import MQAR
+
+    cfg = ModelConfig.preset("micro", vocab_size=MQAR().vocab_size)
+    torch.manual_seed(0)
+    curve = [{"step": s, "loss": 3.0 / s, "seconds_per_step": 0.01} for s in (100, 200)]
+    snap = snapshots.save(MemoryFormerLM(cfg), "memoryformer", cfg, MQAR(),
+                          {"eval": {"sequences": 8, "seed": 7, "chance": 0.125}, "curve": curve, "lr": 9e-3},
+                          tmp_path / "tables" / "snapshots")
+    run = results.Run.start("cpu")
+    measured = [snapshots.ProviderAccuracy("reference", 0.5, 4, 8, 1.0), snapshots.ProviderAccuracy("triton", 0.5, 4, 8, 1.0)]
+    results.append(snapshots.rows(snap, measured, run), tmp_path / "tables")
+    paths = plots.draw_all(tmp_path / "tables", tmp_path / "plots")
+    sizes = {p.name: p.stat().st_size for p in paths}
+    empty = {p.name: p.stat().st_size for p in plots.draw_all(tmp_path / "none", tmp_path / "empty")}
+    for name in ("accuracy.png", "training.png"):  # drawn, not the placeholder
+        assert sizes[name] > 2 * empty[name]
