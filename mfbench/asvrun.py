@@ -86,7 +86,7 @@ def _asv(conf: Path, *args: str, env: dict | None = None, cwd: Path | None = Non
 
 
 def run_commit(tree: Path, commit: str, results_dir: Path, bench: str | None, quick: bool,
-               attributes: tuple[str, ...] = ()) -> Path:
+               attributes: tuple[str, ...] = (), append: bool = False) -> Path:
     """Run the suites of ``tree`` (a checkout of ``commit``) in this Python; returns the asv results dir."""
     conf = _conf_for(tree, results_dir, results_dir.parent / "html")
     name = machine_name()
@@ -106,6 +106,8 @@ def run_commit(tree: Path, commit: str, results_dir: Path, bench: str | None, qu
         args += ["--bench", bench]
     if quick:
         args.append("--quick")
+    if append:
+        args.append("--append-samples")
     for attribute in attributes:
         args += ["-a", attribute]
     result = _asv(conf, *args, env=env, cwd=tree)
@@ -266,7 +268,7 @@ def accuracy_check(tree: Path) -> tuple[int, str]:
 
 
 def alert(base: str, head: str, factor: float, bench: str, globs: tuple[str, ...], report_path: Path,
-          quick: bool, attributes: tuple[str, ...]) -> int:
+          quick: bool, attributes: tuple[str, ...], rounds: int = 2, accuracy: bool = True) -> int:
     base_sha, head_sha = _git("rev-parse", base), _git("rev-parse", head)
     files = changed_kernel_files(base_sha, head_sha, globs)
     if not files:
@@ -277,23 +279,32 @@ def alert(base: str, head: str, factor: float, bench: str, globs: tuple[str, ...
     print(f"kernel files changed: {', '.join(files)}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="mfbench-alert-"))
     results_dir = work / "asv-results"
+    trees = {sha: work / sha[:12] for sha in (base_sha, head_sha)}
     try:
-        for sha in (base_sha, head_sha):
-            tree = work / sha[:12]
+        for sha, tree in trees.items():
             _git("worktree", "add", "--detach", str(tree), sha)
-            try:
-                run_commit(tree, sha, results_dir, bench, quick, attributes)
-                if sha == head_sha:
-                    print("checking the snapshot's accuracy through every provider ...", flush=True)
-                    accuracy_code, accuracy_text = accuracy_check(tree)
-            finally:
-                _git("worktree", "remove", "--force", str(tree))
-        rows = compare(results_dir, base_sha, head_sha, factor)
+        # Rounds in the order base, head, head, base, ...: on a shared machine whose speed drifts over
+        # seconds (seen here: the same call at 0.15 s, then 0.25 s for a few seconds), a drift lands on
+        # both sides instead of on whichever commit ran second. asv keeps every round's samples.
+        for r in range(rounds):
+            for sha in (base_sha, head_sha) if r % 2 == 0 else (head_sha, base_sha):
+                print(f"round {r + 1}/{rounds}: {'base' if sha == base_sha else 'head'} {sha[:10]}", flush=True)
+                run_commit(trees[sha], sha, results_dir, bench, quick, attributes, append=r > 0)
+        if accuracy:
+            print("checking the snapshot's accuracy through every provider ...", flush=True)
+            accuracy_code, accuracy_text = accuracy_check(trees[head_sha])
+        else:
+            accuracy_code, accuracy_text = 0, "not checked (MFBENCH_ALERT_ACCURACY=0)"
     finally:
+        for tree in trees.values():
+            if tree.exists():
+                _git("worktree", "remove", "--force", str(tree))
         _git("worktree", "prune")
+    rows = compare(results_dir, base_sha, head_sha, factor)
     text = report(rows, base_sha, head_sha, files, factor)
     verdict = ("**accuracy regression**: a provider's accuracy differs from reference's beyond the tolerance"
-               if accuracy_code else "Every provider's accuracy agrees with reference's.")
+               if accuracy_code else "Every provider's accuracy agrees with reference's." if accuracy
+               else "Accuracy not checked.")
     text += f"\n## Accuracy at {head_sha[:10]}\n\n{verdict}\n\n```\n{accuracy_text}\n```\n"
     report_path.write_text(text)
     print(text)
@@ -320,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--globs", default=",".join(KERNEL_GLOBS), help="comma-separated kernel file globs")
     a.add_argument("--report", type=Path, default=Path("alert-report.md"))
     a.add_argument("--quick", action="store_true")
+    a.add_argument("--rounds", type=int, default=int(os.environ.get("MFBENCH_ALERT_ROUNDS", "2")),
+                   help="asv runs per commit, interleaved base/head/head/base (default $MFBENCH_ALERT_ROUNDS or 2)")
     attributes = [s for s in os.environ.get("MFBENCH_ALERT_ATTRIBUTES", "").split(";") if s.strip()]
     a.add_argument("-a", "--attribute", action="append", default=attributes,
                    help="asv benchmark attribute override, e.g. 'repeat=(20,20,20.0)' (default: "
@@ -327,8 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "alert":
+            if args.rounds < 1:
+                raise AlertError(f"--rounds must be at least 1, got {args.rounds}")
             return alert(args.base, args.head, args.factor, args.bench, tuple(g for g in args.globs.split(",") if g),
-                         args.report, args.quick, tuple(args.attribute))
+                         args.report, args.quick, tuple(args.attribute), args.rounds,
+                         os.environ.get("MFBENCH_ALERT_ACCURACY", "1") != "0")
         head = _git("rev-parse", "HEAD")
         dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
         results_dir = ROOT / "results" / "asv"
