@@ -168,19 +168,24 @@ def accuracy(rows: pd.DataFrame, snapshot_dir: Path, out: Path) -> list[Path]:
     acc = acc.sort_values("time_utc")
     acc["task"] = acc["benchmark"].str.removeprefix("accuracy:")
     acc["commit_short"] = acc["commit"].str[:8]
-    acc["snapshot"] = [json.loads(p)["snapshot"] for p in acc["params"]]
-    # one point per (commit, device, provider, task): the latest evaluation at that commit
-    acc = acc.groupby(["task", "device", "provider", "commit_short"], sort=False).last().reset_index()
+    params = [json.loads(p) for p in acc["params"]]
+    acc["snapshot"] = [p["snapshot"] for p in params]
+    acc["panel"] = [f"{t} / {p['preset']} {p['architecture']}" for t, p in zip(acc["task"], params)]
+    # one point per (commit, device, provider, snapshot): the latest evaluation at that commit
+    acc = acc.groupby(["panel", "task", "device", "provider", "snapshot", "commit_short"], sort=False).last().reset_index()
     order = list(dict.fromkeys(acc.sort_values("time_utc")["commit_short"]))
-    acc["x"] = acc["commit_short"].map(order.index)
-    grid = sns.relplot(data=acc, x="x", y="value", hue="provider", style="device", col="task", kind="line",
-                       marker="o", height=3, aspect=1.3, facet_kws={"sharey": False})
+    names = list(dict.fromkeys(acc["provider"]))
+    # providers side by side around their commit, so equal accuracies do not hide one another
+    acc["x"] = acc["commit_short"].map(order.index) + acc["provider"].map(lambda p: (names.index(p) - (len(names) - 1) / 2) * 0.08)
+    grid = sns.relplot(data=acc, x="x", y="value", hue="provider", style="device", col="panel", col_wrap=3,
+                       kind="line", marker="o", height=3, aspect=1.1, facet_kws={"sharey": False})
     grid.set(xlabel="commit", ylabel="accuracy", ylim=(0, 1.02))
     chance = {}
-    for path in snapshot_dir.glob("*/snapshot.json"):
+    for path in [*snapshot_dir.glob("*/snapshot.json"), *(snapshot_dir.parent / "training").glob("*.json")]:
         meta = json.loads(path.read_text())
         chance[meta["task"]["task"]] = meta["eval"].get("chance")
-    for task, ax in grid.axes_dict.items():
+    for panel, ax in grid.axes_dict.items():
+        task = panel.split(" / ")[0]
         ax.set_xticks(range(len(order)), order, rotation=45, ha="right", fontsize=7)
         if chance.get(task):
             ax.axhline(chance[task], color="grey", ls=":", lw=1)
@@ -190,8 +195,12 @@ def accuracy(rows: pd.DataFrame, snapshot_dir: Path, out: Path) -> list[Path]:
 
 
 def training(snapshot_dir: Path, out: Path) -> list[Path]:
-    metas = [json.loads(p.read_text()) for p in sorted(snapshot_dir.glob("*/snapshot.json"))]
-    points = [{"task": m["task"]["task"], "model": f"{m['architecture']} ({m['config']['name']}, lr {m['lr']:g})",
+    """Curves of the snapshots here, and of those too large to commit whose snapshot.json was kept
+    under ``results/training/`` (the GPU tiny runs)."""
+    paths = sorted(snapshot_dir.glob("*/snapshot.json")) + sorted((snapshot_dir.parent / "training").glob("*.json"))
+    metas = [json.loads(p.read_text()) for p in paths]
+    points = [{"task": m["task"]["task"],
+               "model": f"{m['architecture']} ({m['config']['name']}, {m.get('device', '?')}, lr {m['lr']:g})",
                "device": m.get("device", "?"), "step": p["step"], "loss": p["loss"], "ms/step": 1e3 * p["seconds_per_step"]}
               for m in metas for p in m.get("curve", [])]
     if not points:
