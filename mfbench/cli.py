@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Sequence
 
 import pandas as pd
@@ -206,7 +207,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.preset not in runner.PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(runner.PRESETS)}")
-    device = _device(args.device or _default_device())
+    if args.distributed:
+        from mfbench import distributed
+
+        wanted = args.device or _default_device()
+        try:
+            device = distributed.init("cpu" if wanted == "cpu" else "cuda")
+        except distributed.LaunchError as exc:
+            raise UsageError(str(exc)) from None
+        rank, world = distributed.rank_and_world()
+    else:
+        device = _device(args.device or _default_device())
+        rank, world = 0, 1
     dtype_name = args.dtype or ("float16" if device.type == "cuda" else "float32")
     if dtype_name not in DTYPES:
         raise UsageError(f"unknown dtype {dtype_name!r}; choose one of {', '.join(DTYPES)}")
@@ -219,24 +231,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     names = _provider_list(args.providers, providers.names())
     items = runner.plan(preset, device, names, _int_list(args.seq, "--seq"), DTYPES[dtype_name], benchmarks)
     directory = args.results_dir or results.project_dir()
-    try:  # refuse a corrupt or foreign table before spending any time measuring
-        results.load(directory)
-    except results.ResultsError as exc:
-        raise UsageError(str(exc)) from None
+    if rank == 0:
+        try:  # refuse a corrupt or foreign table before spending any time measuring
+            results.load(directory)
+        except results.ResultsError as exc:
+            raise UsageError(str(exc)) from None
     run = results.Run.start(str(device))
-    print(f"run {run.run_id} on {run.device}, commit {run.commit[:10]}{'+dirty' if run.dirty else ''}: "
+    collective: list = []
+    if world > 1:
+        run = distributed.rank_run(distributed.broadcast(run), device)
+        # 'sharded' needs every rank inside each call; a sharded matrix gives each item to one rank only
+        collective = [item for item in items if item.provider == "sharded"]
+        items = [item for item in items if item.provider != "sharded"]
+        items = distributed.shard(items, lambda item: runner.cost_estimate(item, cfg, device), world)[rank]
+    tag = f"[rank {rank}/{world}] " if world > 1 else ""
+    print(f"{tag}run {run.run_id} on {run.device}, commit {run.commit[:10]}{'+dirty' if run.dirty else ''}: "
           f"{len(items)} measurements, preset {args.preset} (model config {cfg.name}, d={cfg.d_model}), {dtype_name}",
           flush=True)
     ceil = ceilings(device)
     rows = []
+    start = time.perf_counter()
+    meter = None
+    if world > 1:
+        from mfbench.measure.energy import EnergyMeter
+
+        meter = EnergyMeter(device)
+        meter.begin_window("shard")
     try:
         for row in runner.run_matrix(items, cfg, run, device, ceil, preset.energy_seconds,
-                                     progress=lambda msg: print(msg, flush=True)):
+                                     progress=lambda msg: print(tag + msg, flush=True)):
             rows.append(row)
     except KeyboardInterrupt:
-        print(f"interrupted: keeping the {len(rows)} rows measured so far", file=sys.stderr)
+        print(f"{tag}interrupted: keeping the {len(rows)} rows measured so far", file=sys.stderr)
+    if world > 1:
+        energy = meter.end_window("shard", max(1, len(items)))
+        rows = distributed.tag_rank(rows) + distributed.rank_rows(run, time.perf_counter() - start, energy, len(items))
+        gathered = distributed.gather(rows)
+        distributed.dist.barrier()
+        if rank != 0:
+            distributed.dist.destroy_process_group()
+            return 0
+        rows = [row for part in gathered for row in part]
+        rows += distributed.derived_rows(run, rows)
+        rows += [run.row(item.benchmark, item.params(cfg), item.provider, "skipped", float("nan"), "",
+                         flags=["not in a sharded matrix: it needs every rank in each call (measure it in a "
+                                "run of its own under torchrun)"]) for item in collective]
+        distributed.dist.destroy_process_group()
     path = results.append(rows, directory)
-    print(f"wrote {len(rows)} rows to {path} (run {run.run_id})")
+    print(f"wrote {len(rows)} rows to {path} (run {run.run_id}{f', {world} ranks' if world > 1 else ''})")
     print(run_summary(pd.DataFrame(rows)))
     return 0
 
@@ -245,7 +287,7 @@ def run_summary(frame: pd.DataFrame) -> str:
     """Time, ratio to dense, achieved bandwidth, energy per token and sanity flags, one line per measurement."""
     import json
 
-    frame = frame[~frame["benchmark"].isin(["idle", "ceiling"])]
+    frame = frame[~frame["benchmark"].isin(["idle", "ceiling", "distributed"])]
     if frame.empty:
         return "no rows"
     quiet = ("2-per-mac", "FlopCounterMode", "nvml-energy-counter", "nvml-power-sampling", "cuda-allocator-peak")
@@ -372,7 +414,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if rec.steps < 1:
         raise UsageError(f"--steps must be positive, got {rec.steps}")
-    device = _device(args.device or _default_device())
+    rank, world = 0, 1
+    if args.distributed:
+        from mfbench import distributed
+
+        try:
+            device = distributed.init("cpu" if (args.device or _default_device()) == "cpu" else "cuda")
+        except distributed.LaunchError as exc:
+            raise UsageError(str(exc).replace("mfbench run", "mfbench train")) from None
+        rank, world = distributed.rank_and_world()
+    else:
+        device = _device(args.device or _default_device())
     provider = _train_provider(args.provider, device)
     archs = list(train.ARCHITECTURES) if args.arch == "both" else [args.arch]
     directory = args.results_dir or results.project_dir()
@@ -382,17 +434,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         except results.ResultsError as exc:
             raise UsageError(str(exc)) from None
     run = results.Run.start(str(device))
-    print(f"run {run.run_id}: train {', '.join(archs)} on {task.name} ({task.spec()}), preset {rec.name}: "
+    if world > 1:
+        run = distributed.rank_run(distributed.broadcast(run), device)
+    say = print if rank == 0 else (lambda *a, **k: None)
+    say(f"run {run.run_id}: train {', '.join(archs)} on {task.name} ({task.spec()}), preset {rec.name}: "
           f"{rec.steps} steps x {rec.batch} sequences x {task.seq_len} tokens, dense lr {rec.lr:g}, "
-          f"MemoryFormer lr x{train.LR_RATIO:g}, on {device}" + (f" via {provider}" if "memoryformer" in archs else ""),
-          flush=True)
+          f"MemoryFormer lr x{train.LR_RATIO:g}, on {device}" + (f" via {provider}" if "memoryformer" in archs else "")
+        + (f", DDP over {world} ranks" if world > 1 else ""), flush=True)
     summary = []
     for arch in archs:
         try:
-            trained = train.train(arch, rec, task, device, provider, progress=lambda m: print(m, flush=True))
+            trained = train.train(arch, rec, task, device, provider, progress=lambda m: say(m, flush=True))
         except KeyboardInterrupt:
             print(f"interrupted while training {arch}: nothing of it is kept", file=sys.stderr)
             return 130
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if world > 1:
+            # per-rank energy and time stay per rank; rank 0 adds them up where a total is wanted
+            mine = {"device": run.device, "fingerprint": run.fingerprint, "curve": trained.curve}
+            ranks = distributed.gather(mine)
+            if rank != 0:
+                continue
+            trained.rank_curves = ranks
         correct, scored, _ = snapshots.task_accuracy(trained.model, task, rec.eval_sequences, train.EVAL_SEED, device)
         acc = correct / scored
         label = "dense" if arch == "dense" else provider
@@ -404,6 +468,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         snap = None if args.no_save else snapshots.save(trained.model, arch, trained.config, task, extra,
                                                         args.snapshots_dir)
         rows = train_rows(run, arch, label, rec, task, trained, acc, scored, snap.id if snap else None)
+        if world > 1:
+            rows = distributed.tag_rank(rows) + rank_train_rows(run, rows[0], trained.rank_curves)
         if not args.no_save:
             results.append(rows, directory)
             print(f"  snapshot {snap.id} at {snap.path}; {len(rows)} rows appended", flush=True)
@@ -414,8 +480,36 @@ def cmd_train(args: argparse.Namespace) -> int:
                         "chance": f"{task.chance:.3f}", "ms/step": f"{1e3 * sorted(per_step)[len(per_step) // 2]:.1f}",
                         "J/step": f"{sorted(joules)[len(joules) // 2]:.3g}" if joules else "-",
                         "train s": f"{trained.seconds:.0f}", "snapshot": snap.id if snap else "-"})
+    if world > 1:
+        distributed.dist.barrier()
+        distributed.dist.destroy_process_group()
+        if rank != 0:
+            return 0
     _print_frame(pd.DataFrame(summary))
     return 0
+
+
+def rank_train_rows(run, like: dict, curves: list[dict]) -> list[dict]:
+    """Each rank's own time and energy per step (its device, its fingerprint), and their derived totals."""
+    import dataclasses
+    import statistics
+
+    out, total = [], 0.0
+    params = json.loads(like["params"])
+    for r, info in enumerate(curves):
+        rank_run = dataclasses.replace(run, device=info["device"], fingerprint=info["fingerprint"])
+        p = {**params, "rank": r, "world_size": len(curves)}
+        out.append(rank_run.row(like["benchmark"], p, like["provider"], "rank_time_per_step",
+                                statistics.median(c["seconds_per_step"] for c in info["curve"]), "s", flags=[f"rank={r}/{len(curves)}"]))
+        joules = [c["joules_per_step"] for c in info["curve"] if c["joules_per_step"] is not None]
+        if joules:
+            out.append(rank_run.row(like["benchmark"], p, like["provider"], "rank_energy_per_step",
+                                    statistics.median(joules), "J", flags=[f"rank={r}/{len(curves)}"]))
+            total += statistics.median(joules)
+    if total and len([r for r in out if r["metric"] == "rank_energy_per_step"]) == len(curves):
+        out.append(run.row(like["benchmark"], {**params, "world_size": len(curves)}, like["provider"],
+                           "energy_per_step_all_ranks", total, "J", flags=["derived:sum-of-ranks"]))
+    return out
 
 
 def train_rows(run, arch: str, provider: str, rec, task, trained, acc: float, scored: int,
@@ -561,6 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="float32, float16 or bfloat16 (default float16 on a GPU, float32 on the CPU)")
     p.add_argument("--weighting", default="paper", choices=("paper", "released"))
     p.add_argument("--results-dir", help="directory of the result tables (default: the project's results/)")
+    p.add_argument("--distributed", action="store_true",
+                   help="under torchrun: each rank measures a balanced shard on its own device; rank 0 writes one run")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("show", help="list runs, or summarise one (RUN may be a prefix or 'latest')")
@@ -586,6 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", help="result tables to append to (default: the project's results/)")
     p.add_argument("--snapshots-dir", type=_path, help="where snapshots go (default: results/snapshots)")
     p.add_argument("--no-save", action="store_true", help="train and print only")
+    p.add_argument("--distributed", action="store_true",
+                   help="under torchrun: DistributedDataParallel, the same global batch split over the ranks")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("snapshot", help="list snapshots, or re-evaluate one through every provider")

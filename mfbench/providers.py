@@ -152,6 +152,18 @@ def _triton_requirement(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
+def _sharded(layer: "MemoryLayer", x: torch.Tensor) -> torch.Tensor:
+    from mfbench.sharded import sharded_lookup
+
+    return sharded_lookup(layer, x)
+
+
+def _sharded_requirement(device: torch.device, dtype: torch.dtype) -> str | None:
+    from mfbench.sharded import requirement
+
+    return requirement(device, dtype)
+
+
 def _dense(layer: "MemoryLayer", x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, layer.dense_weight())
 
@@ -160,4 +172,6 @@ register(Provider("reference", "the PyTorch statement of Eq. 6-11, token-blocked
 register(Provider("embedding_bag", "hash in torch, then F.embedding_bag with per-sample weights", _embedding_bag))
 register(Provider("compiled", "torch.compile of the unblocked reference", _compiled, requirement=_compiled_requirement))
 register(Provider("triton", "fused Triton kernels (mfbench.kernels.lookup)", _triton, requirement=_triton_requirement))
+register(Provider("sharded", "chunk tables split over torch.distributed ranks, partial sums all-reduced "
+                  "(mfbench.sharded)", _sharded, requirement=_sharded_requirement))
 register(Provider("dense", "the nn.Linear(in, out) the Memory Layer replaces (baseline)", _dense, exact=False))

@@ -129,6 +129,22 @@ def analytic_flops(item: Item, cfg: ModelConfig) -> int:
     return count.flops("2mac") * (2 if item.direction == "backward" else 1)
 
 
+# Relative cost of a provider per unit of work, for balancing shards of a distributed run: rough factors
+# from the runs in results/ (the CPU interpreter runs Triton a program at a time; torch.compile compiles
+# afresh for every shape).
+PROVIDER_COST = {"cpu": {"triton": 30.0, "compiled": 10.0}, "cuda": {"compiled": 8.0}}
+BENCHMARK_COST = {"layer": 1.0, "block": 4.0, "model": 24.0}
+
+
+def cost_estimate(item: Item, cfg: ModelConfig, device: torch.device) -> float:
+    """A rough, deterministic cost of measuring ``item`` (only ever compared with other items' costs)."""
+    factor = PROVIDER_COST.get(device.type, {}).get(item.provider, 1.0)
+    # Mostly a fixed part per item (build, warm-up, timing, a 1 s energy window, a memory pass), plus a
+    # smaller part that grows with the work.
+    work = BENCHMARK_COST[item.benchmark] * (3.0 if item.direction == "backward" else 1.0) * item.seq / 2048
+    return factor * (1.0 + 0.05 * work)
+
+
 def measure_item(item: Item, cfg: ModelConfig, run: Run, device: torch.device, ceilings: Ceilings,
                  meter: EnergyMeter, idle: EnergyResult | None, energy_seconds: float) -> list[dict]:
     """Every metric of one matrix entry as result rows (time, throughput, FLOPs, bytes, energy, memory)."""

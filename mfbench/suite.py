@@ -9,7 +9,7 @@ the machine and can be narrowed with environment variables:
 - ``MFBENCH_ASV_DEVICES`` (default: cuda where present, else cpu),
 - ``MFBENCH_ASV_PROVIDERS`` (default: every registered provider but ``compiled``: asv runs each benchmark
   in a new process, where torch.compile would trace and compile again every time; ``mfbench run`` and
-  ``mfbench layers`` measure it in one process),
+  ``mfbench layers`` measure it in one process; nor ``sharded``, which needs a torchrun process group),
 - ``MFBENCH_ASV_SEQS`` (default: 2048,8192,32768 on a GPU; 128,512,2048 on the CPU; blocks take
   those from 512 to 8192, and so do whole models on a GPU; on the CPU models take the shortest),
 - ``MFBENCH_ASV_PRESET`` (model config, default ``tiny``; ``micro`` for quick runs),
@@ -45,7 +45,7 @@ def _env_list(name: str, default: list[str]) -> list[str]:
 
 GPU = torch.cuda.is_available()
 DEVICES = _env_list("MFBENCH_ASV_DEVICES", ["cuda"] if GPU else ["cpu"])
-PROVIDERS = _env_list("MFBENCH_ASV_PROVIDERS", [p for p in providers.names() if p != "compiled"])
+PROVIDERS = _env_list("MFBENCH_ASV_PROVIDERS", [p for p in providers.names() if p not in ("compiled", "sharded")])
 SEQS = [int(s) for s in _env_list("MFBENCH_ASV_SEQS", ["2048", "8192", "32768"] if GPU else ["128", "512", "2048"])]
 DTYPES_FOR = {"cuda": "float16", "cpu": "float32"}
 DTYPE_PARAMS = sorted({DTYPES_FOR[d.split(":")[0]] for d in DEVICES})

@@ -100,10 +100,23 @@ def train(architecture: str, rec: Recipe, task: SyntheticTask, device: torch.dev
           progress: Callable[[str], None] | None = None) -> TrainResult:
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    from mfbench.distributed import rank_and_world
+
+    rank, world = rank_and_world()
+    if rec.batch % world:
+        raise ValueError(f"a global batch of {rec.batch} sequences does not split over {world} ranks")
     cfg = model_config(rec, task, provider if architecture == "memoryformer" else "reference")
     torch.manual_seed(rec.seed)
     with torch.device(device):
         model = build(architecture, cfg)
+    # Under torchrun: DistributedDataParallel, each rank a slice of the same global batch, so the averaged
+    # gradient is the one-device gradient (every sequence has the same number of scored answers).
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    part = slice(rank * rec.batch // world, (rank + 1) * rec.batch // world)
     lr = rec.lr_for(architecture)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=rec.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rec.schedule)
@@ -118,18 +131,24 @@ def train(architecture: str, rec: Recipe, task: SyntheticTask, device: torch.dev
         t0 = time.perf_counter()
         losses = []
         for step in range(first, last):
-            inputs, targets = (t.to(device) for t in task.batch(rec.batch, TRAIN_SEED_BASE + rec.seed * rec.steps + step))
-            loss = loss_on(model, inputs, targets)
+            inputs, targets = (t[part].to(device) for t in task.batch(rec.batch, TRAIN_SEED_BASE + rec.seed * rec.steps + step))
+            loss = loss_on(net, inputs, targets)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             losses.append(loss.detach())
-        mean_loss = float(torch.stack(losses).mean())  # one sync per interval
+        mean_loss = torch.stack(losses).mean()  # one sync per interval
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(mean_loss)
+            mean_loss /= world
+        mean_loss = float(mean_loss)
         energy = meter.end_window("interval", last - first)
         seconds = time.perf_counter() - t0
         steps = last - first
-        point = {"step": last, "loss": mean_loss, "seconds_per_step": seconds / steps,
+        point = {"step": last, "loss": mean_loss, "seconds_per_step": seconds / steps, "ranks": world,
                  "tokens_per_step": tokens, "tokens_per_s": tokens * steps / seconds,
                  "joules_per_step": energy.joules_per_call, "energy_method": energy.method}
         result.curve.append(point)

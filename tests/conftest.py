@@ -31,3 +31,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One single-process `mfbench run --preset smoke` on the CPU, shared by the runner and distributed tests."""
+    from mfbench.cli import main
+
+    directory = tmp_path_factory.mktemp("results")
+    code = main(["run", "--preset", "smoke", "--device", "cpu", "--results-dir", str(directory)])
+    assert code == 0
+    return directory

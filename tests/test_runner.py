@@ -8,14 +8,6 @@ from mfbench import results, runner
 from mfbench.cli import main
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("results")
-    code = main(["run", "--preset", "smoke", "--device", "cpu", "--results-dir", str(directory)])
-    assert code == 0
-    return directory
-
-
 def test_smoke_run_rows(smoke_run):
     frame = results.load(smoke_run)
     assert frame["run_id"].nunique() == 1

@@ -104,7 +104,7 @@ def ceilings(device: torch.device | str = "cpu", refresh: bool = False) -> Ceili
     cache[key] = result.as_dict()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # ranks of a distributed run write at once
         tmp.write_text(json.dumps(cache, indent=1))
         tmp.replace(path)
     except OSError:

@@ -1,0 +1,131 @@
+"""Scale-out on torch.distributed, launched by ``torchrun`` (its rendezvous handles one host or many).
+
+- ``mfbench run --distributed``: every rank measures a disjoint, balanced shard of the matrix on its own
+  device; rank 0 gathers the rows and writes them as one run (one ``run_id``), each row keeping the
+  device fingerprint and the rank of whoever measured it. Per-rank wall time and energy are rows of their
+  own; the run's totals (slowest rank's wall time, sum of the ranks' energy) are derived from them and
+  flagged ``derived``.
+- ``mfbench train --distributed``: DistributedDataParallel over the same global batch as one device.
+- the ``sharded`` provider (``mfbench.sharded``): a Memory Layer whose chunk tables are split over ranks.
+
+The backend is NCCL on GPUs and gloo on CPU ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import json
+import os
+import time
+from typing import Callable, Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+class LaunchError(Exception):
+    """Asked for a distributed run outside torchrun, or a process group that would not start."""
+
+
+def launched() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init(device_type: str) -> torch.device:
+    """Join torchrun's process group; returns this rank's device (cuda:LOCAL_RANK, or the CPU)."""
+    if not launched():
+        raise LaunchError("--distributed needs torchrun (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, "
+                          "MASTER_PORT), e.g. torchrun --nproc-per-node 2 -m mfbench run --distributed")
+    local = int(os.environ["LOCAL_RANK"])
+    if device_type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise LaunchError(f"local rank {local} has no GPU: this host shows {torch.cuda.device_count()}")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    return device
+
+
+def shard(items: Sequence[T], cost: Callable[[T], float], world: int) -> list[list[T]]:
+    """Split ``items`` into ``world`` disjoint shards of balanced total cost (longest first onto the least
+    loaded rank); every rank computes the same split, so no one has to send it. Items keep their order
+    inside a shard."""
+    loads = [(0.0, r) for r in range(world)]
+    owner: dict[int, int] = {}
+    for i in sorted(range(len(items)), key=lambda i: (-cost(items[i]), i)):
+        load, r = heapq.heappop(loads)
+        owner[i] = r
+        heapq.heappush(loads, (load + cost(items[i]), r))
+    return [[items[i] for i in range(len(items)) if owner[i] == r] for r in range(world)]
+
+
+def broadcast(value: T, src: int = 0) -> T:
+    box = [value]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather(value: T) -> list[T] | None:
+    """Every rank's ``value`` on rank 0 (None elsewhere)."""
+    rank, world = rank_and_world()
+    out = [None] * world if rank == 0 else None
+    dist.gather_object(value, out, dst=0)
+    return out
+
+
+def rank_run(run, device: torch.device):
+    """Rank 0's run identity with this rank's own machine, device and fingerprint."""
+    from mfbench.results import Run
+
+    mine = Run.start(str(device))
+    rank, world = rank_and_world()
+    info = json.loads(mine.fingerprint)
+    info.update(rank=rank, world_size=world)
+    return dataclasses.replace(run, machine=mine.machine, device=mine.device, fingerprint=json.dumps(info, sort_keys=True))
+
+
+def tag_rank(rows: list[dict]) -> list[dict]:
+    rank, world = rank_and_world()
+    for row in rows:
+        row["flags"] = ",".join(filter(None, [row["flags"], f"rank={rank}/{world}"]))
+    return rows
+
+
+def rank_rows(run, seconds: float, energy, items: int) -> list[dict]:
+    """This rank's own wall time and energy over its whole shard."""
+    rank, world = rank_and_world()
+    params = {"rank": rank, "world_size": world, "items": items}
+    rows = [run.row("distributed", params, "-", "rank_wall_time", seconds, "s")]
+    if energy is not None and energy.available:
+        rows.append(run.row("distributed", params, "-", "rank_energy", energy.joules, "J", flags=[energy.method]))
+    return tag_rank(rows)
+
+
+def derived_rows(run, rows: list[dict]) -> list[dict]:
+    """Totals of a distributed run, computed from the per-rank rows only (rank 0)."""
+    walls = [r["value"] for r in rows if r["metric"] == "rank_wall_time"]
+    joules = [r["value"] for r in rows if r["metric"] == "rank_energy"]
+    params = {"world_size": len(walls)}
+    out = [run.row("distributed", params, "-", "run_wall_time", max(walls), "s", flags=["derived:max-of-ranks"])]
+    if joules and len(joules) == len(walls):
+        out.append(run.row("distributed", params, "-", "run_energy", sum(joules), "J", flags=["derived:sum-of-ranks"]))
+    return out
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
