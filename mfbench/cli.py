@@ -243,10 +243,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         # 'sharded' needs every rank inside each call; a sharded matrix gives each item to one rank only
         collective = [item for item in items if item.provider == "sharded"]
         items = [item for item in items if item.provider != "sharded"]
-        items = distributed.shard(items, lambda item: runner.cost_estimate(item, cfg, device), world)[rank]
+        cost = lambda item: runner.cost_estimate(item, cfg, device)  # noqa: E731
+        items = (distributed.shard(items, cost, world)[rank] if args.schedule == "static"
+                 else distributed.claim(items, cost, f"mfbench-items-{run.run_id}"))
     tag = f"[rank {rank}/{world}] " if world > 1 else ""
+    count = len(items) if isinstance(items, list) else "its share of the"
     print(f"{tag}run {run.run_id} on {run.device}, commit {run.commit[:10]}{'+dirty' if run.dirty else ''}: "
-          f"{len(items)} measurements, preset {args.preset} (model config {cfg.name}, d={cfg.d_model}), {dtype_name}",
+          f"{count} measurements, preset {args.preset} (model config {cfg.name}, d={cfg.d_model}), {dtype_name}",
           flush=True)
     ceil = ceilings(device)
     rows = []
@@ -264,8 +267,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"{tag}interrupted: keeping the {len(rows)} rows measured so far", file=sys.stderr)
     if world > 1:
-        energy = meter.end_window("shard", max(1, len(items)))
-        rows = distributed.tag_rank(rows) + distributed.rank_rows(run, time.perf_counter() - start, energy, len(items))
+        measured = len({(r["benchmark"], r["params"], r["provider"]) for r in rows if r["benchmark"] in runner.BENCHMARKS})
+        energy = meter.end_window("shard", max(1, measured))
+        rows = distributed.tag_rank(rows) + distributed.rank_rows(run, time.perf_counter() - start, energy, measured)
         gathered = distributed.gather(rows)
         distributed.dist.barrier()
         if rank != 0:
@@ -656,7 +660,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weighting", default="paper", choices=("paper", "released"))
     p.add_argument("--results-dir", help="directory of the result tables (default: the project's results/)")
     p.add_argument("--distributed", action="store_true",
-                   help="under torchrun: each rank measures a balanced shard on its own device; rank 0 writes one run")
+                   help="under torchrun: each rank measures a share of the matrix on its own device; rank 0 writes one run")
+    p.add_argument("--schedule", default="dynamic", choices=("dynamic", "static"),
+                   help="distributed: take items from a shared counter as ranks free up (dynamic), or split by "
+                        "estimated cost up front (static)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("show", help="list runs, or summarise one (RUN may be a prefix or 'latest')")

@@ -1,7 +1,8 @@
 """Scale-out on torch.distributed, launched by ``torchrun`` (its rendezvous handles one host or many).
 
-- ``mfbench run --distributed``: every rank measures a disjoint, balanced shard of the matrix on its own
-  device; rank 0 gathers the rows and writes them as one run (one ``run_id``), each row keeping the
+- ``mfbench run --distributed``: every rank measures a disjoint share of the matrix on its own device,
+  taking the next item from a shared counter whenever it is free (``claim``; ``shard`` is the static,
+  cost-estimated split); rank 0 gathers the rows and writes them as one run (one ``run_id``), each row keeping the
   device fingerprint and the rank of whoever measured it. Per-rank wall time and energy are rows of their
   own; the run's totals (slowest rank's wall time, sum of the ranks' energy) are derived from them and
   flagged ``derived``.
@@ -18,7 +19,7 @@ import heapq
 import json
 import os
 import time
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -70,6 +71,19 @@ def shard(items: Sequence[T], cost: Callable[[T], float], world: int) -> list[li
         owner[i] = r
         heapq.heappush(loads, (load + cost(items[i]), r))
     return [[items[i] for i in range(len(items)) if owner[i] == r] for r in range(world)]
+
+
+def claim(items: Sequence[T], cost: Callable[[T], float], key: str) -> Iterator[T]:
+    """Items for this rank, taken one at a time from a counter in torchrun's rendezvous store, costliest
+    first: each item goes to exactly one rank (the store's add is atomic), and a rank that finishes early
+    takes more, so ranks end close together whatever the real costs turn out to be."""
+    order = sorted(range(len(items)), key=lambda i: (-cost(items[i]), i))
+    store = dist.distributed_c10d._get_default_store()
+    while True:
+        taken = store.add(key, 1) - 1
+        if taken >= len(order):
+            return
+        yield items[order[taken]]
 
 
 def broadcast(value: T, src: int = 0) -> T:

@@ -204,7 +204,7 @@ def ceiling_rows(run: Run, ceilings: Ceilings) -> list[dict]:
     ]
 
 
-def run_matrix(items: list[Item], cfg: ModelConfig, run: Run, device: torch.device, ceilings: Ceilings,
+def run_matrix(items: Iterable[Item], cfg: ModelConfig, run: Run, device: torch.device, ceilings: Ceilings,
                energy_seconds: float, progress: Callable[[str], None] = print) -> Iterator[dict]:
     """Measure every item, yielding rows as they come; unavailable or failing providers become a
     ``skipped`` row with the reason instead of stopping the run."""
@@ -214,7 +214,7 @@ def run_matrix(items: list[Item], cfg: ModelConfig, run: Run, device: torch.devi
     if meter.available:
         idle = idle_power(device, 1.0, meter)
         yield run.row("idle", {"seconds": round(idle.seconds, 3)}, "-", "power", idle.watts, "W", flags=[idle.method])
-    total, start = len(items), time.perf_counter()
+    total, start = (len(items) if hasattr(items, "__len__") else "?"), time.perf_counter()
     with input_checks(False):
         for i, item in enumerate(items, 1):
             head = f"[{i}/{total}] {item.label}"
