@@ -81,3 +81,22 @@ def test_netlog_reader_tolerates_a_truncated_log(tmp_path):
     page = dashboard.PageCheck("", requests, None)
     assert page.off_machine == ["https://cdn.example.org/x.js"]
     assert page.browser_background == ["https://update.example.org/x"]
+
+
+def test_accuracy_suite_values_equal_the_rows_behind_them(tmp_path, monkeypatch):
+    """suites/accuracy.py on the committed micro snapshot: asv's tracked accuracy per provider is the
+    row the snapshot evaluation wrote (and the dense baseline's own snapshot shows as provider dense)."""
+    import json
+
+    monkeypatch.setenv("MFBENCH_ASV_PROVIDERS", "reference,embedding_bag,dense")
+    monkeypatch.setenv("MFBENCH_ASV_DEVICES", "cpu")
+    monkeypatch.setenv("MFBENCH_ASV_CACHE", str(tmp_path / "cache"))
+    head = asvrun._git("rev-parse", "HEAD")
+    asvrun.run_commit(asvrun.ROOT, head, tmp_path / "asv", "^accuracy", quick=True)
+    tracked = {v.params["provider"]: v.value for v in asvrun.asv_values(tmp_path / "asv", asvrun.machine_name(), head)
+               if v.benchmark == "accuracy.SnapshotAccuracy.track_accuracy"}
+    rows = {r["provider"]: r["value"] for p in (tmp_path / "cache").glob("*.json") if not p.name.startswith("probe")
+            for r in json.loads(p.read_text()) if r["metric"] == "accuracy"}
+    assert set(tracked) == {"reference", "embedding_bag", "dense"}
+    assert tracked == rows
+    assert tracked["embedding_bag"] == tracked["reference"] > tracked["dense"]

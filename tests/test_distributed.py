@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
 
 from mfbench import cli, distributed, results, runner, snapshots
 from mfbench.model import ModelConfig

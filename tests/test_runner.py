@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mfbench import results, runner
+from mfbench import providers, results, runner
 from mfbench.cli import main
 
 
@@ -19,7 +19,10 @@ def test_smoke_run_rows(smoke_run):
     # every provider either measured or skipped with its reason, never silently missing
     measured = frame[~frame["benchmark"].isin(["ceiling", "idle"])]
     for (bench, params), group in measured.groupby(["benchmark", "params"]):
-        assert set(group["provider"]) == set(["reference", "embedding_bag", "compiled", "triton", "dense"])
+        assert set(group["provider"]) == set(providers.names())
+    # one process has no process group: the sharded provider is skipped, saying why
+    sharded = frame[frame["provider"] == "sharded"]
+    assert (sharded["metric"] == "skipped").all() and sharded["flags"].str.contains("torchrun").all()
     skipped = frame[frame["metric"] == "skipped"]
     assert (skipped["flags"].str.len() > 0).all()
     ceilings = frame[frame["benchmark"] == "ceiling"]
