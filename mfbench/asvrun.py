@@ -85,12 +85,17 @@ def _asv(conf: Path, *args: str, env: dict | None = None, cwd: Path | None = Non
     return subprocess.run(cmd, env=env, cwd=cwd)
 
 
+def _tree_pythonpath(tree: Path) -> str:
+    """PYTHONPATH with ``tree`` first, so Python imports that checkout's mfbench."""
+    return os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+
+
 def run_commit(tree: Path, commit: str, results_dir: Path, bench: str | None, quick: bool,
                attributes: tuple[str, ...] = (), append: bool = False) -> Path:
     """Run the suites of ``tree`` (a checkout of ``commit``) in this Python; returns the asv results dir."""
     conf = _conf_for(tree, results_dir, results_dir.parent / "html")
     name = machine_name()
-    path = os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    path = _tree_pythonpath(tree)
     # asv drops PYTHONPATH in benchmark processes unless it comes as ASV_PYTHONPATH; without it the
     # suites would import whichever mfbench is installed instead of this commit's.
     # asv's forkserver imports the suites once and forks per benchmark; CUDA must not be initialised
@@ -262,8 +267,8 @@ def accuracy_check(tree: Path) -> tuple[int, str]:
     sequences = os.environ.get("MFBENCH_ALERT_ACCURACY_SEQUENCES")
     if sequences:
         args += ["--sequences", sequences]
-    path = os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    result = subprocess.run(args, cwd=tree, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=tree, env={**os.environ, "PYTHONPATH": _tree_pythonpath(tree)},
+                            capture_output=True, text=True)
     return result.returncode, (result.stdout + result.stderr).strip()
 
 

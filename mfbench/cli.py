@@ -207,18 +207,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.preset not in runner.PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(runner.PRESETS)}")
-    if args.distributed:
+    device, rank, world = _start(args)
+    if world > 1:
         from mfbench import distributed
-
-        wanted = args.device or _default_device()
-        try:
-            device = distributed.init("cpu" if wanted == "cpu" else "cuda")
-        except distributed.LaunchError as exc:
-            raise UsageError(str(exc)) from None
-        rank, world = distributed.rank_and_world()
-    else:
-        device = _device(args.device or _default_device())
-        rank, world = 0, 1
     dtype_name = args.dtype or ("float16" if device.type == "cuda" else "float32")
     if dtype_name not in DTYPES:
         raise UsageError(f"unknown dtype {dtype_name!r}; choose one of {', '.join(DTYPES)}")
@@ -396,6 +387,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start(args: argparse.Namespace) -> tuple[torch.device, int, int]:
+    """(device, rank, world size): this rank's device under torchrun with --distributed, else --device."""
+    if not args.distributed:
+        return _device(args.device or _default_device()), 0, 1
+    from mfbench import distributed
+
+    try:
+        device = distributed.init("cpu" if (args.device or _default_device()) == "cpu" else "cuda")
+    except distributed.LaunchError as exc:
+        raise UsageError(str(exc)) from None
+    return (device, *distributed.rank_and_world())
+
+
 def _train_provider(text: str | None, device: torch.device) -> str:
     """The provider the MemoryFormer trains with: the fastest exact one measured for the device by default."""
     name = text or ("triton" if device.type == "cuda" else "embedding_bag")
@@ -418,17 +422,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if rec.steps < 1:
         raise UsageError(f"--steps must be positive, got {rec.steps}")
-    rank, world = 0, 1
-    if args.distributed:
+    device, rank, world = _start(args)
+    if world > 1:
         from mfbench import distributed
-
-        try:
-            device = distributed.init("cpu" if (args.device or _default_device()) == "cpu" else "cuda")
-        except distributed.LaunchError as exc:
-            raise UsageError(str(exc).replace("mfbench run", "mfbench train")) from None
-        rank, world = distributed.rank_and_world()
-    else:
-        device = _device(args.device or _default_device())
     provider = _train_provider(args.provider, device)
     archs = list(train.ARCHITECTURES) if args.arch == "both" else [args.arch]
     directory = args.results_dir or results.project_dir()
@@ -457,10 +453,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if world > 1:
             # per-rank energy and time stay per rank; rank 0 adds them up where a total is wanted
             mine = {"device": run.device, "fingerprint": run.fingerprint, "curve": trained.curve}
-            ranks = distributed.gather(mine)
+            rank_curves = distributed.gather(mine)
             if rank != 0:
                 continue
-            trained.rank_curves = ranks
         correct, scored, _ = snapshots.task_accuracy(trained.model, task, rec.eval_sequences, train.EVAL_SEED, device)
         acc = correct / scored
         label = "dense" if arch == "dense" else provider
@@ -473,16 +468,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                                                         args.snapshots_dir)
         rows = train_rows(run, arch, label, rec, task, trained, acc, scored, snap.id if snap else None)
         if world > 1:
-            rows = distributed.tag_rank(rows) + rank_train_rows(run, rows[0], trained.rank_curves)
+            rows = distributed.tag_rank(rows) + rank_train_rows(run, rows[0], rank_curves)
         if not args.no_save:
             results.append(rows, directory)
             print(f"  snapshot {snap.id} at {snap.path}; {len(rows)} rows appended", flush=True)
-        per_step = [p["seconds_per_step"] for p in trained.curve]
-        joules = [p["joules_per_step"] for p in trained.curve if p["joules_per_step"] is not None]
+        value = {r["metric"]: r["value"] for r in rows}  # per-rank rows have metric names of their own
         summary.append({"architecture": arch, "provider": label, "lr": f"{trained.lr:g}",
-                        "final loss": f"{trained.curve[-1]['loss']:.3f}", "accuracy": f"{acc:.3f}",
-                        "chance": f"{task.chance:.3f}", "ms/step": f"{1e3 * sorted(per_step)[len(per_step) // 2]:.1f}",
-                        "J/step": f"{sorted(joules)[len(joules) // 2]:.3g}" if joules else "-",
+                        "final loss": f"{value['final_loss']:.3f}", "accuracy": f"{acc:.3f}",
+                        "chance": f"{task.chance:.3f}", "ms/step": f"{1e3 * value['time_per_step']:.1f}",
+                        "J/step": f"{value['energy_per_step']:.3g}" if "energy_per_step" in value else "-",
                         "train s": f"{trained.seconds:.0f}", "snapshot": snap.id if snap else "-"})
     if world > 1:
         distributed.dist.barrier()

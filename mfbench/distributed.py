@@ -18,7 +18,6 @@ import dataclasses
 import heapq
 import json
 import os
-import time
 from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
@@ -44,8 +43,8 @@ def rank_and_world() -> tuple[int, int]:
 def init(device_type: str) -> torch.device:
     """Join torchrun's process group; returns this rank's device (cuda:LOCAL_RANK, or the CPU)."""
     if not launched():
-        raise LaunchError("--distributed needs torchrun (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, "
-                          "MASTER_PORT), e.g. torchrun --nproc-per-node 2 -m mfbench run --distributed")
+        raise LaunchError("this needs torchrun, which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and "
+                          "MASTER_PORT: start it as torchrun --nproc-per-node N -m ...")
     local = int(os.environ["LOCAL_RANK"])
     if device_type == "cuda":
         if local >= torch.cuda.device_count():
@@ -138,8 +137,3 @@ def derived_rows(run, rows: list[dict]) -> list[dict]:
         out.append(run.row("distributed", params, "-", "run_energy", sum(joules), "J", flags=["derived:sum-of-ranks"]))
     return out
 
-
-def timed(fn: Callable[[], T]) -> tuple[T, float]:
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start

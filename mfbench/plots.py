@@ -180,10 +180,7 @@ def accuracy(rows: pd.DataFrame, snapshot_dir: Path, out: Path) -> list[Path]:
     grid = sns.relplot(data=acc, x="x", y="value", hue="provider", style="device", col="panel", col_wrap=3,
                        kind="line", marker="o", height=3, aspect=1.1, facet_kws={"sharey": False})
     grid.set(xlabel="commit", ylabel="accuracy", ylim=(0, 1.02))
-    chance = {}
-    for path in [*snapshot_dir.glob("*/snapshot.json"), *(snapshot_dir.parent / "training").glob("*.json")]:
-        meta = json.loads(path.read_text())
-        chance[meta["task"]["task"]] = meta["eval"].get("chance")
+    chance = {meta["task"]["task"]: meta["eval"].get("chance") for meta in _snapshot_metas(snapshot_dir)}
     for panel, ax in grid.axes_dict.items():
         task = panel.split(" / ")[0]
         ax.set_xticks(range(len(order)), order, rotation=45, ha="right", fontsize=7)
@@ -194,11 +191,15 @@ def accuracy(rows: pd.DataFrame, snapshot_dir: Path, out: Path) -> list[Path]:
     return _save(grid.figure, out, "accuracy")
 
 
-def training(snapshot_dir: Path, out: Path) -> list[Path]:
-    """Curves of the snapshots here, and of those too large to commit whose snapshot.json was kept
+def _snapshot_metas(snapshot_dir: Path) -> list[dict]:
+    """The metadata of the snapshots here, and of those too large to commit whose snapshot.json was kept
     under ``results/training/`` (the GPU tiny runs)."""
     paths = sorted(snapshot_dir.glob("*/snapshot.json")) + sorted((snapshot_dir.parent / "training").glob("*.json"))
-    metas = [json.loads(p.read_text()) for p in paths]
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def training(snapshot_dir: Path, out: Path) -> list[Path]:
+    metas = _snapshot_metas(snapshot_dir)
     points = [{"task": m["task"]["task"],
                "model": f"{m['architecture']} ({m['config']['name']}, {m.get('device', '?')}, lr {m['lr']:g})",
                "device": m.get("device", "?"), "step": p["step"], "loss": p["loss"], "ms/step": 1e3 * p["seconds_per_step"]}

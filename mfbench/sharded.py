@@ -144,7 +144,7 @@ def main() -> int:
     try:
         device = distributed.init("cuda" if torch.cuda.is_available() and os.environ.get("MFBENCH_DEVICE") != "cpu" else "cpu")
     except distributed.LaunchError as exc:
-        print(f"mfbench: error: {exc}".replace("mfbench run --distributed", "mfbench.sharded"), file=sys.stderr)
+        print(f"mfbench.sharded: error: {exc}", file=sys.stderr)
         return 2
     dtype = torch.float32
     tolerance = 1e-5
