@@ -39,8 +39,11 @@ def test_smoke_matrix_on_two_gloo_ranks_is_one_run_with_the_single_rank_rows(smo
     measured = frame[frame["benchmark"].isin(runner.BENCHMARKS) & (frame["metric"] != "skipped")]
     ranks = measured["flags"].str.extract(r"rank=(\d)/2")[0]
     assert ranks.notna().all() and set(ranks) == {"0", "1"}  # both ranks measured, each row says which
-    prints = {json.loads(f)["rank"] for f in frame["fingerprint"]}
-    assert prints == {0, 1}
+    prints = [json.loads(f) for f in frame["fingerprint"]]
+    assert {p["rank"] for p in prints} == {0, 1}
+    # the two ranks share this host's cores: each one's torch.compile pool gets half of them
+    cores = len(os.sched_getaffinity(0))
+    assert {p["compile_threads"] for p in prints} == {max(1, cores // 2)}, prints[0]
     walls = frame[frame["metric"] == "rank_wall_time"]["value"]
     total = frame[frame["metric"] == "run_wall_time"]
     assert len(walls) == 2 and float(total["value"].iloc[0]) == walls.max() and "derived" in total["flags"].iloc[0]

@@ -43,6 +43,15 @@ def _triton_version() -> str | None:
         return None
 
 
+def _compile_threads() -> int | None:
+    try:
+        import torch._inductor.config as inductor
+
+        return inductor.compile_threads
+    except Exception:  # a torch without Inductor
+        return None
+
+
 def _nvml_driver() -> tuple[str | None, str | None]:
     """(driver version, reason it is unknown)."""
     try:
@@ -94,6 +103,9 @@ def fingerprint(device: torch.device | str = "cpu") -> dict:
         "device": device_name(device),
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
+        # CPU threads this process may use: torchrun ranks get fewer, and that changes CPU-side figures
+        "torch_threads": torch.get_num_threads(),
+        "compile_threads": _compile_threads(),
         "ram_gib": _ram_gib(),
         "python": platform.python_version(),
         "torch": torch.__version__,
