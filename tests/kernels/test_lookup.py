@@ -1,6 +1,8 @@
 """The Triton kernels against a float64 reference, on CPU tensors through TRITON_INTERPRET=1 (see conftest),
 and at the benchmark shapes on a GPU (tests marked gpu)."""
 
+import os
+
 import pytest
 import torch
 from hypothesis import given
@@ -143,3 +145,18 @@ def test_model_end_to_end_triton_matches_reference_on_gpu():
     loss = torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_every_mfbench_process_shares_one_triton_cache(tmp_path):
+    """Inductor would otherwise move TRITON_CACHE_DIR to a per-device folder mid-process (see
+    mfbench/__init__.py); a user's own TRITON_CACHE_DIR is kept."""
+    import subprocess
+    import sys
+
+    code = "import os, mfbench; print(os.environ['TRITON_CACHE_DIR'])"
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_CACHE_DIR", "TRITON_HOME")}
+    default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert default.stdout.strip() == os.path.join(os.path.expanduser("~"), ".triton", "cache")
+    mine = subprocess.run([sys.executable, "-c", code], env={**env, "TRITON_CACHE_DIR": str(tmp_path)},
+                          capture_output=True, text=True, check=True)
+    assert mine.stdout.strip() == str(tmp_path)
