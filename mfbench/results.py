@@ -104,6 +104,8 @@ def _coerce(frame: pd.DataFrame) -> pd.DataFrame:
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
     frame["samples"] = pd.to_numeric(frame["samples"], errors="coerce").astype("Int64")
     frame["schema_version"] = frame["schema_version"].astype("int64")
+    # a CSV table reads back as text, and bool("False") is True
+    frame["dirty"] = frame["dirty"].map(lambda v: v.strip().lower() == "true" if isinstance(v, str) else bool(v))
     frame["dirty"] = frame["dirty"].astype("bool")
     for col in set(COLUMNS) - {"value", "spread_low", "spread_high", "samples", "schema_version", "dirty"}:
         frame[col] = frame[col].fillna("").astype("string")

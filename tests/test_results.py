@@ -35,6 +35,15 @@ def test_round_trip_and_required_columns(tmp_path, run):
     assert results.load(tmp_path / results.MIRROR)["value"].tolist() == frame["value"].tolist()
 
 
+@pytest.mark.parametrize("dirty", [False, True])
+def test_csv_mirror_reads_back_the_dirty_flag(tmp_path, run, dirty):
+    import dataclasses
+
+    results.append(_rows(dataclasses.replace(run, dirty=dirty), 2), tmp_path)
+    assert results.load(tmp_path / results.MIRROR)["dirty"].tolist() == [dirty, dirty]
+    assert results.load(tmp_path)["dirty"].tolist() == [dirty, dirty]
+
+
 def test_append_only(tmp_path, run):
     results.append(_rows(run, 2, "a"), tmp_path)
     first = results.load(tmp_path)
