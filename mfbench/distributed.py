@@ -63,10 +63,9 @@ def init(device_type: str) -> torch.device:
 def share_host_cpus() -> int:
     """Give this rank's torch.compile worker pool its share of the host's cores; returns the pool size.
 
-    Ranks on one host share its cores, but every rank's Inductor would start a compile pool as large as
-    the whole host. On nvidia-h200-x2 (32 cores) two ranks with the default pools spent 68 s on the
-    default matrix and 59 s with one compile thread each. ``TORCHINDUCTOR_COMPILE_THREADS``, when set,
-    wins. (torchrun already gives each worker one OpenMP thread unless ``OMP_NUM_THREADS`` is set.)
+    Ranks on one host share its cores, but each rank's Inductor would size its compile pool to the whole
+    host (two ranks on a 32-core host: 64 workers). ``TORCHINDUCTOR_COMPILE_THREADS``, when set, wins.
+    torchrun already gives each worker one OpenMP thread unless ``OMP_NUM_THREADS`` is set.
     """
     import torch._inductor.config as inductor
 
