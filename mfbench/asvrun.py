@@ -20,7 +20,9 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -235,7 +237,11 @@ def compare(results_dir: Path, base: str, head: str, factor: float) -> list[dict
     return rows
 
 
-def report(rows: list[dict], base: str, head: str, files: list[str], factor: float) -> str:
+def report(rows: list[dict], base: str, head: str, files: list[str], factor: float,
+           paired: dict | None = None, rounds_note: str = "") -> str:
+    """The markdown a reviewer reads. ``paired``: per (benchmark, params) the per-round log ratios."""
+    paired = paired or {}
+
     def iqr(pair):
         lo, hi = pair
         return "-" if lo is None else f"{lo:.4g}-{hi:.4g}"
@@ -243,16 +249,53 @@ def report(rows: list[dict], base: str, head: str, files: list[str], factor: flo
     regressed = [r for r in rows if r["verdict"] == "regressed"]
     lines = [f"# mfbench kernel alert: {head[:10]} vs {base[:10]}", "",
              f"Kernel files changed: {', '.join(files)}", f"Machine: {machine_name()}; threshold: x{factor:g} "
-             "and asv's significance test.", "",
+             "and asv's significance test.", *([rounds_note] if rounds_note else []), "",
              f"**{len(regressed)} regression(s)** in {len(rows)} compared measurements." if regressed
              else f"No regression in {len(rows)} compared measurements.", "",
-             "| benchmark | params | before | after | ratio | before IQR | after IQR | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| benchmark | params | before | after | ratio | before IQR | after IQR | verdict | per-round ratio |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r["ratio"]):
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
         lines.append(f"| {r['benchmark']} | {params} | {r['before']:.4g} {r['unit']} | {r['after']:.4g} {r['unit']} "
-                     f"| {r['ratio']:.3f} | {iqr(r['before_iqr'])} | {iqr(r['after_iqr'])} | {r['verdict']} |")
+                     f"| {r['ratio']:.3f} | {iqr(r['before_iqr'])} | {iqr(r['after_iqr'])} | {r['verdict']} "
+                     f"| {_paired_text(paired.get(_key(r['benchmark'], r['params']), []))} |")
     return "\n".join(lines) + "\n"
+
+
+# --- rounds: how many base/head pairs an alert runs ----------------------------------------------
+# On a shared CPU runner the same call drifts by 10-20 % over seconds, so one asv run per commit is a
+# sample of that drift as much as of the code. Rounds alternate base and head (base, head, head, base,
+# ...); each round gives one paired ratio, the median of head's new samples over base's. An alert runs
+# at least --rounds of them and keeps adding rounds, up to --max-rounds, for every benchmark whose mean
+# paired log-ratio is not yet SETTLE_Z standard errors away from the threshold. The verdict itself stays
+# asv's, on all samples.
+SETTLE_Z = 3.0
+SETTLE_MIN_SE = 0.01  # a floor on the standard error: two rounds that happen to agree prove little
+
+
+def _key(benchmark: str, params: dict) -> tuple[str, str]:
+    return benchmark, json.dumps(params, sort_keys=True)
+
+
+def unsettled(log_ratios: list[float], factor: float, z: float = SETTLE_Z) -> bool:
+    """Whether the paired log-ratios so far leave open which side of ``factor`` head/base lies."""
+    if len(log_ratios) < 2:
+        return True
+    se = max(statistics.stdev(log_ratios) / math.sqrt(len(log_ratios)), SETTLE_MIN_SE)
+    return abs(statistics.fmean(log_ratios) - math.log(factor)) <= z * se
+
+
+def _paired_text(log_ratios: list[float]) -> str:
+    if not log_ratios:
+        return "-"
+    ratios = [math.exp(v) for v in log_ratios]
+    spread = f" ± {statistics.stdev(ratios) / math.sqrt(len(ratios)):.3f}" if len(ratios) > 1 else ""
+    return f"{math.exp(statistics.fmean(log_ratios)):.3f}{spread} ({len(ratios)} rounds)"
+
+
+def _samples(results_dir: Path, commit: str) -> dict[tuple[str, str], list[float]]:
+    return {_key(v.benchmark, v.params): [x for x in (v.stats[1] or []) if not math.isnan(x)]
+            for v in asv_values(results_dir, machine_name(), commit)}
 
 
 def accuracy_check(tree: Path) -> tuple[int, str]:
@@ -273,7 +316,8 @@ def accuracy_check(tree: Path) -> tuple[int, str]:
 
 
 def alert(base: str, head: str, factor: float, bench: str, globs: tuple[str, ...], report_path: Path,
-          quick: bool, attributes: tuple[str, ...], rounds: int = 2, accuracy: bool = True) -> int:
+          quick: bool, attributes: tuple[str, ...], rounds: int = 2, accuracy: bool = True,
+          max_rounds: int = 8) -> int:
     base_sha, head_sha = _git("rev-parse", base), _git("rev-parse", head)
     files = changed_kernel_files(base_sha, head_sha, globs)
     if not files:
@@ -288,13 +332,40 @@ def alert(base: str, head: str, factor: float, bench: str, globs: tuple[str, ...
     try:
         for sha, tree in trees.items():
             _git("worktree", "add", "--detach", str(tree), sha)
-        # Rounds in the order base, head, head, base, ...: on a shared machine whose speed drifts over
-        # seconds (seen here: the same call at 0.15 s, then 0.25 s for a few seconds), a drift lands on
-        # both sides instead of on whichever commit ran second. asv keeps every round's samples.
-        for r in range(rounds):
+        paired: dict[tuple[str, str], list[float]] = {}
+        seen: dict[str, dict] = {base_sha: {}, head_sha: {}}
+        selection, done = bench, 0
+        for r in range(max(rounds, max_rounds)):
+            block: dict[str, dict] = {base_sha: {}, head_sha: {}}
             for sha in (base_sha, head_sha) if r % 2 == 0 else (head_sha, base_sha):
-                print(f"round {r + 1}/{rounds}: {'base' if sha == base_sha else 'head'} {sha[:10]}", flush=True)
-                run_commit(trees[sha], sha, results_dir, bench, quick, attributes, append=r > 0)
+                print(f"round {r + 1} (at least {rounds}, at most {max_rounds}): {'base' if sha == base_sha else 'head'} "
+                      f"{sha[:10]}", flush=True)
+                run_commit(trees[sha], sha, results_dir, selection, quick, attributes, append=r > 0)
+                for key, samples in _samples(results_dir, sha).items():
+                    new = samples[seen[sha].get(key, 0):]  # asv appends a run's samples after the old ones
+                    seen[sha][key] = len(samples)
+                    if new:
+                        block[sha][key] = statistics.median(new)
+            for key, after in block[head_sha].items():
+                before = block[base_sha].get(key)
+                if before and after > 0:
+                    paired.setdefault(key, []).append(math.log(after / before))
+            done = r + 1
+            if done < rounds:
+                continue
+            if quick:  # one sample a run: no paired ratio to judge by
+                break
+            open_keys = [k for k, v in paired.items() if unsettled(v, factor)]
+            if not open_keys or done >= max_rounds:
+                break
+            names = sorted({k[0] for k in open_keys})
+            print(f"after {done} rounds, {len(open_keys)} measurement(s) not yet clear of x{factor:g}: "
+                  + "; ".join(f"{k[0]} {k[1]} {_paired_text(paired[k])}" for k in open_keys[:5]), flush=True)
+            selection = "^(" + "|".join(re.escape(n) for n in names) + ")$"
+        open_keys = [k for k, v in paired.items() if unsettled(v, factor)]
+        rounds_note = (f"Rounds: {done} base/head pairs" + (f"; {len(open_keys)} measurement(s) still within "
+                       f"{SETTLE_Z:g} standard errors of the threshold at --max-rounds" if open_keys and not quick
+                       else "") + ".")
         if accuracy:
             print("checking the snapshot's accuracy through every provider ...", flush=True)
             accuracy_code, accuracy_text = accuracy_check(trees[head_sha])
@@ -306,7 +377,7 @@ def alert(base: str, head: str, factor: float, bench: str, globs: tuple[str, ...
                 _git("worktree", "remove", "--force", str(tree))
         _git("worktree", "prune")
     rows = compare(results_dir, base_sha, head_sha, factor)
-    text = report(rows, base_sha, head_sha, files, factor)
+    text = report(rows, base_sha, head_sha, files, factor, paired, rounds_note)
     verdict = ("**accuracy regression**: a provider's accuracy differs from reference's beyond the tolerance"
                if accuracy_code else "Every provider's accuracy agrees with reference's." if accuracy
                else "Accuracy not checked.")
@@ -337,7 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--report", type=Path, default=Path("alert-report.md"))
     a.add_argument("--quick", action="store_true")
     a.add_argument("--rounds", type=int, default=int(os.environ.get("MFBENCH_ALERT_ROUNDS", "2")),
-                   help="asv runs per commit, interleaved base/head/head/base (default $MFBENCH_ALERT_ROUNDS or 2)")
+                   help="base/head pairs of asv runs, interleaved base/head/head/base, at least "
+                        "(default $MFBENCH_ALERT_ROUNDS or 2)")
+    a.add_argument("--max-rounds", type=int, default=int(os.environ.get("MFBENCH_ALERT_MAX_ROUNDS", "8")),
+                   help="rounds at most, added while a benchmark's ratio is not yet clear of the threshold "
+                        "(default $MFBENCH_ALERT_MAX_ROUNDS or 8)")
     attributes = [s for s in os.environ.get("MFBENCH_ALERT_ATTRIBUTES", "").split(";") if s.strip()]
     a.add_argument("-a", "--attribute", action="append", default=attributes,
                    help="asv benchmark attribute override, e.g. 'repeat=(20,20,20.0)' (default: "
@@ -347,9 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "alert":
             if args.rounds < 1:
                 raise AlertError(f"--rounds must be at least 1, got {args.rounds}")
+            if args.max_rounds < args.rounds:
+                raise AlertError(f"--max-rounds ({args.max_rounds}) must be at least --rounds ({args.rounds})")
             return alert(args.base, args.head, args.factor, args.bench, tuple(g for g in args.globs.split(",") if g),
                          args.report, args.quick, tuple(args.attribute), args.rounds,
-                         os.environ.get("MFBENCH_ALERT_ACCURACY", "1") != "0")
+                         os.environ.get("MFBENCH_ALERT_ACCURACY", "1") != "0", args.max_rounds)
         head = _git("rev-parse", "HEAD")
         dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
         results_dir = ROOT / "results" / "asv"

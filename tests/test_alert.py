@@ -33,7 +33,7 @@ ENV = {"TRITON_INTERPRET": "1", "MFBENCH_ASV_DEVICES": "cpu", "MFBENCH_ASV_PROVI
        "MFBENCH_ALERT_ACCURACY_SEQUENCES": "4", "MFBENCH_SKIP_COMPILE": "1"}
 # The same narrowing as environment variables, for driving CI job scripts unchanged.
 ALERT_ENV = {"MFBENCH_ALERT_BENCH": r"^layer\.LayerForward\.time_call",
-             "MFBENCH_ALERT_ATTRIBUTES": "repeat=(10,10,20.0);warmup_time=0.2"}
+             "MFBENCH_ALERT_ATTRIBUTES": "repeat=(20,20,30.0);warmup_time=0.2"}
 ARGS = ["--bench", ALERT_ENV["MFBENCH_ALERT_BENCH"],
         *(arg for a in ALERT_ENV["MFBENCH_ALERT_ATTRIBUTES"].split(";") for arg in ("-a", a))]
 

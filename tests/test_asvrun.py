@@ -1,5 +1,6 @@
 """The asv driver's decisions that need no benchmark run: which files count, the no-change path, the report."""
 
+import math
 import subprocess
 import time
 
@@ -63,6 +64,23 @@ def test_report_lists_regressions_first():
     assert "**1 regression(s)** in 2 compared measurements" in text
     lines = [line for line in text.splitlines() if line.startswith("| layer")]
     assert "regressed" in lines[0] and "1.250" in lines[0] and "same" in lines[1]
+    paired = {asvrun._key("layer.LayerForward.time_call", {"provider": "triton"}): [math.log(1.2), math.log(1.3)]}
+    text = asvrun.report(rows, "a" * 40, "b" * 40, ["mfbench/kernels/lookup.py"], 1.1, paired, "Rounds: 2 base/head pairs.")
+    assert "Rounds: 2 base/head pairs." in text
+    first = next(line for line in text.splitlines() if line.startswith("| layer"))
+    assert first.endswith("| 1.249 ± 0.050 (2 rounds) |"), first
+
+
+@pytest.mark.parametrize("ratios, open_", [
+    ([1.2, 1.21], False),   # clearly above x1.1
+    ([1.0, 0.99], False),   # clearly below
+    ([1.2], True),          # one round proves nothing
+    ([1.12, 1.09], True),   # straddles the threshold
+    ([1.25, 0.95], True),   # rounds disagree: the spread keeps it open
+    ([1.25, 1.02, 1.2, 1.22, 1.21, 1.19, 1.2, 1.21], False),  # ... until enough rounds agree
+])
+def test_rounds_continue_while_the_ratio_is_not_clear_of_the_threshold(ratios, open_):
+    assert asvrun.unsettled([math.log(r) for r in ratios], 1.1) is open_
 
 
 def test_netlog_reader_tolerates_a_truncated_log(tmp_path):
