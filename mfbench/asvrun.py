@@ -136,6 +136,7 @@ class AsvValue:
     q75: float | None
     samples: int | None
     stats: tuple
+    selector: str = ""  # what asv's --bench matches for exactly this parameter set
 
 
 def asv_values(results_dir: Path, machine: str, commit: str) -> list[AsvValue]:
@@ -158,8 +159,9 @@ def asv_values(results_dir: Path, machine: str, commit: str) -> list[AsvValue]:
             for combo, value, stat, sample in zip(combos, values, stats, samples):
                 labelled = {n: _unrepr(v) for n, v in zip(names, combo)}
                 stat = stat or {}
+                selector = f"{key}({', '.join(combo)})" if params else key
                 out.append(AsvValue(key, labelled, value, meta.get("unit", ""), stat.get("q_25"), stat.get("q_75"),
-                                    len(sample) if sample else None, (stat, sample)))
+                                    len(sample) if sample else None, (stat, sample), selector))
     return out
 
 
@@ -293,8 +295,9 @@ def _paired_text(log_ratios: list[float]) -> str:
     return f"{math.exp(statistics.fmean(log_ratios)):.3f}{spread} ({len(ratios)} rounds)"
 
 
-def _samples(results_dir: Path, commit: str) -> dict[tuple[str, str], list[float]]:
-    return {_key(v.benchmark, v.params): [x for x in (v.stats[1] or []) if not math.isnan(x)]
+def _samples(results_dir: Path, commit: str) -> dict[tuple[str, str], tuple[str, list[float]]]:
+    """(asv's selector, samples so far) per benchmark and parameter set."""
+    return {_key(v.benchmark, v.params): (v.selector, [x for x in (v.stats[1] or []) if not math.isnan(x)])
             for v in asv_values(results_dir, machine_name(), commit)}
 
 
@@ -334,6 +337,7 @@ def alert(base: str, head: str, factor: float, bench: str, globs: tuple[str, ...
             _git("worktree", "add", "--detach", str(tree), sha)
         paired: dict[tuple[str, str], list[float]] = {}
         seen: dict[str, dict] = {base_sha: {}, head_sha: {}}
+        selectors: dict[tuple[str, str], str] = {}
         selection, done = bench, 0
         for r in range(max(rounds, max_rounds)):
             block: dict[str, dict] = {base_sha: {}, head_sha: {}}
@@ -341,7 +345,8 @@ def alert(base: str, head: str, factor: float, bench: str, globs: tuple[str, ...
                 print(f"round {r + 1} (at least {rounds}, at most {max_rounds}): {'base' if sha == base_sha else 'head'} "
                       f"{sha[:10]}", flush=True)
                 run_commit(trees[sha], sha, results_dir, selection, quick, attributes, append=r > 0)
-                for key, samples in _samples(results_dir, sha).items():
+                for key, (selector, samples) in _samples(results_dir, sha).items():
+                    selectors[key] = selector
                     new = samples[seen[sha].get(key, 0):]  # asv appends a run's samples after the old ones
                     seen[sha][key] = len(samples)
                     if new:
@@ -358,10 +363,10 @@ def alert(base: str, head: str, factor: float, bench: str, globs: tuple[str, ...
             open_keys = [k for k, v in paired.items() if unsettled(v, factor)]
             if not open_keys or done >= max_rounds:
                 break
-            names = sorted({k[0] for k in open_keys})
             print(f"after {done} rounds, {len(open_keys)} measurement(s) not yet clear of x{factor:g}: "
                   + "; ".join(f"{k[0]} {k[1]} {_paired_text(paired[k])}" for k in open_keys[:5]), flush=True)
-            selection = "^(" + "|".join(re.escape(n) for n in names) + ")$"
+            # only the open parameter sets run again; asv matches "name(param, ...)" for those
+            selection = "^(?:" + "|".join(re.escape(selectors[k]) for k in open_keys) + ")$"
         open_keys = [k for k, v in paired.items() if unsettled(v, factor)]
         rounds_note = (f"Rounds: {done} base/head pairs" + (f"; {len(open_keys)} measurement(s) still within "
                        f"{SETTLE_Z:g} standard errors of the threshold at --max-rounds" if open_keys and not quick
