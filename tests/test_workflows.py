@@ -12,7 +12,7 @@ from ruamel.yaml import YAML
 
 from mfbench import asvrun
 
-from .test_alert import ALERT_ENV, ENV, _git, slow
+from .test_alert import ALERT_ENV, ENV, _git
 
 ROOT = asvrun.ROOT
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
@@ -90,13 +90,12 @@ def planted_pr(tmp_path) -> Path:
     return path
 
 
-@slow
 def test_pr_job_commands_fail_on_a_planted_regression_with_the_report(planted_pr, tmp_path):
     summary = tmp_path / "summary.md"
     env = {**os.environ, **ENV, "BASE_REF": "main", "GITHUB_STEP_SUMMARY": str(summary),
            # the runner's nox and Python: this test's, whose mfbench is the PR checkout's
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(planted_pr),
-           # the CPU stand-in for a GPU runner: only what the planted knob touches, 20 samples a side
+           # the CPU stand-in for a GPU runner: only what the planted knob touches, 20 samples a run
            **ALERT_ENV}
     env.pop("MFBENCH_ASV_CACHE", None)
     codes = {}
