@@ -105,6 +105,11 @@ def run_commit(tree: Path, commit: str, results_dir: Path, bench: str | None, qu
     env = {**os.environ, "PYTHONPATH": path, "ASV_PYTHONPATH": path, "MFBENCH_COMMIT": commit,
            "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
     env.setdefault("MFBENCH_ASV_CACHE", tempfile.mkdtemp(prefix="mfbench-asv-cache-"))
+    # asv's forkserver listens on a Unix socket under TMPDIR, and such a path may not exceed 107 bytes;
+    # nox points TMPDIR into the session folder (<checkout>/.nox/alert/tmp), which in a deep checkout is
+    # too long and asv stops with "Failed to start server thread" (seen in CI).
+    if len(os.path.join(tempfile.gettempdir(), "asv-forkserver-xxxxxxxx", "socket")) > 100 and os.path.isdir("/tmp"):
+        env["TMPDIR"] = "/tmp"
     if not _machine_known(name):
         _asv(conf, "machine", "--machine", name, "--yes", env=env, cwd=tree)
     args = ["run", "--set-commit-hash", commit, "--machine", name, "-E", f"existing:{sys.executable}",

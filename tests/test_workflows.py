@@ -92,18 +92,27 @@ def planted_pr(tmp_path) -> Path:
 
 def test_pr_job_commands_fail_on_a_planted_regression_with_the_report(planted_pr, tmp_path):
     summary = tmp_path / "summary.md"
+    # The runner's nox and Python: this test's Python, whose mfbench is the PR checkout's. (A `nox` found on
+    # PATH could belong to another Python: in CI's nox venv, the system's.)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nox").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m nox "$@"\n')
+    (bin_dir / "nox").chmod(0o755)
     env = {**os.environ, **ENV, "BASE_REF": "main", "GITHUB_STEP_SUMMARY": str(summary),
-           # the runner's nox and Python: this test's, whose mfbench is the PR checkout's
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(planted_pr),
+           "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(planted_pr),
            # the CPU stand-in for a GPU runner: only what the planted knob touches, 20 samples a run
            **ALERT_ENV}
     env.pop("MFBENCH_ASV_CACHE", None)
-    codes = {}
+    codes, logs = {}, []
     for step in _pr_job_steps():
         if "run" in step and "gh pr comment" not in step["run"]:
-            codes[step.get("name")] = subprocess.run(["bash", "-eo", "pipefail", "-c", step["run"]], cwd=planted_pr,
-                                                     env=env, capture_output=True, text=True).returncode
+            out = subprocess.run(["bash", "-eo", "pipefail", "-c", step["run"]], cwd=planted_pr, env=env,
+                                 capture_output=True, text=True)
+            codes[step.get("name")] = out.returncode
+            logs.append(f"--- {step.get('name')}: exit {out.returncode}\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
     alert_code = codes["Benchmark base and head, compare"]
+    assert summary.exists(), "\n".join(logs)
     text = summary.read_text()
     if os.environ.get("MFBENCH_SAMPLE_REPORT"):  # how docs/ci/sample-alert-report.md was made
         Path(os.environ["MFBENCH_SAMPLE_REPORT"]).write_text(text)
