@@ -53,6 +53,12 @@ def test_bad_ref_is_a_one_line_error(repo, monkeypatch, capsys):
     assert "no-such-ref" in capsys.readouterr().err
 
 
+def test_max_rounds_below_rounds_is_a_one_line_error(capsys):
+    assert asvrun.main(["alert", "--base", "HEAD", "--rounds", "3", "--max-rounds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "mfbench: error: --max-rounds (2) must be at least --rounds (3)"
+
+
 def test_report_lists_regressions_first():
     rows = [
         {"benchmark": "layer.LayerForward.time_call", "params": {"provider": "triton"}, "before": 1.0, "after": 1.25,
