@@ -292,6 +292,20 @@ def unsettled(log_ratios: list[float], factor: float, z: float = SETTLE_Z) -> bo
     return abs(statistics.fmean(log_ratios) - math.log(factor)) <= z * se
 
 
+def round_order(r: int, base: str, head: str) -> tuple[str, str]:
+    """Who runs first in round ``r`` (from 0): base, head, then head, base, and so on."""
+    return (base, head) if r % 2 == 0 else (head, base)
+
+
+def paired_log_ratio(before: list[float] | None, after: list[float] | None) -> float | None:
+    """One round's paired log-ratio: log(median of head's new samples / median of base's); None where a
+    side has no samples or a non-positive median."""
+    if not before or not after:
+        return None
+    b, a = statistics.median(before), statistics.median(after)
+    return math.log(a / b) if a > 0 and b > 0 else None
+
+
 def _paired_text(log_ratios: list[float]) -> str:
     if not log_ratios:
         return "-"
@@ -346,7 +360,7 @@ def alert(base: str, head: str, factor: float, bench: str, globs: tuple[str, ...
         selection, done = bench, 0
         for r in range(max(rounds, max_rounds)):
             block: dict[str, dict] = {base_sha: {}, head_sha: {}}
-            for sha in (base_sha, head_sha) if r % 2 == 0 else (head_sha, base_sha):
+            for sha in round_order(r, base_sha, head_sha):
                 print(f"round {r + 1} (at least {rounds}, at most {max_rounds}): {'base' if sha == base_sha else 'head'} "
                       f"{sha[:10]}", flush=True)
                 run_commit(trees[sha], sha, results_dir, selection, quick, attributes, append=r > 0)
@@ -354,12 +368,11 @@ def alert(base: str, head: str, factor: float, bench: str, globs: tuple[str, ...
                     selectors[key] = selector
                     new = samples[seen[sha].get(key, 0):]  # asv appends a run's samples after the old ones
                     seen[sha][key] = len(samples)
-                    if new:
-                        block[sha][key] = statistics.median(new)
+                    block[sha][key] = new
             for key, after in block[head_sha].items():
-                before = block[base_sha].get(key)
-                if before and after > 0:
-                    paired.setdefault(key, []).append(math.log(after / before))
+                ratio = paired_log_ratio(block[base_sha].get(key), after)
+                if ratio is not None:
+                    paired.setdefault(key, []).append(ratio)
             done = r + 1
             if done < rounds:
                 continue

@@ -89,6 +89,12 @@ def test_rounds_continue_while_the_ratio_is_not_clear_of_the_threshold(ratios, o
     assert asvrun.unsettled([math.log(r) for r in ratios], 1.1) is open_
 
 
+def test_a_round_pairs_the_medians_of_its_new_samples():
+    assert asvrun.paired_log_ratio([1.0, 1.0, 5.0], [1.2, 1.2, 0.1]) == pytest.approx(math.log(1.2))
+    assert asvrun.paired_log_ratio([], [1.0]) is None and asvrun.paired_log_ratio([1.0], None) is None
+    assert [asvrun.round_order(r, "b", "h") for r in range(3)] == [("b", "h"), ("h", "b"), ("b", "h")]
+
+
 def test_netlog_reader_tolerates_a_truncated_log(tmp_path):
     log = tmp_path / "netlog.json"
     log.write_text('{"constants": {}, "events": ['

@@ -6,13 +6,13 @@ record through the alert's rules with and without a planted 20% slowdown.
 
 A replayed alert takes blocks of consecutive calls from the record, a gap of asv start-up apart, and
 gives them to base and head in the alert's order (base, head, head, base, ...); head's blocks are
-multiplied by the planted factor. The stopping rule is the alert's own (``asvrun.unsettled``) and the
-verdict is asv's (median ratio over the threshold and asv's Mann-Whitney test).
+multiplied by the planted factor. The order, the paired ratio and the stopping rule are the alert's own
+(``asvrun.round_order``, ``paired_log_ratio``, ``unsettled``) and the verdict is asv's
+(``_is_result_better``: median ratio over the threshold and asv's Mann-Whitney test).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 import sys
@@ -46,7 +46,7 @@ def record(seconds: float) -> None:
 
 def replay_one(calls: np.ndarray, rng, block: int, rounds: int, max_rounds: int, slow: float,
                factor: float = 1.1) -> tuple[bool, int]:
-    from asv._stats import is_different
+    from asv.commands.compare import _is_result_better
     from asv_runner.statistics import compute_stats
 
     stride = block + round(GAP_S / CALL_S)
@@ -54,15 +54,15 @@ def replay_one(calls: np.ndarray, rng, block: int, rounds: int, max_rounds: int,
     blocks = [calls[start + i * stride: start + i * stride + block] for i in range(2 * max_rounds)]
     base, head, paired = [], [], []
     for r in range(max_rounds):
-        b, h = (blocks[2 * r], blocks[2 * r + 1]) if r % 2 == 0 else (blocks[2 * r + 1], blocks[2 * r])
-        h = h * slow
-        base += list(b)
-        head += list(h)
-        paired.append(math.log(statistics.median(h) / statistics.median(b)))
+        run = dict(zip(asvrun.round_order(r, "base", "head"), blocks[2 * r: 2 * r + 2]))
+        run["head"] = run["head"] * slow
+        base += list(run["base"])
+        head += list(run["head"])
+        paired.append(asvrun.paired_log_ratio(list(run["base"]), list(run["head"])))
         if r + 1 >= rounds and not asvrun.unsettled(paired, factor):
             break
-    (sb, _), (sh, _) = compute_stats(base, 1), compute_stats(head, 1)
-    regressed = is_different(base, head, sb, sh) and statistics.median(head) > factor * statistics.median(base)
+    (value_b, stats_b), (value_h, stats_h) = compute_stats(base, 1), compute_stats(head, 1)
+    regressed = _is_result_better(value_b, value_h, (stats_b, base), (stats_h, head), factor)
     return regressed, len(paired)
 
 
