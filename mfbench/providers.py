@@ -9,6 +9,7 @@ function; ``dense`` is the ``nn.Linear`` the layer replaces, the baseline every 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -138,9 +139,7 @@ def _triton(layer: "MemoryLayer", x: torch.Tensor) -> torch.Tensor:
 
 
 def _triton_requirement(device: torch.device, dtype: torch.dtype) -> str | None:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     if device.type == "cpu" and not interpreting:

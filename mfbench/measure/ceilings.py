@@ -61,14 +61,18 @@ def _onchip(device: torch.device) -> tuple[float | None, str]:
     return sms * SMEM_BYTES_PER_CLOCK * mhz * 1e6, f"{sms} SMs x {SMEM_BYTES_PER_CLOCK} B/clk x {mhz} MHz"
 
 
+def _copy_seconds(n: int, device: torch.device) -> float:
+    """Median time of copying ``n`` float32 values; the buffers are freed on return, before the matmul."""
+    src = torch.rand(n, device=device)
+    dst = torch.empty_like(src)
+    return time_callable(lambda: dst.copy_(src), device).median_s
+
+
 def measure(device: torch.device | str = "cpu") -> Ceilings:
     device = torch.device(device)
     gpu = device.type == "cuda"
     n = (1 << 28) if gpu else (1 << 25)  # 1 GiB / 128 MiB of float32: far beyond any cache
-    src = torch.rand(n, device=device)
-    dst = torch.empty_like(src)
-    copy = time_callable(lambda: dst.copy_(src), device)
-    del src, dst
+    copy_s = _copy_seconds(n, device)
     size, dtype = (8192, torch.bfloat16) if gpu else (1024, torch.float32)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
@@ -76,7 +80,7 @@ def measure(device: torch.device | str = "cpu") -> Ceilings:
     onchip, how = _onchip(device)
     return Ceilings(
         device=device_name(device),
-        copy_bytes_per_s=2 * n * 4 / copy.median_s,
+        copy_bytes_per_s=2 * n * 4 / copy_s,
         matmul_flops_per_s=2 * size**3 / mm.median_s,
         matmul_dtype=str(dtype).removeprefix("torch."),
         onchip_bytes_per_s=onchip,
