@@ -1,6 +1,10 @@
 """mfbench: what MemoryFormer costs in time, bytes, joules and accuracy on real hardware."""
 
 import os
+import time
+
+# When this process first imported mfbench: a distributed rank reports its set-up time from here.
+IMPORTED = time.perf_counter()
 
 __version__ = "0.1.0"
 

@@ -11,6 +11,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
+import mfbench
 from mfbench import __version__, providers
 
 
@@ -208,7 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.preset not in runner.PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(runner.PRESETS)}")
     device, rank, world = _start(args)
-    if world > 1:
+    if args.distributed:
         from mfbench import distributed
     dtype_name = args.dtype or ("float16" if device.type == "cuda" else "float32")
     if dtype_name not in DTYPES:
@@ -229,15 +230,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
     run = results.Run.start(str(device))
     collective: list = []
-    if world > 1:
+    if args.distributed:  # one rank too: the same matrix and the same rows as any other world size
         run = distributed.rank_run(distributed.broadcast(run), device)
         # 'sharded' needs every rank inside each call; a sharded matrix gives each item to one rank only
         collective = [item for item in items if item.provider == "sharded"]
         items = [item for item in items if item.provider != "sharded"]
         cost = lambda item: runner.cost_estimate(item, cfg, device)  # noqa: E731
         items = (distributed.shard(items, cost, world)[rank] if args.schedule == "static"
-                 else distributed.claim(items, cost, f"mfbench-items-{run.run_id}"))
-    tag = f"[rank {rank}/{world}] " if world > 1 else ""
+                 else distributed.claim(items, cost, f"mfbench-items-{run.run_id}", group=lambda item: item.provider))
+    tag = f"[rank {rank}/{world}] " if args.distributed else ""
     count = len(items) if isinstance(items, list) else "its share of the"
     print(f"{tag}run {run.run_id} on {run.device}, commit {run.commit[:10]}{'+dirty' if run.dirty else ''}: "
           f"{count} measurements, preset {args.preset} (model config {cfg.name}, d={cfg.d_model}), {dtype_name}",
@@ -246,8 +247,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     rows = []
     start = time.perf_counter()
     meter = None
-    if world > 1:
+    if args.distributed:
         from mfbench.measure.energy import EnergyMeter
+
+        print(f"{tag}set up in {start - mfbench.IMPORTED:.1f} s", flush=True)
 
         meter = EnergyMeter(device)
         meter.begin_window("shard")
@@ -257,10 +260,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             rows.append(row)
     except KeyboardInterrupt:
         print(f"{tag}interrupted: keeping the {len(rows)} rows measured so far", file=sys.stderr)
-    if world > 1:
+    if args.distributed:
         measured = len({(r["benchmark"], r["params"], r["provider"]) for r in rows if r["benchmark"] in runner.BENCHMARKS})
         energy = meter.end_window("shard", max(1, measured))
-        rows = distributed.tag_rank(rows) + distributed.rank_rows(run, time.perf_counter() - start, energy, measured)
+        rows = distributed.tag_rank(rows) + distributed.rank_rows(run, time.perf_counter() - start, energy, measured,
+                                                                  setup_seconds=start - mfbench.IMPORTED)
         gathered = distributed.gather(rows)
         distributed.dist.barrier()
         if rank != 0:
@@ -366,7 +370,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     keys = ["benchmark", "params", "provider"]
     ta = a[a["metric"] == "time"].set_index(keys)
     tb = b[b["metric"] == "time"].set_index(keys)
-    both = ta.join(tb, lsuffix="_a", rsuffix="_b", how="inner")
+    both = ta.merge(tb, left_index=True, right_index=True, how="inner", suffixes=("_a", "_b"))
     if both.empty:
         raise UsageError("the two runs have no measurement in common")
     import json
@@ -423,7 +427,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if rec.steps < 1:
         raise UsageError(f"--steps must be positive, got {rec.steps}")
     device, rank, world = _start(args)
-    if world > 1:
+    if args.distributed:
         from mfbench import distributed
     provider = _train_provider(args.provider, device)
     archs = list(train.ARCHITECTURES) if args.arch == "both" else [args.arch]
@@ -478,7 +482,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                         "chance": f"{task.chance:.3f}", "ms/step": f"{1e3 * value['time_per_step']:.1f}",
                         "J/step": f"{value['energy_per_step']:.3g}" if "energy_per_step" in value else "-",
                         "train s": f"{trained.seconds:.0f}", "snapshot": snap.id if snap else "-"})
-    if world > 1:
+    if args.distributed:
         distributed.dist.barrier()
         distributed.dist.destroy_process_group()
         if rank != 0:

@@ -1,8 +1,8 @@
 """Scale-out on torch.distributed, launched by ``torchrun`` (its rendezvous handles one host or many).
 
-- ``mfbench run --distributed``: every rank measures a disjoint share of the matrix on its own device,
-  taking the next item from a shared counter whenever it is free (``claim``; ``shard`` is the static,
-  cost-estimated split); rank 0 gathers the rows and writes them as one run (one ``run_id``), each row keeping the
+- ``mfbench run --distributed``: every rank measures a disjoint share of the matrix on its own device:
+  it starts on a home share of whole providers and then takes what is left of the others' (``claim``;
+  ``shard`` is the static, cost-estimated split); rank 0 gathers the rows and writes them as one run (one ``run_id``), each row keeping the
   device fingerprint and the rank of whoever measured it. Per-rank wall time and energy are rows of their
   own; the run's totals (slowest rank's wall time, sum of the ranks' energy) are derived from them and
   flagged ``derived``.
@@ -51,11 +51,14 @@ def init(device_type: str) -> torch.device:
             raise LaunchError(f"local rank {local} has no GPU: this host shows {torch.cuda.device_count()}")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-        backend = "nccl"
+        # CUDA tensors go over NCCL (DDP's gradients, the sharded provider's all-reduce); the pickled
+        # rows, run identity and barriers are host memory and go over gloo. With no device_id, NCCL
+        # starts at the first CUDA collective, so `mfbench run`, which sends none, never pays for it.
+        backend = "cpu:gloo,cuda:nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(backend)
     share_host_cpus()
     return device
 
@@ -88,17 +91,39 @@ def shard(items: Sequence[T], cost: Callable[[T], float], world: int) -> list[li
     return [[items[i] for i in range(len(items)) if owner[i] == r] for r in range(world)]
 
 
-def claim(items: Sequence[T], cost: Callable[[T], float], key: str) -> Iterator[T]:
-    """Items for this rank, taken one at a time from a counter in torchrun's rendezvous store, costliest
-    first: each item goes to exactly one rank (the store's add is atomic), and a rank that finishes early
-    takes more, so ranks end close together whatever the real costs turn out to be."""
-    order = sorted(range(len(items)), key=lambda i: (-cost(items[i]), i))
-    store = dist.distributed_c10d._get_default_store()
-    while True:
-        taken = store.add(key, 1) - 1
-        if taken >= len(order):
-            return
-        yield items[order[taken]]
+def claim(items: Sequence[T], cost: Callable[[T], float], key: str, group: Callable[[T], object] | None = None,
+          *, store: dist.Store | None = None, rank: int | None = None, world: int | None = None) -> Iterator[T]:
+    """Items for this rank, each one claimed in torchrun's rendezvous store, so it goes to exactly one
+    rank (the store's add is atomic: whoever makes an item's key 1 owns it).
+
+    Every rank starts on a home share: whole groups (``group``, e.g. the provider), spread over the ranks by
+    estimated cost, so a group's once-per-process start-up is paid by one rank rather than by all of them
+    (on an H200 the first torch.compile of a process took 3.4-4.5 s even with warm caches). Groups
+    with the costliest items come first in a share and items go costliest first. A rank that finishes
+    its share takes the rest from the other shares' tails, the items their owners would have reached
+    last, so ranks still end close together whatever the real costs turn out to be. Without ``group``
+    every item is a group of its own. ``store``, ``rank`` and ``world`` default to the process group's.
+    """
+    if rank is None or world is None:
+        rank, world = rank_and_world()
+    key_of = group or (lambda item: id(item))
+    groups: dict[object, list[int]] = {}
+    for i in sorted(range(len(items)), key=lambda i: (-cost(items[i]), i)):
+        groups.setdefault(key_of(items[i]), []).append(i)
+    members = list(groups.values())  # in order of each group's costliest item
+    while len(members) < world and any(len(g) > 1 for g in members):  # more ranks than groups: halve the largest
+        big = max((j for j in range(len(members)) if len(members[j]) > 1),
+                  key=lambda j: (sum(cost(items[i]) for i in members[j]), -j))
+        members[big:big + 1] = [members[big][0::2], members[big][1::2]]
+    shares = shard(members, lambda g: sum(cost(items[i]) for i in g), world)
+    plans = [[i for g in sorted(share, key=lambda g: -sum(cost(items[i]) for i in g) / len(g)) for i in g]
+             for share in shares]
+    tails = [plans[(rank + k) % world][::-1] for k in range(1, world)]
+    stolen = [t[j] for j in range(max(map(len, tails), default=0)) for t in tails if j < len(t)]
+    store = store if store is not None else dist.distributed_c10d._get_default_store()
+    for i in plans[rank] + stolen:
+        if store.add(f"{key}-{i}", 1) == 1:
+            yield items[i]
 
 
 def broadcast(value: T, src: int = 0) -> T:
@@ -122,7 +147,7 @@ def rank_run(run, device: torch.device):
     mine = Run.start(str(device))
     rank, world = rank_and_world()
     info = json.loads(mine.fingerprint)
-    info.update(rank=rank, world_size=world)
+    info.update(rank=rank, world_size=world, backend=str(dist.get_backend()))
     return dataclasses.replace(run, machine=mine.machine, device=mine.device, fingerprint=json.dumps(info, sort_keys=True))
 
 
@@ -133,11 +158,15 @@ def tag_rank(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def rank_rows(run, seconds: float, energy, items: int) -> list[dict]:
-    """This rank's own wall time and energy over its whole shard."""
+def rank_rows(run, seconds: float, energy, items: int, setup_seconds: float | None = None) -> list[dict]:
+    """This rank's own wall time and energy over its whole shard, and the time it took to get there
+    (from its first import of mfbench: imports, device and process-group start, fingerprint, ceilings)."""
     rank, world = rank_and_world()
     params = {"rank": rank, "world_size": world, "items": items}
     rows = [run.row("distributed", params, "-", "rank_wall_time", seconds, "s")]
+    if setup_seconds is not None:
+        rows.append(run.row("distributed", params, "-", "rank_setup_time", setup_seconds, "s",
+                            flags=["from-mfbench-import"]))
     if energy is not None and energy.available:
         rows.append(run.row("distributed", params, "-", "rank_energy", energy.joules, "J", flags=[energy.method]))
     return tag_rank(rows)
