@@ -55,19 +55,6 @@ def test_smoke_matrix_on_two_gloo_ranks_is_one_run_with_the_single_rank_rows(smo
     assert "[rank 1/2] set up in" in out.stdout
 
 
-def test_one_rank_under_torchrun_measures_the_matrix_of_any_other_world_size(smoke_run, tmp_path):
-    out = torchrun("-m", "mfbench", "run", "--distributed", "--preset", "smoke", "--device", "cpu",
-                   "--results-dir", str(tmp_path), ranks=1)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    frame = results.load(tmp_path)
-    assert _keys(frame) == _keys(results.load(smoke_run))
-    # the same matrix as on two ranks: 'sharded' is not measured over a world of one either
-    sharded = frame[frame["provider"] == "sharded"]
-    assert (sharded["metric"] == "skipped").all() and sharded["flags"].str.contains("every rank").all()
-    assert set(frame.loc[frame["metric"] == "rank_wall_time", "flags"]) == {"rank=0/1"}
-    assert "destroy_process_group() was not called" not in out.stderr
-
-
 def test_sharded_provider_matches_reference_on_two_ranks():
     out = torchrun("-m", "mfbench.sharded")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -162,3 +149,30 @@ def test_distributed_outside_torchrun_is_a_one_line_error(capsys, monkeypatch):
     assert "needs torchrun" in capsys.readouterr().err
     assert cli.main(["train", "--distributed", "--device", "cpu"]) == 2
     assert "needs torchrun" in capsys.readouterr().err
+
+
+COMPARE = os.path.join(os.path.dirname(__file__), "..", "docs", "scaleout", "compare.py")
+
+
+def test_one_rank_under_torchrun_measures_the_same_matrix_and_compare_times_the_command(smoke_run, tmp_path):
+    out = subprocess.run([sys.executable, COMPARE, "--configs", "torchrun:1", "--repeats", "1", "--preset", "smoke",
+                          "--results-dir", str(tmp_path), "--", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    frame = results.load(tmp_path)
+    assert _keys(frame) == _keys(results.load(smoke_run))
+    # the same matrix as on two ranks: 'sharded' is not measured over a world of one either
+    sharded = frame[frame["provider"] == "sharded"]
+    assert (sharded["metric"] == "skipped").all() and sharded["flags"].str.contains("every rank").all()
+    assert set(frame.loc[frame["metric"] == "rank_wall_time", "flags"]) == {"rank=0/1"}
+    command = frame[frame["metric"] == "command_wall_time"]
+    assert len(command) == 1 and frame["run_id"].nunique() == 1  # the row joins the run the command wrote
+    assert json.loads(command["params"].iloc[0]) == {"launcher": "torchrun", "ranks": 1, "preset": "smoke"}
+    inside = frame[frame["metric"].isin(["rank_wall_time", "rank_setup_time"])]["value"].sum()
+    assert command["value"].iloc[0] > inside  # launch to exit holds the rank's set-up and its shard
+    assert "torchrun:1" in out.stdout.splitlines()[-1]
+
+
+def test_scaleout_compare_refuses_an_unknown_configuration():
+    out = subprocess.run([sys.executable, COMPARE, "--configs", "mpirun:2"], capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "configs are" in out.stderr

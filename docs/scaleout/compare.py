@@ -1,0 +1,99 @@
+"""Whole-command wall time of one matrix as one process, as one torchrun rank and as N torchrun ranks.
+
+    python docs/scaleout/compare.py [--ranks 2] [--repeats 2] [--configs process,torchrun:1,torchrun:N]
+                                    [--preset default] [--results-dir DIR] [-- more `mfbench run` arguments]
+
+Each repeat runs every configuration once, in reversed order every other repeat so that a machine that
+warms up or slows down over time does not favour one. A command is timed from launch to exit, which
+includes what a rank's own rows cannot see: torchrun's agent, interpreter start-up and teardown. The
+figure is appended to the run that the command wrote, as a ``command_wall_time`` row with that run's
+id, commit, device and fingerprint, so the comparison can be redrawn from the result tables alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+from mfbench import results
+
+WROTE = re.compile(r"wrote \d+ rows to .* \(run (\S+?)[,)]")
+
+
+def command(config: str, ranks: int, preset: str, results_dir: str | None, extra: list[str]) -> list[str]:
+    tail = ["run", "--preset", preset, *(["--results-dir", results_dir] if results_dir else []), *extra]
+    if config == "process":
+        return [sys.executable, "-m", "mfbench", *tail]
+    n = str(ranks) if config == "torchrun:N" else config.removeprefix("torchrun:")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", n,
+            "-m", "mfbench", tail[0], "--distributed", *tail[1:]]
+
+
+def timed(cmd: list[str]) -> tuple[float, str | None, int]:
+    """(launch-to-exit seconds, the run id the command wrote, exit code); its output passes through."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    run_id = None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        found = WROTE.search(line)
+        run_id = found.group(1) if found else run_id
+    rc = proc.wait()
+    return time.perf_counter() - start, run_id, rc
+
+
+def record(run_id: str, config: str, ranks: int, preset: str, seconds: float, results_dir: str | None) -> None:
+    frame = results.load(results_dir)
+    mine = frame[frame["run_id"] == run_id]
+    first = mine[~mine["flags"].str.contains(r"rank=[1-9]", regex=True)].iloc[0]  # rank 0's identity
+    run = results.Run(run_id, first["time_utc"], first["commit"], bool(first["dirty"]), first["machine"],
+                      first["device"], first["fingerprint"])
+    world = 1 if config == "process" else ranks if config == "torchrun:N" else int(config.removeprefix("torchrun:"))
+    params = {"launcher": config.split(":")[0], "ranks": world, "preset": preset}
+    results.append([run.row("distributed", params, "-", "command_wall_time", seconds, "s",
+                            flags=["launch-to-exit"])], results_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ranks", type=int, default=2, help="N of torchrun:N (default 2)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--configs", default="process,torchrun:1,torchrun:N")
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--results-dir", default=None, help="default: the project's tables")
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    bad = [c for c in configs if c not in ("process", "torchrun:N") and not re.fullmatch(r"torchrun:[1-9]\d*", c)]
+    if bad or args.repeats < 1 or args.ranks < 1:
+        parser.error(f"configs are process, torchrun:N or torchrun:<count>; repeats and ranks are positive (got {bad or args.repeats})")
+    walls: dict[str, list[float]] = {c: [] for c in configs}
+    for rep in range(args.repeats):
+        for config in configs if rep % 2 == 0 else configs[::-1]:
+            print(f"== repeat {rep + 1}/{args.repeats}: {config}", flush=True)
+            seconds, run_id, rc = timed(command(config, args.ranks, args.preset, args.results_dir, extra))
+            if rc != 0 or run_id is None:
+                print(f"compare: {config} exited {rc} without writing a run; stopping", file=sys.stderr)
+                return rc or 1
+            record(run_id, config, args.ranks, args.preset, seconds, args.results_dir)
+            walls[config].append(seconds)
+            print(f"== {config}: {seconds:.1f} s launch to exit (run {run_id})", flush=True)
+    median = {c: statistics.median(v) for c, v in walls.items()}
+    print("\nconfiguration   median s   runs")
+    for c in configs:
+        print(f"{c:<15} {median[c]:>8.1f}   {', '.join(f'{v:.1f}' for v in walls[c])}")
+    many = [c for c in configs if c != "process" and c != "torchrun:1"]
+    for c in many:
+        for base in ("process", "torchrun:1"):
+            if base in median:
+                print(f"{c} / {base}: {median[c] / median[base]:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
