@@ -251,7 +251,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         from mfbench.measure.energy import EnergyMeter
 
         print(f"{tag}set up in {start - mfbench.IMPORTED:.1f} s", flush=True)
-
         meter = EnergyMeter(device)
         meter.begin_window("shard")
     try:
