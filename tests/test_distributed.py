@@ -176,3 +176,24 @@ def test_one_rank_under_torchrun_measures_the_same_matrix_and_compare_times_the_
 def test_scaleout_compare_refuses_an_unknown_configuration():
     out = subprocess.run([sys.executable, COMPARE, "--configs", "mpirun:2"], capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr and "configs are" in out.stderr
+
+
+def test_scaleout_agreement_sets_many_rank_rows_against_the_one_device_runs(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare", COMPARE)
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    rows, ids = [], {"process": [], "torchrun:N": []}
+    values = {"process": [[1.0, 2.0, 3.0], [1.2, 2.2, 2.8], [0.9, 1.8, 3.3]], "torchrun:N": [[1.1, 2.5, 3.0]]}
+    for config, runs in values.items():
+        for n, times in enumerate(runs):
+            run = results.Run(f"{config}-{n}", "t", "c", False, "m", "d", "{}")
+            ids[config].append(run.run_id)
+            rows += [run.row("layer", {"seq": s}, "triton", "time", v, "s") for s, v in zip((1, 2, 3), times)]
+    results.append(rows, tmp_path)
+    yardstick, line = compare.agreement(ids, str(tmp_path))
+    # each one-device run against the other two: run 0 is inside on all three, run 1 on none, run 2 on none
+    assert yardstick.endswith("3, 0, 0 of 3 inside their range"), yardstick
+    # 1.1/1.0, 2.5/2.0, 3.0/3.0 against the medians; 2.5 is above the one-device runs' 1.8-2.2
+    assert "median 1.100" in line and "2 of 3 inside the range of the 3 one-device run(s)" in line, line

@@ -8,6 +8,7 @@ warms up or slows down over time does not favour one. A command is timed from la
 includes what a rank's own rows cannot see: torchrun's agent, interpreter start-up and teardown. The
 figure is appended to the run that the command wrote, as a ``command_wall_time`` row with that run's
 id, commit, device and fingerprint, so the comparison can be redrawn from the result tables alone.
+Last, each multi-rank run's time rows are set against the one-device runs' (do they agree within noise?).
 """
 
 from __future__ import annotations
@@ -58,6 +59,39 @@ def record(run_id: str, config: str, ranks: int, preset: str, seconds: float, re
                             flags=["launch-to-exit"])], results_dir)
 
 
+def agreement(run_ids: dict[str, list[str]], results_dir: str | None) -> list[str]:
+    """How each multi-rank run's time rows compare with the one-device runs' (process and torchrun:1): the
+    median and middle half of the ratios to their median, and how many fall inside their range."""
+    import pandas as pd
+
+    frame = results.load(results_dir)
+    times = frame[frame["metric"] == "time"]
+    series = {rid: times[times["run_id"] == rid].set_index(["benchmark", "params", "provider"])["value"]
+              for ids in run_ids.values() for rid in ids}
+    single = [rid for c in ("process", "torchrun:1") for rid in run_ids.get(c, [])]
+    if not single:
+        return []
+    base = pd.concat([series[rid] for rid in single], axis=1, keys=single)
+    low, high, mid = base.min(axis=1), base.max(axis=1), base.median(axis=1)
+    lines = []
+    if len(single) >= 3:  # the yardstick: how often one one-device run falls inside the others' range
+        rest = [base.drop(columns=rid) for rid in single]
+        held = [int(((base[rid] >= r.min(axis=1)) & (base[rid] <= r.max(axis=1))).sum()) for rid, r in zip(single, rest)]
+        lines.append(f"one-device runs, each against the other {len(single) - 1}: {', '.join(map(str, held))} of "
+                     f"{len(base)} inside their range")
+    for config, ids in run_ids.items():
+        if config in ("process", "torchrun:1"):
+            continue
+        for rid in ids:
+            mine = series[rid].reindex(base.index)
+            ratio = (mine / mid).dropna()
+            inside = int(((mine >= low) & (mine <= high)).sum())
+            lines.append(f"{config} run {rid}: time rows / one-device median: median {ratio.median():.3f}, middle half "
+                         f"{ratio.quantile(0.25):.2f}-{ratio.quantile(0.75):.2f}; {inside} of {len(ratio)} inside "
+                         f"the range of the {len(single)} one-device run(s)")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -73,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad or args.repeats < 1 or args.ranks < 1:
         parser.error(f"configs are process, torchrun:N or torchrun:<count>; repeats and ranks are positive (got {bad or args.repeats})")
     walls: dict[str, list[float]] = {c: [] for c in configs}
+    run_ids: dict[str, list[str]] = {c: [] for c in configs}
     for rep in range(args.repeats):
         for config in configs if rep % 2 == 0 else configs[::-1]:
             print(f"== repeat {rep + 1}/{args.repeats}: {config}", flush=True)
@@ -82,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 return rc or 1
             record(run_id, config, args.ranks, args.preset, seconds, args.results_dir)
             walls[config].append(seconds)
+            run_ids[config].append(run_id)
             print(f"== {config}: {seconds:.1f} s launch to exit (run {run_id})", flush=True)
     median = {c: statistics.median(v) for c, v in walls.items()}
     print("\nconfiguration   median s   runs")
@@ -92,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         for base in ("process", "torchrun:1"):
             if base in median:
                 print(f"{c} / {base}: {median[c] / median[base]:.2f}x")
+    for line in agreement(run_ids, args.results_dir):
+        print(line)
     return 0
 
 
