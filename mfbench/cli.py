@@ -288,7 +288,8 @@ def run_summary(frame: pd.DataFrame) -> str:
     frame = frame[~frame["benchmark"].isin(["idle", "ceiling", "distributed"])]
     if frame.empty:
         return "no rows"
-    quiet = ("2-per-mac", "FlopCounterMode", "nvml-energy-counter", "nvml-power-sampling", "cuda-allocator-peak")
+    quiet = ("2-per-mac", "FlopCounterMode", "nvml-energy-counter", "nvml-power-sampling", "cuda-allocator-peak",
+             "median-of-5-synchronised-calls")
     notes: set[str] = set()
     lines = []
     groups = frame.groupby(["benchmark", "params", "provider"], sort=False)

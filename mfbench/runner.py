@@ -157,9 +157,11 @@ def measure_item(item: Item, cfg: ModelConfig, run: Run, device: torch.device, c
         rows.append(run.row(item.benchmark, params, item.provider, metric, value, unit, **kw))
 
     timing = time_callable(fn, device)
-    flags = ["nonpositive-time"] if timing.median_s <= 0 else []
+    flags = (["nonpositive-time"] if timing.median_s <= 0 else []) + (["host-bound"] if timing.host_bound else [])
     add("time", timing.median_s, "s", spread_low=timing.q1_s, spread_high=timing.q3_s, spread_kind="iqr",
         samples=timing.samples, flags=flags)
+    if timing.host_s is not None:
+        add("host_issue_time", timing.host_s, "s", flags=["median-of-5-synchronised-calls"])
     add("tokens_per_s", item.seq / timing.median_s, "token/s")
     work = analytic_flops(item, cfg)
     add("flops_analytic", work, "FLOP", flags=["2-per-mac"])

@@ -1,13 +1,24 @@
 """Wall time of a callable: Triton's do_bench (CUDA events, L2 flushed) on a GPU, torch's calibrated
-``blocked_autorange`` on the CPU. Warm-up and compilation are kept out of the figure on both."""
+``blocked_autorange`` on the CPU. Warm-up and compilation are kept out of the figure on both.
+
+On a GPU the figure can be the host's rather than the device's: when issuing a call's kernels takes the
+CPU as long as the GPU takes to run them, the GPU waits between kernels and the events time the CPU.
+Such figures move with the host (core, clock, load) from one process to the next; on an H200 the same
+launch-bound items differed up to 2x between processes at full, unthrottled SM clock. ``host_s`` is the
+CPU time to issue one call, and ``host_bound`` says when it is at least ``HOST_BOUND`` of the figure.
+"""
 
 from __future__ import annotations
 
 import statistics
+import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
+
+HOST_BOUND = 0.8
 
 
 @dataclass(frozen=True)
@@ -19,10 +30,15 @@ class Timing:
     max_s: float
     samples: int
     method: str
+    host_s: float | None = None  # GPU only: median CPU time to issue one call
 
     @property
     def iqr_s(self) -> float:
         return self.q3_s - self.q1_s
+
+    @property
+    def host_bound(self) -> bool:
+        return self.host_s is not None and self.host_s >= HOST_BOUND * self.median_s
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -44,10 +60,27 @@ def time_callable(fn: Callable[[], object], device: torch.device | str, *, warmu
         import triton.testing
 
         times_ms = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")
-        return _summarise([t / 1e3 for t in times_ms], "triton.testing.do_bench")
+        timing = _summarise([t / 1e3 for t in times_ms], "triton.testing.do_bench")
+        return dataclasses.replace(timing, host_s=host_issue_seconds(fn, device))
     from torch.utils.benchmark import Timer
 
     fn()  # warm-up: first-call allocation, lazy initialisation and compilation stay out of the figure
     measurement = Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time_s)
     # blocked_autorange reports per-call times, one per block of calls.
     return _summarise(list(measurement.times), "torch.utils.benchmark.blocked_autorange")
+
+
+def host_issue_seconds(fn: Callable[[], object], device: torch.device | str, calls: int = 5) -> float:
+    """Median CPU time from calling ``fn`` to its return, the device synchronised before each call so
+    that a full launch queue never makes the host wait. A call that synchronises inside counts its
+    device time here too."""
+    device = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    times = []
+    for _ in range(calls):
+        sync()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    sync()
+    return statistics.median(times)

@@ -7,6 +7,32 @@ from mfbench.measure import energy, memory, timing, traffic
 from mfbench.measure.ceilings import Ceilings, ceilings
 
 
+def test_host_issue_time_is_the_median_call_and_host_bound_compares_it_with_the_figure():
+    import time
+
+    t = timing.host_issue_seconds(lambda: time.sleep(0.004), "cpu", calls=5)
+    assert 0.004 <= t < 0.004 + 0.05
+    fig = timing.Timing(1e-3, 0.9e-3, 1.1e-3, 0.8e-3, 1.2e-3, 10, "do_bench", host_s=0.85e-3)
+    assert fig.host_bound and not timing.Timing(1e-3, 0.9e-3, 1.1e-3, 0.8e-3, 1.2e-3, 10, "do_bench", host_s=0.5e-3).host_bound
+    assert not timing.time_callable(lambda: None, "cpu", min_run_time_s=0.01).host_bound  # no host figure on the CPU
+
+
+@pytest.mark.gpu
+def test_a_launch_bound_call_is_host_bound_and_a_large_matmul_is_not():
+    x = torch.ones(16, device="cuda")
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
+
+    def many_tiny_kernels():
+        y = x
+        for _ in range(200):
+            y = y + 1
+        return y
+
+    tiny, big = timing.time_callable(many_tiny_kernels, "cuda"), timing.time_callable(lambda: a @ a, "cuda")
+    assert tiny.host_bound and tiny.host_s > 0, tiny
+    assert not big.host_bound and big.host_s < 0.2 * big.median_s, big
+
+
 def test_timing_reports_median_and_spread():
     t = timing.time_callable(lambda: torch.randn(64, 64) @ torch.randn(64, 64), "cpu", min_run_time_s=0.05)
     assert 0 < t.q1_s <= t.median_s <= t.q3_s and t.min_s <= t.median_s <= t.max_s
