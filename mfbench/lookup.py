@@ -52,13 +52,18 @@ _input_checks = True
 
 @contextlib.contextmanager
 def input_checks(enabled: bool) -> Iterator[None]:
-    """Turn the NaN/Inf scan of Memory Layer inputs on or off (it costs a pass and, on a GPU, a sync)."""
+    """Turn the scans of input values on or off: NaN/Inf in a Memory Layer's input, the token-id range of
+    a language model's (each costs a pass and, on a GPU, a sync inside every call)."""
     global _input_checks
     previous, _input_checks = _input_checks, enabled
     try:
         yield
     finally:
         _input_checks = previous
+
+
+def checks_enabled() -> bool:
+    return _input_checks
 
 
 def check_input(x: torch.Tensor, in_features: int) -> None:

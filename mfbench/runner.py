@@ -162,6 +162,8 @@ def measure_item(item: Item, cfg: ModelConfig, run: Run, device: torch.device, c
         samples=timing.samples, flags=flags)
     if timing.host_s is not None:
         add("host_issue_time", timing.host_s, "s", flags=["median-of-5-synchronised-calls"])
+    elif device.type == "cuda":
+        add("host_issue_time", float("nan"), "s", flags=["unavailable: the call synchronises with the device inside"])
     add("tokens_per_s", item.seq / timing.median_s, "token/s")
     work = analytic_flops(item, cfg)
     add("flops_analytic", work, "FLOP", flags=["2-per-mac"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -30,7 +31,7 @@ class Timing:
     max_s: float
     samples: int
     method: str
-    host_s: float | None = None  # GPU only: median CPU time to issue one call
+    host_s: float | None = None  # GPU only: median CPU time to issue one call (None: it synchronises)
 
     @property
     def iqr_s(self) -> float:
@@ -70,17 +71,29 @@ def time_callable(fn: Callable[[], object], device: torch.device | str, *, warmu
     return _summarise(list(measurement.times), "torch.utils.benchmark.blocked_autorange")
 
 
-def host_issue_seconds(fn: Callable[[], object], device: torch.device | str, calls: int = 5) -> float:
+def host_issue_seconds(fn: Callable[[], object], device: torch.device | str, calls: int = 5) -> float | None:
     """Median CPU time from calling ``fn`` to its return, the device synchronised before each call so
-    that a full launch queue never makes the host wait. A call that synchronises inside counts its
-    device time here too."""
+    that a full launch queue never makes the host wait. None when the call synchronises with the device
+    inside (torch's sync debug mode catches it): its host time would hold device time."""
     device = torch.device(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    gpu = device.type == "cuda"
     times = []
-    for _ in range(calls):
-        sync()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    sync()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(calls):
+            if gpu:
+                torch.cuda.synchronize(device)
+                previous = torch.cuda.get_sync_debug_mode()
+                torch.cuda.set_sync_debug_mode("warn")
+            start = time.perf_counter()
+            try:
+                fn()
+            finally:
+                times.append(time.perf_counter() - start)
+                if gpu:
+                    torch.cuda.set_sync_debug_mode(previous)
+    if gpu:
+        torch.cuda.synchronize(device)
+    if any("synchroniz" in str(w.message) for w in caught):
+        return None
     return statistics.median(times)

@@ -31,6 +31,9 @@ def test_a_launch_bound_call_is_host_bound_and_a_large_matmul_is_not():
     tiny, big = timing.time_callable(many_tiny_kernels, "cuda"), timing.time_callable(lambda: a @ a, "cuda")
     assert tiny.host_bound and tiny.host_s > 0, tiny
     assert not big.host_bound and big.host_s < 0.2 * big.median_s, big
+    # a call that waits for the device inside has no host figure (it would hold the device's time)
+    waits = timing.time_callable(lambda: (a @ a).sum().item(), "cuda")
+    assert waits.host_s is None and not waits.host_bound, waits
 
 
 def test_timing_reports_median_and_spread():
