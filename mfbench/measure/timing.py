@@ -94,6 +94,6 @@ def host_issue_seconds(fn: Callable[[], object], device: torch.device | str, cal
                     torch.cuda.set_sync_debug_mode(previous)
     if gpu:
         torch.cuda.synchronize(device)
-    if any("synchroniz" in str(w.message) for w in caught):
+    if any("called a synchronizing CUDA operation" in str(w.message) for w in caught):
         return None
     return statistics.median(times)
