@@ -25,13 +25,17 @@ from mfbench import results
 WROTE = re.compile(r"wrote \d+ rows to .* \(run (\S+?)[,)]")
 
 
+def world_of(config: str, ranks: int) -> int:
+    """Ranks a configuration runs: process 1, torchrun:N ``ranks``, torchrun:<count> that count."""
+    return 1 if config == "process" else ranks if config == "torchrun:N" else int(config.removeprefix("torchrun:"))
+
+
 def command(config: str, ranks: int, preset: str, results_dir: str | None, extra: list[str]) -> list[str]:
     tail = ["run", "--preset", preset, *(["--results-dir", results_dir] if results_dir else []), *extra]
     if config == "process":
         return [sys.executable, "-m", "mfbench", *tail]
-    n = str(ranks) if config == "torchrun:N" else config.removeprefix("torchrun:")
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", n,
-            "-m", "mfbench", tail[0], "--distributed", *tail[1:]]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            str(world_of(config, ranks)), "-m", "mfbench", tail[0], "--distributed", *tail[1:]]
 
 
 def timed(cmd: list[str]) -> tuple[float, str | None, int]:
@@ -53,8 +57,7 @@ def record(run_id: str, config: str, ranks: int, preset: str, seconds: float, re
     first = mine[~mine["flags"].str.contains(r"rank=[1-9]", regex=True)].iloc[0]  # rank 0's identity
     run = results.Run(run_id, first["time_utc"], first["commit"], bool(first["dirty"]), first["machine"],
                       first["device"], first["fingerprint"])
-    world = 1 if config == "process" else ranks if config == "torchrun:N" else int(config.removeprefix("torchrun:"))
-    params = {"launcher": config.split(":")[0], "ranks": world, "preset": preset}
+    params = {"launcher": config.split(":")[0], "ranks": world_of(config, ranks), "preset": preset}
     results.append([run.row("distributed", params, "-", "command_wall_time", seconds, "s",
                             flags=["launch-to-exit"])], results_dir)
 
