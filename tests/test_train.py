@@ -127,3 +127,20 @@ def test_choice_scoring_through_a_snapshot(tmp_path, capsys):
     lines = [line for line in out.splitlines() if line.startswith("generic:")]
     assert [line.split(":")[1].strip() for line in lines] == ["reference", "embedding_bag"]
     assert len({line.split(":", 2)[2] for line in lines}) == 1  # same scores through both providers
+
+
+def test_timed_training_steps_do_not_scan_inputs(monkeypatch):
+    # each scan syncs a GPU: MemoryFormer has one per Memory Layer, dense only the token check
+    from mfbench.tasks import synthetic
+
+    scans = []
+    real_isfinite, real_max = torch.isfinite, torch.Tensor.max
+    monkeypatch.setattr(torch, "isfinite", lambda *a, **k: scans.append("isfinite") or real_isfinite(*a, **k))
+    monkeypatch.setattr(torch.Tensor, "max", lambda self, *a, **k: scans.append("max") or real_max(self, *a, **k))
+    rec = train.recipe("micro", steps=2)
+    train.train("memoryformer", rec, synthetic.make("mqar"), torch.device("cpu"), "embedding_bag")
+    assert scans == []
+    from mfbench.model import MemoryFormerLM
+
+    MemoryFormerLM(train.model_config(rec, synthetic.make("mqar"), "embedding_bag"))(torch.zeros(1, 4, dtype=torch.long))
+    assert "isfinite" in scans and "max" in scans  # outside training the scans are on
