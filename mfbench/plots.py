@@ -43,10 +43,15 @@ def _expand(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _wide(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per measurement, a column per metric, and ``host_bound``: its time is the host's."""
     if frame.empty:
         return pd.DataFrame()
     keys = ["run_id", "time_utc", "device", "commit_short", "benchmark", "direction", "seq", "d", "dtype", "provider"]
-    return frame.pivot_table(index=keys, columns="metric", values="value", aggfunc="first").reset_index()
+    wide = frame.pivot_table(index=keys, columns="metric", values="value", aggfunc="first")
+    times = frame[frame["metric"] == "time"].set_index(keys)["flags"]
+    bound = times.str.split(",").map(lambda flags: "host-bound" in flags)
+    wide["host_bound"] = bound.groupby(level=keys).any().reindex(wide.index, fill_value=False).astype(bool)
+    return wide.reset_index()
 
 
 def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
@@ -126,6 +131,10 @@ def crossover(frame: pd.DataFrame, out: Path) -> list[Path]:
                 ax.set_axis_off()
                 continue
             sns.lineplot(data=part, x="seq", y=metric, hue="provider", marker="o", ax=ax)
+            bound = part[part["host_bound"]]
+            if row == 0 and not bound.empty:  # ringed: the time is the host's issue time, not the device's
+                ax.scatter(bound["seq"], bound["time"], s=90, facecolors="none", edgecolors="black", lw=0.8,
+                           label="host-bound", zorder=3)
             ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel=label, title=f"{bench}, {device}")
             ax.legend(fontsize=6, loc="lower right")
             if row == 0:
@@ -144,10 +153,16 @@ def _crossover_text(part: pd.DataFrame) -> str:
         return "no dense baseline measured"
     faster = [s for s in common if best[s] < dense[s]]
     if not faster:
-        return f"no crossover up to {max(common)} tokens: dense is faster everywhere"
-    if len(faster) == len(common):
-        return f"MemoryFormer faster at every measured length ({min(common)}-{max(common)} tokens)"
-    return f"crossover: MemoryFormer faster from {min(faster)} tokens"
+        text = f"no crossover up to {max(common)} tokens: dense is faster everywhere"
+    elif len(faster) == len(common):
+        text = f"MemoryFormer faster at every measured length ({min(common)}-{max(common)} tokens)"
+    else:
+        text = f"crossover: MemoryFormer faster from {min(faster)} tokens"
+    if "host_bound" in part:
+        bound = part[part["host_bound"] & part["seq"].isin(common)]
+        if not bound.empty:
+            text += f"\n(ringed: {len(bound)} of {len(part[part['seq'].isin(common)])} times are host-bound)"
+    return text
 
 
 def flops_vs_time(frame: pd.DataFrame, out: Path) -> list[Path]:

@@ -41,6 +41,16 @@ def test_crossover_text():
     assert plots._crossover_text(frame) == "crossover: MemoryFormer faster from 1024 tokens"
     slower = frame.assign(time=[1.0, 2.0, 1.0, 2.0])
     assert plots._crossover_text(slower) == "no crossover up to 1024 tokens: dense is faster everywhere"
+    bound = frame.assign(host_bound=[True, True, False, False])
+    assert plots._crossover_text(bound).endswith("(ringed: 2 of 4 times are host-bound)")
+
+
+def test_host_bound_times_are_carried_from_their_flags():
+    run = results.Run.start("cpu")
+    rows = _rows(run, [("layer", "forward", 128, "dense", 1e-3, 1e-6), ("layer", "forward", 1024, "dense", 2e-3, 1e-6)])
+    rows[0]["flags"] = "host-bound"  # the first row is the s=128 time
+    wide = plots._wide(plots._expand(pd.DataFrame(rows)))
+    assert dict(zip(wide["seq"], wide["host_bound"])) == {128: True, 1024: False}
 
 
 def test_empty_tables_give_labelled_placeholders(tmp_path):
