@@ -107,17 +107,17 @@ def claim(items: Sequence[T], cost: Callable[[T], float], key: str, group: Calla
     if rank is None or world is None:
         rank, world = rank_and_world()
     key_of = group or (lambda item: id(item))
+    costs = [cost(item) for item in items]
+    load = lambda g: sum(costs[i] for i in g)  # noqa: E731
     groups: dict[object, list[int]] = {}
-    for i in sorted(range(len(items)), key=lambda i: (-cost(items[i]), i)):
+    for i in sorted(range(len(items)), key=lambda i: (-costs[i], i)):
         groups.setdefault(key_of(items[i]), []).append(i)
     members = list(groups.values())  # in order of each group's costliest item
     while len(members) < world and any(len(g) > 1 for g in members):  # more ranks than groups: halve the largest
-        big = max((j for j in range(len(members)) if len(members[j]) > 1),
-                  key=lambda j: (sum(cost(items[i]) for i in members[j]), -j))
+        big = max((j for j in range(len(members)) if len(members[j]) > 1), key=lambda j: (load(members[j]), -j))
         members[big:big + 1] = [members[big][0::2], members[big][1::2]]
-    shares = shard(members, lambda g: sum(cost(items[i]) for i in g), world)
-    plans = [[i for g in sorted(share, key=lambda g: -sum(cost(items[i]) for i in g) / len(g)) for i in g]
-             for share in shares]
+    shares = shard(members, load, world)
+    plans = [[i for g in sorted(share, key=lambda g: -load(g) / len(g)) for i in g] for share in shares]
     tails = [plans[(rank + k) % world][::-1] for k in range(1, world)]
     stolen = [t[j] for j in range(max(map(len, tails), default=0)) for t in tails if j < len(t)]
     store = store if store is not None else dist.distributed_c10d._get_default_store()

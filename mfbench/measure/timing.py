@@ -13,8 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
-import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
@@ -62,7 +61,7 @@ def time_callable(fn: Callable[[], object], device: torch.device | str, *, warmu
 
         times_ms = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")
         timing = _summarise([t / 1e3 for t in times_ms], "triton.testing.do_bench")
-        return dataclasses.replace(timing, host_s=host_issue_seconds(fn, device))
+        return replace(timing, host_s=host_issue_seconds(fn, device))
     from torch.utils.benchmark import Timer
 
     fn()  # warm-up: first-call allocation, lazy initialisation and compilation stay out of the figure
