@@ -285,11 +285,13 @@ def run_summary(frame: pd.DataFrame) -> str:
     """Time, ratio to dense, achieved bandwidth, energy per token and sanity flags, one line per measurement."""
     import json
 
+    from mfbench.measure.timing import HOST_METHOD
+
     frame = frame[~frame["benchmark"].isin(["idle", "ceiling", "distributed"])]
     if frame.empty:
         return "no rows"
     quiet = ("2-per-mac", "FlopCounterMode", "nvml-energy-counter", "nvml-power-sampling", "cuda-allocator-peak",
-             "median-of-5-synchronised-calls")
+             HOST_METHOD)
     notes: set[str] = set()
     lines = []
     groups = frame.groupby(["benchmark", "params", "provider"], sort=False)

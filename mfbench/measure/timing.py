@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 
 HOST_BOUND = 0.8
+HOST_CALLS = 5
+HOST_METHOD = f"median-of-{HOST_CALLS}-synchronised-calls"  # the flag on host_issue_time rows
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def time_callable(fn: Callable[[], object], device: torch.device | str, *, warmu
     return _summarise(list(measurement.times), "torch.utils.benchmark.blocked_autorange")
 
 
-def host_issue_seconds(fn: Callable[[], object], device: torch.device | str, calls: int = 5) -> float | None:
+def host_issue_seconds(fn: Callable[[], object], device: torch.device | str, calls: int = HOST_CALLS) -> float | None:
     """Median CPU time from calling ``fn`` to its return, the device synchronised before each call so
     that a full launch queue never makes the host wait. None when the call synchronises with the device
     inside (torch's sync debug mode catches it): its host time would hold device time."""
