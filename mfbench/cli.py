@@ -133,11 +133,14 @@ LAYER_METRICS = {  # record field -> (metric, unit)
     "median_s": ("time", "s"), "floor_ms": ("floor_time", "ms"), "fraction_of_floor": ("fraction_of_floor", ""),
     "hbm_gbps": ("achieved_bandwidth", "GB/s"), "rel_err_y": ("rel_error_y", ""),
     "rel_err_grad_x": ("rel_error_grad_x", ""), "rel_err_grad_tables": ("rel_error_grad_tables", ""),
+    "host_s": ("host_issue_time", "s"),
 }
 
 
 def layer_rows(records: list[dict], run) -> list[dict]:
     """Result rows (benchmark 'layer-kernel') from ``run_cases`` records."""
+    from mfbench.measure.timing import HOST_METHOD, HOST_UNAVAILABLE
+
     rows = []
     for rec in records:
         params = {k: rec[k] for k in ("direction", "tokens", "in_features", "out_features", "tau", "weighting", "dtype")}
@@ -152,16 +155,24 @@ def layer_rows(records: list[dict], run) -> list[dict]:
             extra.append("config " + rec["kernel_config"].replace(",", ";"))
         if rec.get("met_target") is not None:
             extra.append("target-met" if rec["met_target"] else "target-missed")
+        if rec.get("host_bound"):
+            extra.append("host-bound")
         for field, (metric, unit) in LAYER_METRICS.items():
-            if field in rec and rec[field] == rec[field]:
+            if field in rec and rec[field] is not None and rec[field] == rec[field]:
                 kw = dict(spread_low=rec["q1_s"], spread_high=rec["q3_s"], spread_kind="iqr",
                           samples=rec["samples"], flags=extra) if metric == "time" else {}
+                if metric == "host_issue_time":
+                    kw = dict(flags=[HOST_METHOD])
                 rows.append(run.row("layer-kernel", params, rec["provider"], metric, rec[field], unit, **kw))
+        if rec.get("method") == "triton.testing.do_bench" and rec.get("host_s") is None:
+            rows.append(run.row("layer-kernel", params, rec["provider"], "host_issue_time", float("nan"), "s",
+                                flags=[HOST_UNAVAILABLE]))
     return rows
 
 
 def summary(frame: pd.DataFrame) -> str:
-    """One line per (case, provider): median, floor, fraction of floor, ratio to dense, target."""
+    """One line per (case, provider): median, floor, fraction of floor, ratio to dense, target, and on a GPU
+    the host's time to issue one call ("bound" where the median is the host's, see ``measure.timing``)."""
     ran = frame[frame.get("median_ms").notna()] if "median_ms" in frame else frame.iloc[0:0]
     if ran.empty:
         return "no provider ran"
@@ -176,6 +187,9 @@ def summary(frame: pd.DataFrame) -> str:
         "target": [("-" if pd.isna(t) or m is None or pd.isna(m) else f"{t:g} ms {'met' if m else 'MISSED'}")
                    for t, m in zip(ran["target_ms"], ran["met_target"])],
     })
+    if "host_s" in ran and ran["host_s"].notna().any():  # GPU only: CPU time to issue one call
+        out["host ms"] = [("-" if pd.isna(h) else f"{h * 1e3:.3g}" + (" bound" if not pd.isna(b) and b else ""))
+                          for h, b in zip(ran["host_s"], ran["host_bound"])]
     errs = [c for c in ran.columns if c.startswith("rel_err_")]
     if errs:
         out["max rel err"] = ran[errs].max(axis=1).map(lambda v: "-" if pd.isna(v) else f"{v:.1e}")

@@ -21,6 +21,7 @@ import torch
 HOST_BOUND = 0.8
 HOST_CALLS = 5
 HOST_METHOD = f"median-of-{HOST_CALLS}-synchronised-calls"  # the flag on host_issue_time rows
+HOST_UNAVAILABLE = "unavailable: the call synchronises with the device inside"  # why a GPU row has no host figure
 
 
 @dataclass(frozen=True)
