@@ -57,8 +57,11 @@ def _wide(frame: pd.DataFrame) -> pd.DataFrame:
 def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.svg"]
-    for path in paths:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+    # No date and fixed SVG ids: the same rows redraw byte-identical files, so a commit of plots is a diff of data.
+    with plt.rc_context({"svg.hashsalt": "mfbench"}):
+        for path in paths:
+            meta = {"Date": None} if path.suffix == ".svg" else {"Software": None}
+            fig.savefig(path, dpi=110, bbox_inches="tight", metadata=meta)
     plt.close(fig)
     return paths
 
@@ -78,11 +81,13 @@ def regression(frame: pd.DataFrame, out: Path) -> list[Path]:
     wide["case"] = wide["benchmark"] + " " + wide["direction"].str[:3] + " s=" + wide["seq"].astype(str)
     order = list(dict.fromkeys(wide["commit_short"]))
     grid = sns.relplot(data=wide, x="commit_short", y="time", hue="provider", style="device", col="case",
-                       col_wrap=4, kind="line", marker="o", height=2.6, aspect=1.2, facet_kws={"sharey": False})
+                       col_wrap=4, kind="line", marker="o", height=2.6, aspect=1.2, facet_kws={"sharey": False},
+                       estimator="median", errorbar=("pi", 100))  # the runs' own range, not a bootstrap guess
     grid.set(yscale="log", xlabel="commit", ylabel="median time (s)")
     for ax in grid.axes.flat:
         ax.set_xticks(range(len(order)), order, rotation=45, ha="right", fontsize=7) if len(order) > 1 else None
-    grid.figure.suptitle("Median time against commit, per device and provider", y=1.02)
+    grid.figure.suptitle("Median time against commit, per device and provider (line: median of the runs at a "
+                         "commit, band: their range)", y=1.02)
     return _save(grid.figure, out, "regression")
 
 

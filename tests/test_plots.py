@@ -33,6 +33,14 @@ def test_all_plots_written(tmp_path):
     for kind in ("regression", "roofline", "crossover", "flops_vs_time"):
         assert {f"{kind}.png", f"{kind}.svg"} <= names
     assert all(p.stat().st_size > 1000 for p in paths)
+    # two runs at one commit: the regression plot aggregates them, and a redraw must not change a byte
+    again = results.Run.start("cpu")
+    results.append(_rows(again, [("layer", "forward", 128, "reference", 2.5e-3, 1e-6),
+                                 ("layer", "forward", 128, "dense", 1.2e-3, 5e-7)]), tmp_path / "tables")
+    first = {p.name: p.read_bytes() for p in plots.draw_all(tmp_path / "tables", tmp_path / "plots")}
+    second = {p.name: p.read_bytes() for p in plots.draw_all(tmp_path / "tables", tmp_path / "plots")}
+    assert first.keys() == second.keys() and [n for n in first if first[n] != second[n]] == []
+    assert b"<dc:date>" not in first["regression.svg"]
 
 
 def test_crossover_text():
