@@ -133,13 +133,13 @@ LAYER_METRICS = {  # record field -> (metric, unit)
     "median_s": ("time", "s"), "floor_ms": ("floor_time", "ms"), "fraction_of_floor": ("fraction_of_floor", ""),
     "hbm_gbps": ("achieved_bandwidth", "GB/s"), "rel_err_y": ("rel_error_y", ""),
     "rel_err_grad_x": ("rel_error_grad_x", ""), "rel_err_grad_tables": ("rel_error_grad_tables", ""),
-    "host_s": ("host_issue_time", "s"),
+    "host_s": ("host_issue_time", "s"), "kernel_s": ("kernel_time", "s"),
 }
 
 
 def layer_rows(records: list[dict], run) -> list[dict]:
     """Result rows (benchmark 'layer-kernel') from ``run_cases`` records."""
-    from mfbench.measure.timing import HOST_METHOD, HOST_UNAVAILABLE
+    from mfbench.measure.timing import HOST_METHOD, HOST_UNAVAILABLE, KERNEL_METHOD
 
     rows = []
     for rec in records:
@@ -161,8 +161,8 @@ def layer_rows(records: list[dict], run) -> list[dict]:
             if field in rec and rec[field] is not None and rec[field] == rec[field]:
                 kw = dict(spread_low=rec["q1_s"], spread_high=rec["q3_s"], spread_kind="iqr",
                           samples=rec["samples"], flags=extra) if metric == "time" else {}
-                if metric == "host_issue_time":
-                    kw = dict(flags=[HOST_METHOD])
+                if metric in ("host_issue_time", "kernel_time"):
+                    kw = dict(flags=[HOST_METHOD if metric == "host_issue_time" else KERNEL_METHOD])
                 rows.append(run.row("layer-kernel", params, rec["provider"], metric, rec[field], unit, **kw))
         if rec.get("method") == "triton.testing.do_bench" and rec.get("host_s") is None:
             rows.append(run.row("layer-kernel", params, rec["provider"], "host_issue_time", float("nan"), "s",
@@ -172,7 +172,8 @@ def layer_rows(records: list[dict], run) -> list[dict]:
 
 def summary(frame: pd.DataFrame) -> str:
     """One line per (case, provider): median, floor, fraction of floor, ratio to dense, target, and on a GPU
-    the host's time to issue one call ("bound" where the median is the host's, see ``measure.timing``)."""
+    the host's time to issue one call ("bound" where the median is the host's) and the kernels' own device
+    time (see ``measure.timing``)."""
     ran = frame[frame.get("median_ms").notna()] if "median_ms" in frame else frame.iloc[0:0]
     if ran.empty:
         return "no provider ran"
@@ -190,6 +191,8 @@ def summary(frame: pd.DataFrame) -> str:
     if "host_s" in ran and ran["host_s"].notna().any():  # GPU only: CPU time to issue one call
         out["host ms"] = [("-" if pd.isna(h) else f"{h * 1e3:.3g}" + (" bound" if not pd.isna(b) and b else ""))
                           for h, b in zip(ran["host_s"], ran["host_bound"])]
+    if "kernel_s" in ran and ran["kernel_s"].notna().any():  # GPU only: device time of the kernels alone
+        out["kernel ms"] = ran["kernel_s"].map(lambda k: "-" if pd.isna(k) else f"{k * 1e3:.3g}")
     errs = [c for c in ran.columns if c.startswith("rel_err_")]
     if errs:
         out["max rel err"] = ran[errs].max(axis=1).map(lambda v: "-" if pd.isna(v) else f"{v:.1e}")
@@ -296,16 +299,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def run_summary(frame: pd.DataFrame) -> str:
-    """Time, ratio to dense, achieved bandwidth, energy per token and sanity flags, one line per measurement."""
+    """Time (and on a GPU the kernels' own device time), ratio to dense, achieved bandwidth, energy per token
+    and sanity flags, one line per measurement."""
     import json
 
-    from mfbench.measure.timing import HOST_METHOD
+    from mfbench.measure.timing import HOST_METHOD, KERNEL_METHOD
 
     frame = frame[~frame["benchmark"].isin(["idle", "ceiling", "distributed"])]
     if frame.empty:
         return "no rows"
     quiet = ("2-per-mac", "FlopCounterMode", "nvml-energy-counter", "nvml-power-sampling", "cuda-allocator-peak",
-             HOST_METHOD)
+             HOST_METHOD, KERNEL_METHOD)
     notes: set[str] = set()
     lines = []
     groups = frame.groupby(["benchmark", "params", "provider"], sort=False)
@@ -326,15 +330,20 @@ def run_summary(frame: pd.DataFrame) -> str:
         dense = times.get((bench, params, "dense"))
         dense = float(dense.iloc[0]) if dense is not None and len(dense) else float("nan")
         gbps, jpt = value.get("achieved_bandwidth", float("nan")), value.get("energy_per_token", float("nan"))
+        kern = value.get("kernel_time", float("nan"))
         lines.append({
             "benchmark": bench, "dir": "fwd" if p["direction"] == "forward" else "bwd", "seq": p["seq"],
             "provider": provider, "median ms": "-" if t != t else f"{t * 1e3:.4g}",
+            "kernel ms": "-" if kern != kern else f"{kern * 1e3:.4g}",
             "x dense": "-" if t != t or dense != dense else f"{t / dense:.2f}",
             "GB/s": "-" if gbps != gbps else f"{gbps / 1e9:.1f}",
             "uJ/token": "-" if jpt != jpt else f"{jpt * 1e6:.3g}",
             "flags": ", ".join(sorted(flags)),
         })
-    text = pd.DataFrame(lines).to_string(index=False)
+    table = pd.DataFrame(lines)
+    if (table["kernel ms"] == "-").all():  # no GPU rows: nothing to set beside the median
+        table = table.drop(columns="kernel ms")
+    text = table.to_string(index=False)
     for note in sorted(notes):
         text += f"\nnote: {note}"
     return text

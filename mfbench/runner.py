@@ -18,7 +18,7 @@ from mfbench.lookup import input_checks
 from mfbench.measure.ceilings import Ceilings
 from mfbench.measure.energy import EnergyMeter, EnergyResult, idle_power, measure_energy
 from mfbench.measure.memory import peak_memory
-from mfbench.measure.timing import HOST_METHOD, HOST_UNAVAILABLE, time_callable
+from mfbench.measure.timing import HOST_METHOD, HOST_UNAVAILABLE, KERNEL_METHOD, time_callable
 from mfbench.measure.traffic import layer_traffic
 from mfbench.model import DenseBlock, MemoryFormerBlock, MemoryLayer, ModelConfig
 from mfbench.model import build as build_lm
@@ -164,6 +164,8 @@ def measure_item(item: Item, cfg: ModelConfig, run: Run, device: torch.device, c
         add("host_issue_time", timing.host_s, "s", flags=[HOST_METHOD])
     elif device.type == "cuda":
         add("host_issue_time", float("nan"), "s", flags=[HOST_UNAVAILABLE])
+    if timing.kernel_s is not None:
+        add("kernel_time", timing.kernel_s, "s", flags=[KERNEL_METHOD])
     add("tokens_per_s", item.seq / timing.median_s, "token/s")
     work = analytic_flops(item, cfg)
     add("flops_analytic", work, "FLOP", flags=["2-per-mac"])

@@ -66,18 +66,20 @@ def test_layers_smoke_runs_and_writes_records(tmp_path, capsys):
 def test_layer_rows_carry_the_host_issue_time_and_the_host_bound_flag():
     from mfbench import results
     from mfbench.cli import layer_rows
-    from mfbench.measure.timing import HOST_METHOD, HOST_UNAVAILABLE
+    from mfbench.measure.timing import HOST_METHOD, HOST_UNAVAILABLE, KERNEL_METHOD
 
     base = {"direction": "forward", "tokens": 2048, "in_features": 512, "out_features": 512, "tau": 8,
             "weighting": "paper", "dtype": "float16", "floor_bound": "hbm", "median_s": 1e-4, "q1_s": 0.9e-4,
             "q3_s": 1.1e-4, "samples": 50, "method": "triton.testing.do_bench"}
-    records = [{**base, "provider": "triton", "host_s": 0.9e-4, "host_bound": True},
+    records = [{**base, "provider": "triton", "host_s": 0.9e-4, "host_bound": True, "kernel_s": 0.4e-4},
                {**base, "provider": "dense", "host_s": 1e-5, "host_bound": False},
                {**base, "provider": "compiled", "host_s": None, "host_bound": False}]
     rows = layer_rows(records, results.Run.start("cpu"))
     by = {(r["provider"], r["metric"]): r for r in rows}
     assert by["triton", "host_issue_time"]["value"] == 0.9e-4 and by["triton", "host_issue_time"]["flags"] == HOST_METHOD
     assert "host-bound" in by["triton", "time"]["flags"].split(",")
+    assert by["triton", "kernel_time"]["value"] == 0.4e-4 and by["triton", "kernel_time"]["flags"] == KERNEL_METHOD
+    assert ("dense", "kernel_time") not in by  # no figure, no row
     assert "host-bound" not in by["dense", "time"]["flags"].split(",") and by["dense", "host_issue_time"]["value"] == 1e-5
     unavailable = by["compiled", "host_issue_time"]
     assert unavailable["value"] != unavailable["value"] and unavailable["flags"] == HOST_UNAVAILABLE

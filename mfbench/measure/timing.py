@@ -6,6 +6,8 @@ CPU as long as the GPU takes to run them, the GPU waits between kernels and the 
 Such figures move with the host (core, clock, load) from one process to the next; on an H200 the same
 launch-bound items differed up to 2x between processes at full, unthrottled SM clock. ``host_s`` is the
 CPU time to issue one call, and ``host_bound`` says when it is at least ``HOST_BOUND`` of the figure.
+``kernel_s`` is the other side: the time the GPU spends running the call's kernels (CUPTI, through
+torch.profiler), the gaps between them left out, i.e. what the call would take if issuing cost nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ HOST_BOUND = 0.8
 HOST_CALLS = 5
 HOST_METHOD = f"median-of-{HOST_CALLS}-synchronised-calls"  # the flag on host_issue_time rows
 HOST_UNAVAILABLE = "unavailable: the call synchronises with the device inside"  # why a GPU row has no host figure
+KERNEL_METHOD = f"cupti-device-activity-mean-of-{HOST_CALLS}-calls"  # the flag on kernel_time rows
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Timing:
     samples: int
     method: str
     host_s: float | None = None  # GPU only: median CPU time to issue one call (None: it synchronises)
+    kernel_s: float | None = None  # GPU only: device time of the call's kernels, copies and sets, per call
 
     @property
     def iqr_s(self) -> float:
@@ -64,7 +68,7 @@ def time_callable(fn: Callable[[], object], device: torch.device | str, *, warmu
 
         times_ms = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")
         timing = _summarise([t / 1e3 for t in times_ms], "triton.testing.do_bench")
-        return replace(timing, host_s=host_issue_seconds(fn, device))
+        return replace(timing, host_s=host_issue_seconds(fn, device), kernel_s=kernel_seconds(fn, device))
     from torch.utils.benchmark import Timer
 
     fn()  # warm-up: first-call allocation, lazy initialisation and compilation stay out of the figure
@@ -99,3 +103,22 @@ def host_issue_seconds(fn: Callable[[], object], device: torch.device | str, cal
     if any("called a synchronizing CUDA operation" in str(w.message) for w in caught):
         return None
     return statistics.median(times)
+
+
+def kernel_seconds(fn: Callable[[], object], device: torch.device | str, calls: int = HOST_CALLS) -> float | None:
+    """Mean device time per call of ``fn``'s kernels, memory copies and memory sets, as CUPTI records them
+    (torch.profiler), with the idle gaps between them left out. Work on concurrent streams would count
+    twice; none of mfbench's calls uses a second stream. None off a GPU or where nothing ran on the device."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize(device)
+    busy_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA)
+    return busy_us / calls / 1e6 if busy_us > 0 else None

@@ -14,7 +14,9 @@ def test_host_issue_time_is_the_median_call_and_host_bound_compares_it_with_the_
     assert 0.004 <= t < 0.004 + 0.05
     fig = timing.Timing(1e-3, 0.9e-3, 1.1e-3, 0.8e-3, 1.2e-3, 10, "do_bench", host_s=0.85e-3)
     assert fig.host_bound and not timing.Timing(1e-3, 0.9e-3, 1.1e-3, 0.8e-3, 1.2e-3, 10, "do_bench", host_s=0.5e-3).host_bound
-    assert not timing.time_callable(lambda: None, "cpu", min_run_time_s=0.01).host_bound  # no host figure on the CPU
+    on_cpu = timing.time_callable(lambda: None, "cpu", min_run_time_s=0.01)
+    assert not on_cpu.host_bound and on_cpu.host_s is None and on_cpu.kernel_s is None  # GPU figures only
+    assert timing.kernel_seconds(lambda: None, "cpu") is None
 
 
 @pytest.mark.gpu
@@ -31,6 +33,10 @@ def test_a_launch_bound_call_is_host_bound_and_a_large_matmul_is_not():
     tiny, big = timing.time_callable(many_tiny_kernels, "cuda"), timing.time_callable(lambda: a @ a, "cuda")
     assert tiny.host_bound and tiny.host_s > 0, tiny
     assert not big.host_bound and big.host_s < 0.2 * big.median_s, big
+    # the kernels' own time: 200 one-element adds run in a small part of the launch-bound figure, while a
+    # large matmul's kernel is the whole figure
+    assert 0 < tiny.kernel_s < 0.5 * tiny.median_s, tiny
+    assert 0.8 * big.median_s < big.kernel_s < 1.25 * big.median_s, big
     # a call that waits for the device inside has no host figure (it would hold the device's time)
     waits = timing.time_callable(lambda: (a @ a).sum().item(), "cuda")
     assert waits.host_s is None and not waits.host_bound, waits
