@@ -135,7 +135,12 @@ def crossover(frame: pd.DataFrame, out: Path) -> list[Path]:
                 ax.text(0.5, 0.5, f"{metric} not measured on {device}", ha="center", va="center", fontsize=8)
                 ax.set_axis_off()
                 continue
-            sns.lineplot(data=part, x="seq", y=metric, hue="provider", marker="o", ax=ax)
+            order = sorted(part["provider"].unique())  # one colour per provider in both line sets
+            sns.lineplot(data=part, x="seq", y=metric, hue="provider", hue_order=order, marker="o", ax=ax)
+            if row == 0 and "kernel_time" in part and part["kernel_time"].notna().any():
+                # dashed: the kernels' own device time, what the call would take if launching cost nothing
+                sns.lineplot(data=part.dropna(subset=["kernel_time"]), x="seq", y="kernel_time", hue="provider",
+                             hue_order=order, marker="x", linestyle="--", alpha=0.7, legend=False, ax=ax)
             bound = part[part["host_bound"]]
             if row == 0 and not bound.empty:  # ringed: the time is the host's issue time, not the device's
                 ax.scatter(bound["seq"], bound["time"], s=90, facecolors="none", edgecolors="black", lw=0.8,
@@ -150,23 +155,36 @@ def crossover(frame: pd.DataFrame, out: Path) -> list[Path]:
     return _save(fig, out, "crossover")
 
 
-def _crossover_text(part: pd.DataFrame) -> str:
-    dense = part[part["provider"] == "dense"].set_index("seq")["time"]
-    best = part[part["provider"] != "dense"].groupby("seq")["time"].min()
+def _verdict(part: pd.DataFrame, metric: str) -> str | None:
+    """Where the fastest MemoryFormer provider beats dense on ``metric``; None without a dense baseline."""
+    have = part.dropna(subset=[metric])
+    dense = have[have["provider"] == "dense"].set_index("seq")[metric]
+    best = have[have["provider"] != "dense"].groupby("seq")[metric].min()
     common = sorted(set(dense.index) & set(best.index))
     if not common:
-        return "no dense baseline measured"
+        return None
     faster = [s for s in common if best[s] < dense[s]]
     if not faster:
-        text = f"no crossover up to {max(common)} tokens: dense is faster everywhere"
-    elif len(faster) == len(common):
-        text = f"MemoryFormer faster at every measured length ({min(common)}-{max(common)} tokens)"
-    else:
-        text = f"crossover: MemoryFormer faster from {min(faster)} tokens"
+        return f"no crossover up to {max(common)} tokens: dense is faster everywhere"
+    if len(faster) == len(common):
+        return f"MemoryFormer faster at every measured length ({min(common)}-{max(common)} tokens)"
+    if faster == common[-len(faster):]:  # faster from some length on: a crossover
+        return f"crossover: MemoryFormer faster from {min(faster)} tokens"
+    return f"no clean crossover: MemoryFormer faster at {', '.join(map(str, faster))} tokens only"
+
+
+def _crossover_text(part: pd.DataFrame) -> str:
+    text = _verdict(part, "time")
+    if text is None:
+        return "no dense baseline measured"
+    common = part[part["seq"].isin(part.loc[part["provider"] == "dense", "seq"])]
     if "host_bound" in part:
-        bound = part[part["host_bound"] & part["seq"].isin(common)]
+        bound = common[common["host_bound"]]
         if not bound.empty:
-            text += f"\n(ringed: {len(bound)} of {len(part[part['seq'].isin(common)])} times are host-bound)"
+            text += f"\n(ringed: {len(bound)} of {len(common)} times are host-bound)"
+    kernels = _verdict(part, "kernel_time") if "kernel_time" in part else None
+    if kernels:
+        text += f"\nkernels alone (dashed): {kernels}"
     return text
 
 

@@ -47,10 +47,16 @@ def test_crossover_text():
     frame = pd.DataFrame({"provider": ["dense", "triton", "dense", "triton"], "seq": [128, 128, 1024, 1024],
                           "time": [1.0, 2.0, 3.0, 2.5]})
     assert plots._crossover_text(frame) == "crossover: MemoryFormer faster from 1024 tokens"
+    only_short = frame.assign(time=[2.0, 1.0, 1.0, 2.0])  # faster at 128, slower at 1024: no crossover
+    assert plots._crossover_text(only_short) == "no clean crossover: MemoryFormer faster at 128 tokens only"
     slower = frame.assign(time=[1.0, 2.0, 1.0, 2.0])
     assert plots._crossover_text(slower) == "no crossover up to 1024 tokens: dense is faster everywhere"
     bound = frame.assign(host_bound=[True, True, False, False])
     assert plots._crossover_text(bound).endswith("(ringed: 2 of 4 times are host-bound)")
+    # on a GPU the kernels' own time gets its verdict too: here launches hide a crossover the kernels have
+    kernels = frame.assign(time=[1.0, 2.0, 1.0, 2.0], kernel_time=[0.5, 0.6, 1.0, 0.4])
+    assert plots._crossover_text(kernels) == ("no crossover up to 1024 tokens: dense is faster everywhere\n"
+                                             "kernels alone (dashed): crossover: MemoryFormer faster from 1024 tokens")
 
 
 def test_host_bound_times_are_carried_from_their_flags():
