@@ -24,8 +24,8 @@ class _Timed:
 
 
 class _Metrics:
-    """The runner's measurement of the same call (do_bench median, FLOPs, bytes, energy), made once per
-    parameter set; asv only tracks the numbers."""
+    """The runner's measurement of the same call (do_bench median, kernel time, FLOPs, bytes, energy), made
+    once per parameter set; asv only tracks the numbers."""
 
     params = PARAMS
     param_names = PARAM_NAMES
@@ -39,6 +39,11 @@ class _Metrics:
         return self.case.metric("time")
 
     track_median_time.unit = "seconds"
+
+    def track_kernel_time(self, *params):  # the kernels alone, steady where the median is the host's; NaN off a GPU
+        return self.case.metric("kernel_time")
+
+    track_kernel_time.unit = "seconds"
 
     def track_flops(self, *params):
         return self.case.metric("flops_analytic")
