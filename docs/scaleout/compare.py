@@ -8,7 +8,8 @@ warms up or slows down over time does not favour one. A command is timed from la
 includes what a rank's own rows cannot see: torchrun's agent, interpreter start-up and teardown. The
 figure is appended to the run that the command wrote, as a ``command_wall_time`` row with that run's
 id, commit, device and fingerprint, so the comparison can be redrawn from the result tables alone.
-Last, each multi-rank run's time rows are set against the one-device runs' (do they agree within noise?).
+Last, each multi-rank run's time rows (and on a GPU its kernel_time rows) are set against the one-device
+runs' (do they agree within noise?).
 """
 
 from __future__ import annotations
@@ -62,17 +63,18 @@ def record(run_id: str, config: str, ranks: int, preset: str, seconds: float, re
                             flags=["launch-to-exit"])], results_dir)
 
 
-def agreement(run_ids: dict[str, list[str]], results_dir: str | None) -> list[str]:
-    """How each multi-rank run's time rows compare with the one-device runs' (process and torchrun:1): the
-    median and middle half of the ratios to their median, and how many fall inside their range."""
+def agreement(run_ids: dict[str, list[str]], results_dir: str | None, metric: str = "time") -> list[str]:
+    """How each multi-rank run's ``metric`` rows compare with the one-device runs' (process and torchrun:1):
+    the median and middle half of the ratios to their median, and how many fall inside their range. On a
+    GPU ``kernel_time`` is the sharper test: it leaves out the host, whose speed moves between processes."""
     import pandas as pd
 
     frame = results.load(results_dir)
-    times = frame[frame["metric"] == "time"]
+    times = frame[(frame["metric"] == metric) & frame["value"].notna()]
     series = {rid: times[times["run_id"] == rid].set_index(["benchmark", "params", "provider"])["value"]
               for ids in run_ids.values() for rid in ids}
     single = [rid for c in ("process", "torchrun:1") for rid in run_ids.get(c, [])]
-    if not single:
+    if not single or times.empty:
         return []
     base = pd.concat([series[rid] for rid in single], axis=1, keys=single)
     low, high, mid = base.min(axis=1), base.max(axis=1), base.median(axis=1)
@@ -80,8 +82,8 @@ def agreement(run_ids: dict[str, list[str]], results_dir: str | None) -> list[st
     if len(single) >= 3:  # the yardstick: how often one one-device run falls inside the others' range
         rest = [base.drop(columns=rid) for rid in single]
         held = [int(((base[rid] >= r.min(axis=1)) & (base[rid] <= r.max(axis=1))).sum()) for rid, r in zip(single, rest)]
-        lines.append(f"one-device runs, each against the other {len(single) - 1}: {', '.join(map(str, held))} of "
-                     f"{len(base)} inside their range")
+        lines.append(f"{metric}: one-device runs, each against the other {len(single) - 1}: "
+                     f"{', '.join(map(str, held))} of {len(base)} inside their range")
     for config, ids in run_ids.items():
         if config in ("process", "torchrun:1"):
             continue
@@ -89,7 +91,7 @@ def agreement(run_ids: dict[str, list[str]], results_dir: str | None) -> list[st
             mine = series[rid].reindex(base.index)
             ratio = (mine / mid).dropna()
             inside = int(((mine >= low) & (mine <= high)).sum())
-            lines.append(f"{config} run {rid}: time rows / one-device median: median {ratio.median():.3f}, middle half "
+            lines.append(f"{config} run {rid}: {metric} rows / one-device median: median {ratio.median():.3f}, middle half "
                          f"{ratio.quantile(0.25):.2f}-{ratio.quantile(0.75):.2f}; {inside} of {len(ratio)} inside "
                          f"the range of the {len(single)} one-device run(s)")
     return lines
@@ -131,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         for base in ("process", "torchrun:1"):
             if base in median:
                 print(f"{c} / {base}: {median[c] / median[base]:.2f}x")
-    for line in agreement(run_ids, args.results_dir):
-        print(line)
+    for metric in ("time", "kernel_time"):
+        for line in agreement(run_ids, args.results_dir, metric):
+            print(line)
     return 0
 
 
