@@ -400,6 +400,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError("the two runs have no measurement in common")
     import json
 
+    # GPU runs: the kernels' own time, steady where a time is the host's (see measure.timing)
+    ka = a[a["metric"] == "kernel_time"].set_index(keys)["value"]
+    kb = b[b["metric"] == "kernel_time"].set_index(keys)["value"]
+    kernel_ratio = (kb / ka).dropna()
+
     out = []
     for (bench, params, provider), row in both.iterrows():
         p = json.loads(params)
@@ -407,10 +412,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         spread_b = (row["spread_high_b"] - row["spread_low_b"]) / row["value_b"]
         ratio = row["value_b"] / row["value_a"]
         noise = max(spread_a, spread_b)
-        out.append({"benchmark": bench, "dir": p["direction"][:3], "seq": p["seq"], "provider": provider,
-                    "A ms": f"{row['value_a'] * 1e3:.4g}", "B ms": f"{row['value_b'] * 1e3:.4g}",
-                    "B/A": f"{ratio:.3f}", "IQR/median": f"{noise:.1%}",
-                    "verdict": "within noise" if abs(ratio - 1) <= noise else ("slower" if ratio > 1 else "faster")})
+        verdict = "within noise" if abs(ratio - 1) <= noise else ("slower" if ratio > 1 else "faster")
+        if any("host-bound" in str(row[f"flags_{side}"]).split(",") for side in "ab"):
+            verdict += " (host-bound)"
+        line = {"benchmark": bench, "dir": p["direction"][:3], "seq": p["seq"], "provider": provider,
+                "A ms": f"{row['value_a'] * 1e3:.4g}", "B ms": f"{row['value_b'] * 1e3:.4g}",
+                "B/A": f"{ratio:.3f}", "IQR/median": f"{noise:.1%}", "verdict": verdict}
+        if not kernel_ratio.empty:
+            k = kernel_ratio.get((bench, params, provider))
+            line["kernel B/A"] = "-" if k is None else f"{k:.3f}"
+        out.append(line)
     print(f"A = {a['run_id'].iloc[0]} ({a['device'].iloc[0]}), B = {b['run_id'].iloc[0]} ({b['device'].iloc[0]})")
     print(pd.DataFrame(out).to_string(index=False))
     return 0

@@ -47,6 +47,21 @@ def test_show_and_compare(smoke_run, capsys):
     assert "B/A" in out and "1.000" in out and "within noise" in out
 
 
+def test_compare_sets_kernel_time_beside_a_host_bound_time(tmp_path, capsys):
+    params = {"direction": "forward", "seq": 2048}
+    rows = []
+    for run_id, t, kern, flags in (("A", 1.0e-3, 0.20e-3, "host-bound"), ("B", 1.5e-3, 0.21e-3, "")):
+        run = results.Run(run_id, "t", "c", False, "m", "H100", "{}")
+        rows += [run.row("layer", params, "triton", "time", t, "s", spread_low=t * 0.98, spread_high=t * 1.02,
+                         flags=[flags] if flags else []),
+                 run.row("layer", params, "triton", "kernel_time", kern, "s")]
+    results.append(rows, tmp_path)
+    assert main(["compare", "A", "B", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    # 1.5x slower by the figure, but A's figure was the host's and the kernels moved 5%
+    assert "slower (host-bound)" in out and "kernel B/A" in out and "1.050" in out, out
+
+
 @pytest.mark.parametrize("args,message", [
     (["run", "--preset", "huge"], "unknown preset"),
     (["run", "--seq", "12,x"], "whole numbers"),
