@@ -62,6 +62,22 @@ def test_compare_sets_kernel_time_beside_a_host_bound_time(tmp_path, capsys):
     assert "slower (host-bound)" in out and "kernel B/A" in out and "1.050" in out, out
 
 
+def test_run_summary_shows_kernel_time_only_where_measured():
+    import pandas as pd
+
+    from mfbench.cli import run_summary
+
+    run = results.Run("R", "t", "c", False, "m", "H100", "{}")
+    params = {"direction": "forward", "seq": 2048}
+    rows = [run.row("layer", params, "triton", "time", 1e-3, "s"), run.row("layer", params, "dense", "time", 5e-4, "s")]
+    assert "kernel ms" not in run_summary(pd.DataFrame(rows))  # a CPU run: no column of dashes
+    rows.append(run.row("layer", params, "triton", "kernel_time", 2.5e-4, "s"))
+    lines = run_summary(pd.DataFrame(rows)).splitlines()
+    assert "kernel ms" in lines[0]
+    triton = next(line for line in lines if "triton" in line).split()
+    assert "0.25" in triton and "2.00" in triton  # kernel ms beside the median, ratio to dense from the median
+
+
 @pytest.mark.parametrize("args,message", [
     (["run", "--preset", "huge"], "unknown preset"),
     (["run", "--seq", "12,x"], "whole numbers"),
