@@ -55,6 +55,27 @@ def test_smoke_matrix_on_two_gloo_ranks_is_one_run_with_the_single_rank_rows(smo
     assert "[rank 1/2] set up in" in out.stdout
 
 
+def test_two_nodes_meet_in_torchruns_c10d_rendezvous_and_write_one_run(smoke_run, tmp_path):
+    """The README's several-hosts command, as two one-rank "nodes" on this host: each agent is started
+    alone, they meet in the c10d rendezvous, and rank 0 writes one run with the single-process rows."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_port()}", "--rdzv-id", "mfbench-test",
+               "-m", "mfbench", "run", "--distributed", "--preset", "smoke", "--device", "cpu",
+               "--results-dir", str(tmp_path)]
+    nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [node.communicate(timeout=900)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(out[-3000:] for out in outs)
+    frame = results.load(tmp_path)
+    assert frame["run_id"].nunique() == 1 and _keys(frame) == _keys(results.load(smoke_run))
+    prints = [json.loads(f) for f in frame["fingerprint"]]
+    assert {(p["rank"], p["world_size"]) for p in prints} == {(0, 2), (1, 2)}
+    # each node is a host of its own to torchrun: one local rank, so its compile pool keeps every core
+    assert {p["compile_threads"] for p in prints} == {len(os.sched_getaffinity(0))}
+    assert len(frame[frame["metric"] == "rank_wall_time"]) == 2
+    assert sum("wrote" in out for out in outs) == 1  # rank 0's node alone writes
+
+
 def test_sharded_provider_matches_reference_on_two_ranks():
     out = torchrun("-m", "mfbench.sharded")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
