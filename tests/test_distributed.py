@@ -192,6 +192,8 @@ def test_one_rank_under_torchrun_measures_the_same_matrix_and_compare_times_the_
     inside = frame[frame["metric"].isin(["rank_wall_time", "rank_setup_time"])]["value"].sum()
     assert command["value"].iloc[0] > inside  # launch to exit holds the rank's set-up and its shard
     assert "torchrun:1" in out.stdout.splitlines()[-1]
+    # the command's time taken apart from the rank's own rows
+    assert "set-up" in out.stdout and "outside the ranks" in out.stdout, out.stdout[-2000:]
 
 
 def test_scaleout_compare_refuses_an_unknown_configuration():

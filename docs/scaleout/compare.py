@@ -63,6 +63,26 @@ def record(run_id: str, config: str, ranks: int, preset: str, seconds: float, re
                             flags=["launch-to-exit"])], results_dir)
 
 
+def phases(run_id: str, seconds: float, results_dir: str | None) -> str | None:
+    """Where a torchrun command's time went, from its ranks' own rows: set-up (first import of mfbench to
+    first item), shard (first item to last) and what lies outside the ranks (torchrun's agent, interpreter
+    start and teardown). None for a run without rank rows (a plain process)."""
+    import json
+
+    frame = results.load(results_dir)
+    mine = frame[(frame["run_id"] == run_id) & frame["metric"].isin(["rank_setup_time", "rank_wall_time"])]
+    if mine.empty:
+        return None
+    per_rank = mine.assign(rank=[json.loads(p)["rank"] for p in mine["params"]]).pivot_table(
+        index="rank", columns="metric", values="value", aggfunc="first")
+    if set(per_rank.columns) != {"rank_setup_time", "rank_wall_time"}:
+        return None
+    setup, shard = per_rank["rank_setup_time"], per_rank["rank_wall_time"]
+    span = lambda v: f"{v.min():.1f}" if len(v) == 1 else f"{v.min():.1f}-{v.max():.1f}"  # noqa: E731
+    return (f"set-up {span(setup)} s, shard {span(shard)} s, outside the ranks (torchrun's agent, interpreter "
+            f"start and teardown) {seconds - (setup + shard).max():.1f} s")
+
+
 def agreement(run_ids: dict[str, list[str]], results_dir: str | None, metric: str = "time") -> list[str]:
     """How each multi-rank run's ``metric`` rows compare with the one-device runs' (process and torchrun:1):
     the median and middle half of the ratios to their median, and how many fall inside their range. On a
@@ -128,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\nconfiguration   median s   runs")
     for c in configs:
         print(f"{c:<15} {median[c]:>8.1f}   {', '.join(f'{v:.1f}' for v in walls[c])}")
+    for c in configs:
+        for seconds, rid in zip(walls[c], run_ids[c]):
+            where = phases(rid, seconds, args.results_dir)
+            if where:
+                print(f"{c} run {rid}: {where}")
     many = [c for c in configs if c != "process" and c != "torchrun:1"]
     for c in many:
         for base in ("process", "torchrun:1"):
