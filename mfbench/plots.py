@@ -73,22 +73,30 @@ def _empty(out: Path, name: str, message: str) -> list[Path]:
     return _save(fig, out, name)
 
 
-def regression(frame: pd.DataFrame, out: Path) -> list[Path]:
+REGRESSION_PLOTS = {  # metric -> (file name, title, what to say when there is nothing to draw)
+    "time": ("regression", "Median time against commit", "no timed runs in the result tables yet"),
+    "kernel_time": ("regression_kernel", "Kernel time (the GPU's own, launch costs left out) against commit",
+                    "no kernel_time rows yet: it is measured on GPUs only"),
+}
+
+
+def regression(frame: pd.DataFrame, out: Path, metric: str = "time") -> list[Path]:
+    name, title, nothing = REGRESSION_PLOTS[metric]
     wide = _wide(frame)
-    if wide.empty or "time" not in wide:
-        return _empty(out, "regression", "no timed runs in the result tables yet")
-    wide = wide.sort_values("time_utc")
+    if wide.empty or metric not in wide or wide[metric].isna().all():
+        return _empty(out, name, nothing)
+    wide = wide.dropna(subset=[metric]).sort_values("time_utc")
     wide["case"] = wide["benchmark"] + " " + wide["direction"].str[:3] + " s=" + wide["seq"].astype(str)
     order = list(dict.fromkeys(wide["commit_short"]))
-    grid = sns.relplot(data=wide, x="commit_short", y="time", hue="provider", style="device", col="case",
+    grid = sns.relplot(data=wide, x="commit_short", y=metric, hue="provider", style="device", col="case",
                        col_wrap=4, kind="line", marker="o", height=2.6, aspect=1.2, facet_kws={"sharey": False},
                        estimator="median", errorbar=("pi", 100))  # the runs' own range, not a bootstrap guess
-    grid.set(yscale="log", xlabel="commit", ylabel="median time (s)")
+    grid.set(yscale="log", xlabel="commit", ylabel=f"{metric.replace('_', ' ')} (s)")
     for ax in grid.axes.flat:
         ax.set_xticks(range(len(order)), order, rotation=45, ha="right", fontsize=7) if len(order) > 1 else None
-    grid.figure.suptitle("Median time against commit, per device and provider (line: median of the runs at a "
-                         "commit, band: their range)", y=1.02)
-    return _save(grid.figure, out, "regression")
+    grid.figure.suptitle(f"{title}, per device and provider (line: median of the runs at a commit, band: their "
+                         "range)", y=1.02)
+    return _save(grid.figure, out, name)
 
 
 def roofline(frame: pd.DataFrame, all_rows: pd.DataFrame, out: Path) -> list[Path]:
@@ -261,6 +269,7 @@ def draw_all(directory: str | Path | None = None, out: str | Path | None = None)
     sns.set_theme(style="whitegrid", context="paper")
     paths = []
     paths += regression(frame, out)
+    paths += regression(frame, out, "kernel_time")
     paths += roofline(frame, rows, out)
     paths += crossover(frame, out)
     paths += flops_vs_time(frame, out)

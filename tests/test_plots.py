@@ -14,12 +14,16 @@ def _rows(run, device_rows):
         out.append(run.row(bench, params, provider, "flops_analytic", 1e6 * seq, "FLOP"))
         out.append(run.row(bench, params, provider, "energy_per_token", joules, "J/token"))
         if bench == "layer":
+            out.append(run.row(bench, params, provider, "kernel_time", t / 2, "s"))
             out.append(run.row(bench, params, provider, "arithmetic_intensity", 2.0, "FLOP/B"))
             out.append(run.row(bench, params, provider, "flops_per_s", 1e6 * seq / t, "FLOP/s"))
     return out
 
 
-def test_all_plots_written(tmp_path):
+def test_all_plots_written(tmp_path, monkeypatch):
+    placeholders = []
+    empty = plots._empty
+    monkeypatch.setattr(plots, "_empty", lambda out, name, message: placeholders.append(name) or empty(out, name, message))
     run = results.Run.start("cpu")
     rows = _rows(run, [
         ("layer", "forward", 128, "reference", 2e-3, 1e-6), ("layer", "forward", 128, "dense", 1e-3, 5e-7),
@@ -30,8 +34,9 @@ def test_all_plots_written(tmp_path):
     results.append(rows, tmp_path / "tables")
     paths = plots.draw_all(tmp_path / "tables", tmp_path / "plots")
     names = {p.name for p in paths}
-    for kind in ("regression", "roofline", "crossover", "flops_vs_time"):
+    for kind in ("regression", "regression_kernel", "roofline", "crossover", "flops_vs_time"):
         assert {f"{kind}.png", f"{kind}.svg"} <= names
+        assert kind not in placeholders  # drawn from the rows, not a "nothing yet" card
     assert all(p.stat().st_size > 1000 for p in paths)
     # two runs at one commit: the regression plot aggregates them, and a redraw must not change a byte
     again = results.Run.start("cpu")
@@ -69,7 +74,7 @@ def test_host_bound_times_are_carried_from_their_flags():
 
 def test_empty_tables_give_labelled_placeholders(tmp_path):
     paths = plots.draw_all(tmp_path / "none", tmp_path / "plots")
-    assert len(paths) == 12 and all(p.exists() for p in paths)
+    assert len(paths) == 14 and all(p.exists() for p in paths)
 
 
 def test_accuracy_and_training_plots(tmp_path):
