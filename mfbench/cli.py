@@ -157,6 +157,8 @@ def layer_rows(records: list[dict], run) -> list[dict]:
             extra.append("target-met" if rec["met_target"] else "target-missed")
         if rec.get("host_bound"):
             extra.append("host-bound")
+        if rec.get("compile_fallback"):
+            extra.append(providers.COMPILE_FALLBACK_FLAG)
         for field, (metric, unit) in LAYER_METRICS.items():
             if field in rec and rec[field] is not None and rec[field] == rec[field]:
                 kw = dict(spread_low=rec["q1_s"], spread_high=rec["q3_s"], spread_kind="iqr",

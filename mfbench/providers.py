@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -111,14 +112,42 @@ def _embedding_bag(layer: "MemoryLayer", x: torch.Tensor) -> torch.Tensor:
     return F.embedding_bag(sign_hash(z) + offsets, flat, per_sample_weights=p.to(flat.dtype), mode="sum").to(x.dtype)
 
 
+# Every (table shape, grad mode, dtype) is a compile of its own; the default matrix needs about a dozen.
+# At dynamo's default limit of 8 the later shapes silently ran eagerly (seen on an H200: block and
+# model items of `compiled` were the eager reference under another name).
+COMPILED_RECOMPILE_LIMIT = 64
+COMPILE_FALLBACK_FLAG = "dynamo-recompile-limit-hit: may be eager code"
+
+
+class _RecompileLimitWatch(logging.Handler):
+    """Notices dynamo's 'hit config.recompile_limit' warning for the compiled lookup. Once it has been
+    hit, dynamo runs new shapes of that function eagerly for the rest of the process, and says so once."""
+
+    hit = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "recompile_limit" in message and _lookup_block.__name__ in message:
+            _RecompileLimitWatch.hit = True
+
+
+def compiled_fell_back() -> bool:
+    """True once torch.compile has given up on the compiled lookup in this process (its recompile limit
+    was hit): 'compiled' figures measured from then on may be eager code."""
+    return _RecompileLimitWatch.hit
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_block() -> Callable:
     # The whole lookup in one graph lets inductor fuse gather, weighting and sum into one reduction,
     # so unlike the eager reference it needs no token blocking. Donated buffers would forbid the
     # retain_graph=True that repeated backward timings need.
+    import torch._dynamo.config as dynamo_config
     import torch._functorch.config as functorch_config
 
     functorch_config.donated_buffer = False
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, COMPILED_RECOMPILE_LIMIT)
+    logging.getLogger("torch._dynamo.convert_frame").addHandler(_RecompileLimitWatch(logging.WARNING))
     return torch.compile(_lookup_block, dynamic=None)
 
 

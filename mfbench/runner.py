@@ -158,6 +158,8 @@ def measure_item(item: Item, cfg: ModelConfig, run: Run, device: torch.device, c
 
     timing = time_callable(fn, device)
     flags = (["nonpositive-time"] if timing.median_s <= 0 else []) + (["host-bound"] if timing.host_bound else [])
+    if item.provider == "compiled" and providers.compiled_fell_back():
+        flags.append(providers.COMPILE_FALLBACK_FLAG)
     add("time", timing.median_s, "s", spread_low=timing.q1_s, spread_high=timing.q3_s, spread_kind="iqr",
         samples=timing.samples, flags=flags)
     if timing.host_s is not None:

@@ -46,6 +46,26 @@ def test_compiled_provider_matches_reference():
     torch.testing.assert_close(gt, rgt)
 
 
+@pytest.mark.slow
+def test_compiled_raises_dynamos_recompile_limit_and_a_fallback_is_noticed(monkeypatch):
+    import torch._dynamo
+
+    monkeypatch.setattr(providers._RecompileLimitWatch, "hit", False)
+    providers._compiled_block()
+    assert torch._dynamo.config.recompile_limit >= providers.COMPILED_RECOMPILE_LIMIT
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=1):
+            MemoryLayer(16, 12, tau=8, provider="compiled")(torch.randn(9, 16))
+            assert not providers.compiled_fell_back()
+            # new table shapes: over a limit of one, dynamo runs the lookup eagerly and warns once
+            MemoryLayer(16, 20, tau=8, provider="compiled")(torch.randn(9, 16))
+            MemoryLayer(24, 12, tau=8, provider="compiled")(torch.randn(9, 24))
+        assert providers.compiled_fell_back()
+    finally:
+        torch._dynamo.reset()  # later tests compile afresh, under the raised limit
+
+
 def test_dense_provider_is_the_replaced_linear():
     layer = MemoryLayer(16, 12, provider="dense")
     x = torch.randn(5, 16)
