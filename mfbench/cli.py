@@ -133,13 +133,12 @@ LAYER_METRICS = {  # record field -> (metric, unit)
     "median_s": ("time", "s"), "floor_ms": ("floor_time", "ms"), "fraction_of_floor": ("fraction_of_floor", ""),
     "hbm_gbps": ("achieved_bandwidth", "GB/s"), "rel_err_y": ("rel_error_y", ""),
     "rel_err_grad_x": ("rel_error_grad_x", ""), "rel_err_grad_tables": ("rel_error_grad_tables", ""),
-    "host_s": ("host_issue_time", "s"), "kernel_s": ("kernel_time", "s"),
 }
 
 
 def layer_rows(records: list[dict], run) -> list[dict]:
     """Result rows (benchmark 'layer-kernel') from ``run_cases`` records."""
-    from mfbench.measure.timing import HOST_METHOD, HOST_UNAVAILABLE, KERNEL_METHOD
+    from mfbench.measure.timing import Timing, beside
 
     rows = []
     for rec in records:
@@ -157,18 +156,14 @@ def layer_rows(records: list[dict], run) -> list[dict]:
             extra.append("target-met" if rec["met_target"] else "target-missed")
         if rec.get("host_bound"):
             extra.append("host-bound")
-        if rec.get("compile_fallback"):
-            extra.append(providers.COMPILE_FALLBACK_FLAG)
+        extra += [c for c in rec.get("caveats", "").split(",") if c]
         for field, (metric, unit) in LAYER_METRICS.items():
-            if field in rec and rec[field] is not None and rec[field] == rec[field]:
+            if field in rec and rec[field] == rec[field]:
                 kw = dict(spread_low=rec["q1_s"], spread_high=rec["q3_s"], spread_kind="iqr",
                           samples=rec["samples"], flags=extra) if metric == "time" else {}
-                if metric in ("host_issue_time", "kernel_time"):
-                    kw = dict(flags=[HOST_METHOD if metric == "host_issue_time" else KERNEL_METHOD])
                 rows.append(run.row("layer-kernel", params, rec["provider"], metric, rec[field], unit, **kw))
-        if rec.get("method") == "triton.testing.do_bench" and rec.get("host_s") is None:
-            rows.append(run.row("layer-kernel", params, rec["provider"], "host_issue_time", float("nan"), "s",
-                                flags=[HOST_UNAVAILABLE]))
+        for metric, value, unit, why in beside(Timing.from_dict(rec)):
+            rows.append(run.row("layer-kernel", params, rec["provider"], metric, value, unit, flags=why))
     return rows
 
 

@@ -153,8 +153,7 @@ def run_cases(cases: Iterable[Case], names: Iterable[str], device: torch.device 
             traffic = layer_traffic(case.tokens, case.in_features, case.out_features, case.tau, elem,
                                     case.direction, dense=(name == "dense"))
             floor_s, bound = floor_seconds(traffic, ceilings)
-            record.update(timing.as_dict(), host_bound=timing.host_bound,
-                          compile_fallback=name == "compiled" and providers.compiled_fell_back())
+            record.update(timing.as_dict(), host_bound=timing.host_bound, caveats=",".join(providers.caveats(name)))
             record.update(
                 median_ms=timing.median_s * 1e3, floor_ms=floor_s * 1e3, floor_bound=bound,
                 fraction_of_floor=floor_s / timing.median_s, hbm_bytes=traffic.hbm_bytes,

@@ -137,6 +137,12 @@ def compiled_fell_back() -> bool:
     return _RecompileLimitWatch.hit
 
 
+def caveats(name: str) -> list[str]:
+    """Flags for a figure of provider ``name`` measured now: what may make it something other than the
+    provider's own code (so far: ``compiled`` after dynamo gave up on it)."""
+    return [COMPILE_FALLBACK_FLAG] if name == "compiled" and compiled_fell_back() else []
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_block() -> Callable:
     # The whole lookup in one graph lets inductor fuse gather, weighting and sum into one reduction,

@@ -18,7 +18,7 @@ from mfbench.lookup import input_checks
 from mfbench.measure.ceilings import Ceilings
 from mfbench.measure.energy import EnergyMeter, EnergyResult, idle_power, measure_energy
 from mfbench.measure.memory import peak_memory
-from mfbench.measure.timing import HOST_METHOD, HOST_UNAVAILABLE, KERNEL_METHOD, time_callable
+from mfbench.measure.timing import beside, time_callable
 from mfbench.measure.traffic import layer_traffic
 from mfbench.model import DenseBlock, MemoryFormerBlock, MemoryLayer, ModelConfig
 from mfbench.model import build as build_lm
@@ -158,16 +158,10 @@ def measure_item(item: Item, cfg: ModelConfig, run: Run, device: torch.device, c
 
     timing = time_callable(fn, device)
     flags = (["nonpositive-time"] if timing.median_s <= 0 else []) + (["host-bound"] if timing.host_bound else [])
-    if item.provider == "compiled" and providers.compiled_fell_back():
-        flags.append(providers.COMPILE_FALLBACK_FLAG)
     add("time", timing.median_s, "s", spread_low=timing.q1_s, spread_high=timing.q3_s, spread_kind="iqr",
-        samples=timing.samples, flags=flags)
-    if timing.host_s is not None:
-        add("host_issue_time", timing.host_s, "s", flags=[HOST_METHOD])
-    elif device.type == "cuda":
-        add("host_issue_time", float("nan"), "s", flags=[HOST_UNAVAILABLE])
-    if timing.kernel_s is not None:
-        add("kernel_time", timing.kernel_s, "s", flags=[KERNEL_METHOD])
+        samples=timing.samples, flags=flags + providers.caveats(item.provider))
+    for metric, value, unit, why in beside(timing):
+        add(metric, value, unit, flags=why)
     add("tokens_per_s", item.seq / timing.median_s, "token/s")
     work = analytic_flops(item, cfg)
     add("flops_analytic", work, "FLOP", flags=["2-per-mac"])

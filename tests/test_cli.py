@@ -70,7 +70,7 @@ def test_layer_rows_carry_the_host_issue_time_and_the_host_bound_flag():
 
     base = {"direction": "forward", "tokens": 2048, "in_features": 512, "out_features": 512, "tau": 8,
             "weighting": "paper", "dtype": "float16", "floor_bound": "hbm", "median_s": 1e-4, "q1_s": 0.9e-4,
-            "q3_s": 1.1e-4, "samples": 50, "method": "triton.testing.do_bench"}
+            "q3_s": 1.1e-4, "min_s": 0.8e-4, "max_s": 1.2e-4, "samples": 50, "method": "triton.testing.do_bench"}
     records = [{**base, "provider": "triton", "host_s": 0.9e-4, "host_bound": True, "kernel_s": 0.4e-4},
                {**base, "provider": "dense", "host_s": 1e-5, "host_bound": False},
                {**base, "provider": "compiled", "host_s": None, "host_bound": False}]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable
 
 import torch
@@ -25,6 +25,7 @@ HOST_CALLS = 5
 HOST_METHOD = f"median-of-{HOST_CALLS}-synchronised-calls"  # the flag on host_issue_time rows
 HOST_UNAVAILABLE = "unavailable: the call synchronises with the device inside"  # why a GPU row has no host figure
 KERNEL_METHOD = f"cupti-device-activity-mean-of-{HOST_CALLS}-calls"  # the flag on kernel_time rows
+DO_BENCH = "triton.testing.do_bench"  # the method of a GPU figure
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class Timing:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, record: dict) -> "Timing":
+        """The Timing back from a record that holds ``as_dict()``'s fields (and maybe more)."""
+        return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
+
 
 def _summarise(times_s: list[float], method: str) -> Timing:
     if len(times_s) >= 4:
@@ -67,7 +73,7 @@ def time_callable(fn: Callable[[], object], device: torch.device | str, *, warmu
         import triton.testing
 
         times_ms = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")
-        timing = _summarise([t / 1e3 for t in times_ms], "triton.testing.do_bench")
+        timing = _summarise([t / 1e3 for t in times_ms], DO_BENCH)
         return replace(timing, host_s=host_issue_seconds(fn, device), kernel_s=kernel_seconds(fn, device))
     from torch.utils.benchmark import Timer
 
@@ -75,6 +81,18 @@ def time_callable(fn: Callable[[], object], device: torch.device | str, *, warmu
     measurement = Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time_s)
     # blocked_autorange reports per-call times, one per block of calls.
     return _summarise(list(measurement.times), "torch.utils.benchmark.blocked_autorange")
+
+
+def beside(timing: Timing) -> list[tuple[str, float, str, list[str]]]:
+    """(metric, value, unit, flags) of the figures that go beside a GPU time: the host's issue time (NaN
+    with the reason where the call synchronises inside) and the kernels' own time; none on the CPU."""
+    if timing.method != DO_BENCH:
+        return []
+    out = [("host_issue_time", timing.host_s, "s", [HOST_METHOD]) if timing.host_s is not None
+           else ("host_issue_time", float("nan"), "s", [HOST_UNAVAILABLE])]
+    if timing.kernel_s is not None:
+        out.append(("kernel_time", timing.kernel_s, "s", [KERNEL_METHOD]))
+    return out
 
 
 def host_issue_seconds(fn: Callable[[], object], device: torch.device | str, calls: int = HOST_CALLS) -> float | None:
