@@ -215,10 +215,10 @@ def test_scaleout_agreement_sets_many_rank_rows_against_the_one_device_runs(tmp_
             ids[config].append(run.run_id)
             rows += [run.row("layer", {"seq": s}, "triton", "time", v, "s") for s, v in zip((1, 2, 3), times)]
     results.append(rows, tmp_path)
-    yardstick, line = compare.agreement(ids, str(tmp_path))
+    yardstick, line = compare.agreement(results.load(tmp_path), ids)
     # each one-device run against the other two: run 0 is inside on all three, run 1 on none, run 2 on none
     assert yardstick.endswith("3, 0, 0 of 3 inside their range"), yardstick
     # 1.1/1.0, 2.5/2.0, 3.0/3.0 against the medians; 2.5 is above the one-device runs' 1.8-2.2
     assert "median 1.100" in line and "2 of 3 inside the range of the 3 one-device run(s)" in line, line
     assert yardstick.startswith("time: ") and "time rows / one-device median" in line
-    assert compare.agreement(ids, str(tmp_path), "kernel_time") == []  # no such rows (a CPU run): no verdict
+    assert compare.agreement(results.load(tmp_path), ids, "kernel_time") == []  # no such rows (a CPU run): no verdict

@@ -63,13 +63,12 @@ def record(run_id: str, config: str, ranks: int, preset: str, seconds: float, re
                             flags=["launch-to-exit"])], results_dir)
 
 
-def phases(run_id: str, seconds: float, results_dir: str | None) -> str | None:
+def phases(frame, run_id: str, seconds: float) -> str | None:
     """Where a torchrun command's time went, from its ranks' own rows: set-up (first import of mfbench to
     first item), shard (first item to last) and what lies outside the ranks (torchrun's agent, interpreter
-    start and teardown). None for a run without rank rows (a plain process)."""
+    start and teardown), from the result table ``frame``. None for a run without rank rows (a plain process)."""
     import json
 
-    frame = results.load(results_dir)
     mine = frame[(frame["run_id"] == run_id) & frame["metric"].isin(["rank_setup_time", "rank_wall_time"])]
     if mine.empty:
         return None
@@ -83,13 +82,13 @@ def phases(run_id: str, seconds: float, results_dir: str | None) -> str | None:
             f"start and teardown) {seconds - (setup + shard).max():.1f} s")
 
 
-def agreement(run_ids: dict[str, list[str]], results_dir: str | None, metric: str = "time") -> list[str]:
+def agreement(frame, run_ids: dict[str, list[str]], metric: str = "time") -> list[str]:
     """How each multi-rank run's ``metric`` rows compare with the one-device runs' (process and torchrun:1):
     the median and middle half of the ratios to their median, and how many fall inside their range. On a
-    GPU ``kernel_time`` is the sharper test: it leaves out the host, whose speed moves between processes."""
+    GPU ``kernel_time`` is the sharper test: it leaves out the host, whose speed moves between processes.
+    ``frame`` is the result table."""
     import pandas as pd
 
-    frame = results.load(results_dir)
     times = frame[(frame["metric"] == metric) & frame["value"].notna()]
     series = {rid: times[times["run_id"] == rid].set_index(["benchmark", "params", "provider"])["value"]
               for ids in run_ids.values() for rid in ids}
@@ -148,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\nconfiguration   median s   runs")
     for c in configs:
         print(f"{c:<15} {median[c]:>8.1f}   {', '.join(f'{v:.1f}' for v in walls[c])}")
+    frame = results.load(args.results_dir)  # every run and its command_wall_time row is in by now
     for c in configs:
         for seconds, rid in zip(walls[c], run_ids[c]):
-            where = phases(rid, seconds, args.results_dir)
+            where = phases(frame, rid, seconds)
             if where:
                 print(f"{c} run {rid}: {where}")
     many = [c for c in configs if c != "process" and c != "torchrun:1"]
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             if base in median:
                 print(f"{c} / {base}: {median[c] / median[base]:.2f}x")
     for metric in ("time", "kernel_time"):
-        for line in agreement(run_ids, args.results_dir, metric):
+        for line in agreement(frame, run_ids, metric):
             print(line)
     return 0
 
