@@ -301,6 +301,7 @@ def run_summary(frame: pd.DataFrame) -> str:
     import json
 
     from mfbench.measure.timing import HOST_METHOD, KERNEL_METHOD
+    from mfbench.results import short_direction
 
     frame = frame[~frame["benchmark"].isin(["idle", "ceiling", "distributed"])]
     if frame.empty:
@@ -329,7 +330,7 @@ def run_summary(frame: pd.DataFrame) -> str:
         gbps, jpt = value.get("achieved_bandwidth", float("nan")), value.get("energy_per_token", float("nan"))
         kern = value.get("kernel_time", float("nan"))
         lines.append({
-            "benchmark": bench, "dir": "fwd" if p["direction"] == "forward" else "bwd", "seq": p["seq"],
+            "benchmark": bench, "dir": short_direction(p["direction"]), "seq": p["seq"],
             "provider": provider, "median ms": "-" if t != t else f"{t * 1e3:.4g}",
             "kernel ms": "-" if kern != kern else f"{kern * 1e3:.4g}",
             "x dense": "-" if t != t or dense != dense else f"{t / dense:.2f}",

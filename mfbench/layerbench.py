@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from mfbench import providers
+from mfbench.results import short_direction
 from mfbench.lookup import reference_lookup
 from mfbench.measure.ceilings import Ceilings
 from mfbench.measure.timing import time_callable
@@ -37,7 +38,7 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{'fwd' if self.direction == 'forward' else 'bwd'} s={self.tokens} d={self.in_features} h={self.out_features} tau={self.tau}"
+        return f"{short_direction(self.direction)} s={self.tokens} d={self.in_features} h={self.out_features} tau={self.tau}"
 
 
 CASES: dict[str, list[Case]] = {

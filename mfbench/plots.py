@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -86,12 +88,13 @@ def regression(frame: pd.DataFrame, out: Path, metric: str = "time") -> list[Pat
     if wide.empty or metric not in wide or wide[metric].isna().all():
         return _empty(out, name, nothing)
     wide = wide.dropna(subset=[metric]).sort_values("time_utc")
-    wide["case"] = wide["benchmark"] + " " + wide["direction"].str[:3] + " s=" + wide["seq"].astype(str)
+    wide["case"] = wide["benchmark"] + " " + wide["direction"].map(results.short_direction) + " s=" + wide["seq"].astype(str)
     order = list(dict.fromkeys(wide["commit_short"]))
     grid = sns.relplot(data=wide, x="commit_short", y=metric, hue="provider", style="device", col="case",
                        col_wrap=4, kind="line", marker="o", height=2.6, aspect=1.2, facet_kws={"sharey": False},
                        estimator="median", errorbar=("pi", 100))  # the runs' own range, not a bootstrap guess
     grid.set(yscale="log", xlabel="commit", ylabel=f"{metric.replace('_', ' ')} (s)")
+    grid.set_titles("{col_name}")
     for ax in grid.axes.flat:
         ax.set_xticks(range(len(order)), order, rotation=45, ha="right", fontsize=7) if len(order) > 1 else None
     grid.figure.suptitle(f"{title}, per device and provider (line: median of the runs at a commit, band: their "
@@ -105,7 +108,7 @@ def roofline(frame: pd.DataFrame, all_rows: pd.DataFrame, out: Path) -> list[Pat
         return _empty(out, "roofline", "no Memory Layer measurements in the result tables yet")
     ceilings = all_rows[all_rows["benchmark"] == "ceiling"]
     devices = list(dict.fromkeys(wide["device"]))
-    fig, axes = plt.subplots(1, len(devices), figsize=(6 * len(devices), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(devices), figsize=(7.4 * len(devices), 4.5), squeeze=False)
     for ax, device in zip(axes[0], devices):
         points = wide[wide["device"] == device]
         sns.scatterplot(data=points, x="arithmetic_intensity", y="flops_per_s", hue="provider", style="direction",
@@ -123,7 +126,8 @@ def roofline(frame: pd.DataFrame, all_rows: pd.DataFrame, out: Path) -> list[Pat
             ax.plot(x, roof, color="black", lw=1, label="measured roof")
         ax.set(xscale="log", yscale="log", xlabel="FLOPs per byte of device memory traffic",
                ylabel="achieved FLOP/s (2 per multiply-add)", title=f"Roofline: {device}")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the panel: the points fill its lower right
+    fig.tight_layout()
     return _save(fig, out, "roofline")
 
 
@@ -132,15 +136,17 @@ def crossover(frame: pd.DataFrame, out: Path) -> list[Path]:
     if wide.empty or "time" not in wide:
         return _empty(out, "crossover", "no forward measurements in the result tables yet")
     latest = wide.sort_values("time_utc").groupby(["device", "benchmark", "seq", "provider"]).last().reset_index()
-    panels = [(dev, bench) for dev in dict.fromkeys(latest["device"]) for bench in RUNNER_BENCHMARKS
-              if ((latest["device"] == dev) & (latest["benchmark"] == bench)).any()]
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7), squeeze=False)
-    for col, (device, bench) in enumerate(panels):
+    devices = list(dict.fromkeys(latest["device"]))
+    benches = [b for b in RUNNER_BENCHMARKS if (latest["benchmark"] == b).any()]
+    # a device per pair of rows (time above energy), a benchmark per column: devices read down, sizes across
+    fig, axes = plt.subplots(2 * len(devices), len(benches), figsize=(5.2 * len(benches), 3.8 * 2 * len(devices)),
+                             squeeze=False)
+    for (i, device), (col, bench) in itertools.product(enumerate(devices), enumerate(benches)):
         part = latest[(latest["device"] == device) & (latest["benchmark"] == bench)]
         for row, (metric, label) in enumerate((("time", "median time (s)"), ("energy_per_token", "J per token"))):
-            ax = axes[row][col]
+            ax = axes[2 * i + row][col]
             if metric not in part or part[metric].isna().all():
-                ax.text(0.5, 0.5, f"{metric} not measured on {device}", ha="center", va="center", fontsize=8)
+                ax.text(0.5, 0.5, f"{bench} {metric} not measured on {device}", ha="center", va="center", fontsize=8)
                 ax.set_axis_off()
                 continue
             order = sorted(part["provider"].unique())  # one colour per provider in both line sets
@@ -154,12 +160,15 @@ def crossover(frame: pd.DataFrame, out: Path) -> list[Path]:
                 ax.scatter(bound["seq"], bound["time"], s=90, facecolors="none", edgecolors="black", lw=0.8,
                            label="host-bound", zorder=3)
             ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel=label, title=f"{bench}, {device}")
-            ax.legend(fontsize=6, loc="lower right")
+            seqs = sorted(part["seq"].unique())  # the measured lengths, written out: log ticks at 3e3 help no one
+            ax.set_xticks(seqs, [str(s) for s in seqs], fontsize=8)
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.legend(fontsize=6, loc="best")
             if row == 0:
                 ax.text(0.02, 0.98, _crossover_text(part), transform=ax.transAxes, va="top", fontsize=6.5, wrap=True,
                         bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
     fig.suptitle("MemoryFormer providers vs dense: time and energy per token against tokens")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     return _save(fig, out, "crossover")
 
 

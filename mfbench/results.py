@@ -57,6 +57,11 @@ def _migrate_1_to_2(frame: pd.DataFrame) -> pd.DataFrame:
 MIGRATIONS = {1: _migrate_1_to_2}
 
 
+def short_direction(direction: str) -> str:
+    """A row's ``direction`` parameter as labels print it: fwd or bwd."""
+    return {"forward": "fwd", "backward": "bwd"}.get(direction, direction)
+
+
 def project_dir() -> Path:
     """The committed tables of the source tree mfbench runs from, else ./results."""
     source = Path(mfbench.__file__).resolve().parent.parent / "results"

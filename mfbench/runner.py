@@ -22,7 +22,7 @@ from mfbench.measure.timing import beside, time_callable
 from mfbench.measure.traffic import layer_traffic
 from mfbench.model import DenseBlock, MemoryFormerBlock, MemoryLayer, ModelConfig
 from mfbench.model import build as build_lm
-from mfbench.results import Run
+from mfbench.results import Run, short_direction
 
 BENCHMARKS = ("layer", "block", "model")
 
@@ -57,7 +57,7 @@ class Item:
 
     @property
     def label(self) -> str:
-        return f"{self.benchmark:<5} {'fwd' if self.direction == 'forward' else 'bwd'} s={self.seq:<6} {self.provider}"
+        return f"{self.benchmark:<5} {short_direction(self.direction)} s={self.seq:<6} {self.provider}"
 
     def params(self, cfg: ModelConfig) -> dict:
         return {"preset": cfg.name, "d": cfg.d_model, "tau": cfg.tau, "weighting": cfg.weighting, "seq": self.seq,
