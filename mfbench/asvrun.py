@@ -453,7 +453,10 @@ def main(argv: list[str] | None = None) -> int:
         head = _git("rev-parse", "HEAD")
         dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
         results_dir = ROOT / "results" / "asv"
+        # The rows name the tree as it was before asv ran: asv rewrites results/asv/benchmarks.json, a
+        # tracked file, so a git status taken when the rows are built would call every new run dirty.
         os.environ.setdefault("MFBENCH_DIRTY", "1" if dirty else "0")
+        os.environ.setdefault("MFBENCH_COMMIT", head)
         cache = Path(tempfile.mkdtemp(prefix="mfbench-asv-cache-"))
         os.environ["MFBENCH_ASV_CACHE"] = str(cache)
         run_commit(ROOT, head, results_dir, args.bench, args.quick)

@@ -21,6 +21,7 @@ the machine and can be narrowed with environment variables:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -69,14 +70,15 @@ class Prepared:
     """One benchmark call, built and warmed up; ``metric(name)`` gives the runner's measurement of it."""
 
     def __init__(self, benchmark: str, direction: str, device: str, provider: str, seq: int, dtype: str,
-                 probe: bool = True) -> None:
+                 probe: bool = True, measured: dict[str, list[dict]] | None = None) -> None:
+        self._key = _case_key(benchmark, direction, device, provider, seq, dtype)
+        self._measured = measured if measured is not None else {}
         dev = torch.device(device)
         if DTYPES_FOR[dev.type] != dtype:
             raise NotImplementedError(f"{dtype} is not benchmarked on {dev.type}")
         self.cfg = ModelConfig.preset(PRESET)
         self.item = Item(benchmark, direction, seq, provider, DTYPES[dtype])
         self.device = dev
-        self._key = json.dumps([benchmark, direction, device, provider, seq, dtype, PRESET])
         self._fn: Callable[[], object] | None = None
         # asv runs every parameter set of every method in a new process. With a cached measurement a
         # track_ method needs neither CUDA nor a trial run, which keeps the whole matrix in minutes.
@@ -137,7 +139,7 @@ class Prepared:
         return _cache_file(self._key)
 
     def _cached(self) -> list[dict] | None:
-        return _cached(self._key)
+        return self._measured.get(self._key) or _cached(self._key)
 
     def _store(self, rows: list[dict]) -> None:
         _store(self._key, rows)
@@ -160,6 +162,26 @@ class Prepared:
     def metric(self, name: str) -> float:
         """A metric's value, or NaN where it was not measured (never 0 for 'unknown')."""
         return _metric(self.rows(), name)
+
+
+def _case_key(benchmark: str, direction: str, device: str, provider: str, seq: int, dtype: str) -> str:
+    return json.dumps([benchmark, direction, device, provider, seq, dtype, PRESET])
+
+
+def measure_all(benchmark: str, direction: str, params: tuple) -> dict[str, list[dict]]:
+    """Every parameter set's rows, measured one after another in this one process, keyed as ``Prepared``
+    keys them (a set that cannot run gets its 'skipped' marker). For asv's ``setup_cache``: a process per
+    parameter set paid CUDA, profiler and Triton start-up every time, which made the metric suites the
+    longest part of ``nox -s bench``; ``mfbench run`` measures its matrix in one process the same way."""
+    measured: dict[str, list[dict]] = {}
+    for combo in itertools.product(*params):
+        try:
+            case = Prepared(benchmark, direction, *combo)
+            measured[case._key] = case.rows()
+        except NotImplementedError as exc:
+            measured[_case_key(benchmark, direction, *combo)] = [
+                {"metric": "skipped", "flags": str(exc), "value": math.nan}]
+    return measured
 
 
 def _metric(rows: list[dict], name: str) -> float:

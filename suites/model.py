@@ -12,6 +12,9 @@ class ModelForward(_Timed):
 class ModelForwardMetrics(_Metrics):
     params, benchmark, direction = MODEL_PARAMS, "model", "forward"
 
+    def setup_cache(self):
+        return self.measure()
+
 
 class TrainStep(_Timed):
     """One optimiser step: forward, backward, AdamW update."""

@@ -47,6 +47,35 @@ def test_alert_without_kernel_change_exits_zero_quickly(repo, monkeypatch, tmp_p
     assert "No kernel file changed" in report.read_text()
 
 
+def test_bench_rows_name_the_tree_as_it_was_before_asv_wrote_its_files(repo, monkeypatch):
+    """asv rewrites results/asv/benchmarks.json, a tracked file; the rows must still call a clean tree clean."""
+    from mfbench.measure.fingerprint import git_commit
+
+    monkeypatch.setattr(asvrun, "ROOT", repo)
+    for name in ("MFBENCH_COMMIT", "MFBENCH_DIRTY", "MFBENCH_ASV_CACHE"):  # main() sets them
+        monkeypatch.delenv(name, raising=False)
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+    def asv_writes_its_files(tree, commit, results_dir, bench, quick):
+        (repo / "README.md").write_text("asv's output\n")
+        return results_dir
+
+    named = {}
+
+    def import_rows(results_dir, commit, directory, cache):
+        git_commit.cache_clear()
+        named["tree"] = git_commit(str(repo))
+        return 0
+
+    monkeypatch.setattr(asvrun, "run_commit", asv_writes_its_files)
+    monkeypatch.setattr(asvrun, "import_to_tables", import_rows)
+    try:
+        assert asvrun.main(["bench"]) == 0
+    finally:
+        git_commit.cache_clear()
+    assert named["tree"] == (head, False)
+
+
 def test_bad_ref_is_a_one_line_error(repo, monkeypatch, capsys):
     monkeypatch.setattr(asvrun, "ROOT", repo)
     assert asvrun.main(["alert", "--base", "no-such-ref"]) == 2
@@ -130,3 +159,25 @@ def test_accuracy_suite_values_equal_the_rows_behind_them(tmp_path, monkeypatch)
     assert set(tracked) == {"reference", "embedding_bag", "dense"}
     assert tracked == rows
     assert tracked["embedding_bag"] == tracked["reference"] > tracked["dense"]
+
+
+def test_metric_suites_measure_a_class_in_one_setup_cache_and_track_its_rows(tmp_path, monkeypatch, capfd):
+    """suites/layer.py's LayerForwardMetrics under asv: its parameter sets are measured once, in one
+    setup_cache process, and the tracked medians are the runner's rows."""
+    import json
+
+    monkeypatch.setenv("MFBENCH_ASV_PROVIDERS", "reference,dense")
+    monkeypatch.setenv("MFBENCH_ASV_DEVICES", "cpu")
+    monkeypatch.setenv("MFBENCH_ASV_SEQS", "64")
+    monkeypatch.setenv("MFBENCH_ASV_PRESET", "micro")
+    monkeypatch.setenv("MFBENCH_ASV_CACHE", str(tmp_path / "cache"))
+    head = asvrun._git("rev-parse", "HEAD")
+    asvrun.run_commit(asvrun.ROOT, head, tmp_path / "asv", r"^layer\.LayerForwardMetrics", quick=True)
+    out = capfd.readouterr().out
+    assert out.count("Setting up layer:") == 1, out
+    tracked = {v.params["provider"]: v.value for v in asvrun.asv_values(tmp_path / "asv", asvrun.machine_name(), head)
+               if v.benchmark == "layer.LayerForwardMetrics.track_median_time"}
+    rows = {r["provider"]: r["value"] for p in (tmp_path / "cache").glob("*.json") if not p.name.startswith("probe")
+            for r in json.loads(p.read_text()) if r["metric"] == "time"}
+    assert set(tracked) == {"reference", "dense"} and all(v > 0 for v in tracked.values())
+    assert tracked == rows

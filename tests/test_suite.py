@@ -1,0 +1,34 @@
+"""The asv suites' shared machinery (mfbench/suite.py): one process measures a class's parameter sets."""
+
+import json
+import math
+
+import pytest
+
+from mfbench import suite
+
+
+def test_measure_all_measures_each_set_once_and_marks_the_sets_that_cannot_run(monkeypatch):
+    calls = []
+
+    def measure_item(item, cfg, run, device, *args):
+        calls.append((item.provider, item.seq))
+        return [{"metric": "time", "value": 1e-3 * item.seq, "provider": item.provider}]
+
+    monkeypatch.setattr(suite, "measure_item", measure_item)
+    monkeypatch.delenv("MFBENCH_ASV_CACHE", raising=False)
+    params = (["cpu"], ["dense", "reference"], [64, 128], ["float32", "float16"])
+    measured = suite.measure_all("layer", "forward", params)
+
+    assert sorted(calls) == [("dense", 64), ("dense", 128), ("reference", 64), ("reference", 128)]
+    assert len(measured) == 8  # every combination has an answer, float16 on the CPU a 'skipped' one
+    skipped = measured[json.dumps(["layer", "forward", "cpu", "dense", 64, "float16", suite.PRESET])]
+    assert skipped[0]["metric"] == "skipped" and "float16 is not benchmarked on cpu" in skipped[0]["flags"]
+
+    # asv's setup hands the dict back to each parameter set: nothing is measured again, a skip stays a skip
+    calls.clear()
+    case = suite.Prepared("layer", "forward", "cpu", "reference", 128, "float32", probe=False, measured=measured)
+    assert case.metric("time") == pytest.approx(0.128) and math.isnan(case.metric("energy_per_token"))
+    assert calls == []
+    with pytest.raises(NotImplementedError, match="float16 is not benchmarked"):
+        suite.Prepared("layer", "forward", "cpu", "dense", 64, "float16", probe=False, measured=measured)
