@@ -17,9 +17,10 @@ from mfbench import providers
 from mfbench.results import short_direction
 from mfbench.lookup import reference_lookup
 from mfbench.measure.ceilings import Ceilings
-from mfbench.measure.timing import time_callable
+from mfbench.measure.timing import kernel_seconds, time_callable
 from mfbench.measure.traffic import floor_seconds, layer_traffic
 from mfbench.model import MemoryLayer
+from mfbench.runner import failure
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # ||out - ref|| / ||ref|| allowed against float64, by the dtype of inputs and outputs.
@@ -120,56 +121,78 @@ def _timed_call(layer: MemoryLayer, x: torch.Tensor, gy: torch.Tensor, direction
 def run_cases(cases: Iterable[Case], names: Iterable[str], device: torch.device | str, dtype: torch.dtype,
               ceilings: Ceilings, check: bool = True, seed: int = 0,
               progress: Callable[[str], None] = lambda msg: None) -> Iterator[dict]:
-    """Yield one record per (case, provider): errors, timing, floor, and why a provider was skipped."""
+    """Yield one record per (case, provider): errors, timing, floor, and why a provider was skipped. On a
+    GPU the records come after a last pass that adds each one's kernel time (``kernel_s``): the profiler
+    it runs would slow every launch timed after it (see ``measure.timing``)."""
     device = torch.device(device)
     names = list(names)
-    elem = torch.finfo(dtype).bits // 8
+    records: list[dict] = []
+    timed: list[tuple[dict, Case, str, int]] = []  # what the kernel pass rebuilds: record, case, provider, seed
     for i, case in enumerate(cases):
-        x, gy = random_input(case, device, dtype, seed + i)
-        for name in names:
-            record = {"case": case.name, "direction": case.direction, "tokens": case.tokens,
-                      "in_features": case.in_features, "out_features": case.out_features, "tau": case.tau,
-                      "weighting": case.weighting, "provider": name, "dtype": str(dtype).removeprefix("torch."),
-                      "target_ms": case.target_ms}
-            reason = providers.unavailable(name, str(device), dtype)
-            if reason:
-                progress(f"  {case.name:<40} {name:<14} skipped: {reason}")
-                yield {**record, "skipped": reason}
-                continue
-            progress(f"  {case.name:<40} {name:<14} ...")
-            try:
-                layer = make_layer(case, name, device, dtype)
-                if check and providers.get(name).exact:
-                    record.update({f"rel_err_{k}": v for k, v in relative_errors(layer, x, gy, case.direction).items()})
-                timing = time_callable(_timed_call(layer, x, gy, case.direction), device)
-            except Exception as exc:  # one provider failing must not lose the other records
-                first = str(exc).splitlines()[0] if str(exc) else ""
-                reason = ("out of memory: " if isinstance(exc, torch.OutOfMemoryError) else "failed: ") + \
-                    f"{type(exc).__name__}: {first}"
-                progress(f"  {case.name:<40} {name:<14} {reason}")
-                yield {**record, "skipped": reason}
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            traffic = layer_traffic(case.tokens, case.in_features, case.out_features, case.tau, elem,
-                                    case.direction, dense=(name == "dense"))
-            floor_s, bound = floor_seconds(traffic, ceilings)
-            record.update(timing.as_dict(), host_bound=timing.host_bound, caveats=",".join(providers.caveats(name)))
-            record.update(
-                median_ms=timing.median_s * 1e3, floor_ms=floor_s * 1e3, floor_bound=bound,
-                fraction_of_floor=floor_s / timing.median_s, hbm_bytes=traffic.hbm_bytes,
-                onchip_bytes=traffic.onchip_bytes, flops=traffic.flops,
-                hbm_gbps=traffic.hbm_bytes / timing.median_s / 1e9,
-                within_tolerance=all(v <= TOLERANCE[dtype] for k, v in record.items() if k.startswith("rel_err_")),
-                # The targets are the Triton kernels' (kernels issue); other providers are shown for scale.
-                met_target=None if case.target_ms is None or name != "triton" else timing.median_s * 1e3 <= case.target_ms,
-            )
-            if name == "triton":
-                from mfbench.kernels.lookup import last_config
+        for record, name in _time_case(case, names, device, dtype, ceilings, check, seed + i, progress):
+            records.append(record)
+            if not record.get("skipped"):
+                timed.append((record, case, name, seed + i))
+    if device.type == "cuda" and timed:
+        progress(f"kernel times of the {len(timed)} timed calls, after every other measurement")
+    for record, case, name, case_seed in timed if device.type == "cuda" else []:
+        try:
+            x, gy = random_input(case, device, dtype, case_seed)
+            record["kernel_s"] = kernel_seconds(_timed_call(make_layer(case, name, device, dtype), x, gy,
+                                                            case.direction), device)
+        except Exception as exc:  # the record keeps its other figures
+            progress(f"  {case.name:<40} {name:<14} no kernel time: {failure(exc)}")
+            torch.cuda.empty_cache()
+    yield from records
 
-                record["kernel_config"] = last_config(case.direction)
-            del layer
-            yield record
+
+def _time_case(case: Case, names: list[str], device: torch.device, dtype: torch.dtype, ceilings: Ceilings,
+               check: bool, seed: int, progress: Callable[[str], None]) -> Iterator[tuple[dict, str]]:
+    """(record, provider) of one case through every provider: errors, timing, floor, or why it was skipped."""
+    elem = torch.finfo(dtype).bits // 8
+    x, gy = random_input(case, device, dtype, seed)
+    for name in names:
+        record = {"case": case.name, "direction": case.direction, "tokens": case.tokens,
+                  "in_features": case.in_features, "out_features": case.out_features, "tau": case.tau,
+                  "weighting": case.weighting, "provider": name, "dtype": str(dtype).removeprefix("torch."),
+                  "target_ms": case.target_ms}
+        reason = providers.unavailable(name, str(device), dtype)
+        if reason:
+            progress(f"  {case.name:<40} {name:<14} skipped: {reason}")
+            yield {**record, "skipped": reason}, name
+            continue
+        progress(f"  {case.name:<40} {name:<14} ...")
+        try:
+            layer = make_layer(case, name, device, dtype)
+            if check and providers.get(name).exact:
+                record.update({f"rel_err_{k}": v for k, v in relative_errors(layer, x, gy, case.direction).items()})
+            timing = time_callable(_timed_call(layer, x, gy, case.direction), device)
+        except Exception as exc:  # one provider failing must not lose the other records
+            reason = failure(exc)
+            progress(f"  {case.name:<40} {name:<14} {reason}")
+            yield {**record, "skipped": reason}, name
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        traffic = layer_traffic(case.tokens, case.in_features, case.out_features, case.tau, elem,
+                                case.direction, dense=(name == "dense"))
+        floor_s, bound = floor_seconds(traffic, ceilings)
+        record.update(timing.as_dict(), host_bound=timing.host_bound, caveats=",".join(providers.caveats(name)))
+        record.update(
+            median_ms=timing.median_s * 1e3, floor_ms=floor_s * 1e3, floor_bound=bound,
+            fraction_of_floor=floor_s / timing.median_s, hbm_bytes=traffic.hbm_bytes,
+            onchip_bytes=traffic.onchip_bytes, flops=traffic.flops,
+            hbm_gbps=traffic.hbm_bytes / timing.median_s / 1e9,
+            within_tolerance=all(v <= TOLERANCE[dtype] for k, v in record.items() if k.startswith("rel_err_")),
+            # The targets are the Triton kernels' (kernels issue); other providers are shown for scale.
+            met_target=None if case.target_ms is None or name != "triton" else timing.median_s * 1e3 <= case.target_ms,
+        )
+        if name == "triton":
+            from mfbench.kernels.lookup import last_config
+
+            record["kernel_config"] = last_config(case.direction)
+        del layer
+        yield record, name
 
 
 def with_weighting(cases: Iterable[Case], weighting: str) -> list[Case]:

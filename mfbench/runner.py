@@ -18,7 +18,7 @@ from mfbench.lookup import input_checks
 from mfbench.measure.ceilings import Ceilings
 from mfbench.measure.energy import EnergyMeter, EnergyResult, idle_power, measure_energy
 from mfbench.measure.memory import peak_memory
-from mfbench.measure.timing import beside, time_callable
+from mfbench.measure.timing import beside, kernel_figure, kernel_seconds, time_callable
 from mfbench.measure.traffic import layer_traffic
 from mfbench.model import DenseBlock, MemoryFormerBlock, MemoryLayer, ModelConfig
 from mfbench.model import build as build_lm
@@ -195,6 +195,43 @@ def measure_item(item: Item, cfg: ModelConfig, run: Run, device: torch.device, c
     return rows
 
 
+def failure(exc: Exception) -> str:
+    """A measurement's exception in one line, for a 'skipped' row or a progress message."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{'out of memory' if isinstance(exc, torch.OutOfMemoryError) else 'failed'}: {type(exc).__name__}: {first}"
+
+
+def kernel_rows(item: Item, cfg: ModelConfig, run: Run, device: torch.device) -> list[dict]:
+    """The item's ``kernel_time`` row, from a fresh build (none off a GPU). It runs the profiler, so it
+    belongs after every other measurement of the process (``measure.timing``)."""
+    module, x = build(item, cfg, device)
+    seconds = kernel_seconds(_call(item, module, x), device)
+    if seconds is None:
+        return []
+    metric, value, unit, flags = kernel_figure(seconds)
+    return [run.row(item.benchmark, item.params(cfg), item.provider, metric, value, unit, flags=flags)]
+
+
+def kernel_pass(items: list[Item], cfg: ModelConfig, run: Run, device: torch.device,
+                progress: Callable[[str], None] = print) -> Iterator[tuple[Item, list[dict]]]:
+    """(item, its ``kernel_rows``) for every item, last: one item failing here loses its kernel time only."""
+    if device.type != "cuda" or not items:
+        return
+    progress(f"kernel times of the {len(items)} items, after every other measurement (the profiler stays "
+             "attached to the process and would slow later launches)")
+    with input_checks(False):
+        for i, item in enumerate(items, 1):
+            try:
+                rows = kernel_rows(item, cfg, run, device)
+            except Exception as exc:
+                progress(f"[{i}/{len(items)}] {item.label}  no kernel time ({failure(exc)})")
+                torch.cuda.empty_cache()
+                continue
+            shown = f"{rows[0]['value'] * 1e3:.4g} ms of kernels" if rows else "no device work recorded"
+            progress(f"[{i}/{len(items)}] {item.label}  {shown}")
+            yield item, rows
+
+
 def ceiling_rows(run: Run, ceilings: Ceilings) -> list[dict]:
     """The machine's measured ceilings as rows, so rooflines can be drawn from the tables alone."""
     params = {"measured_utc": ceilings.measured_utc, "matmul_dtype": ceilings.matmul_dtype}
@@ -217,6 +254,7 @@ def run_matrix(items: Iterable[Item], cfg: ModelConfig, run: Run, device: torch.
         idle = idle_power(device, 1.0, meter)
         yield run.row("idle", {"seconds": round(idle.seconds, 3)}, "-", "power", idle.watts, "W", flags=[idle.method])
     total, start = (len(items) if hasattr(items, "__len__") else "?"), time.perf_counter()
+    measured: list[Item] = []
     with input_checks(False):
         for i, item in enumerate(items, 1):
             head = f"[{i}/{total}] {item.label}"
@@ -225,8 +263,7 @@ def run_matrix(items: Iterable[Item], cfg: ModelConfig, run: Run, device: torch.
                 try:
                     rows = measure_item(item, cfg, run, device, ceilings, meter, idle, energy_seconds)
                 except Exception as exc:  # one failure must not lose the rest of the run
-                    first = str(exc).splitlines()[0] if str(exc) else ""
-                    reason = f"failed: {type(exc).__name__}: {first}"
+                    reason = failure(exc)
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
             if reason is not None:
@@ -238,4 +275,7 @@ def run_matrix(items: Iterable[Item], cfg: ModelConfig, run: Run, device: torch.
             energy = next((r["value"] for r in rows if r["metric"] == "energy_per_token"), float("nan"))
             joules = "" if energy != energy else f"  {energy * 1e6:.3g} uJ/token"
             progress(f"{head}  {t * 1e3:.4g} ms{joules}  ({time.perf_counter() - start:.0f}s elapsed)")
+            measured.append(item)
             yield from rows
+    for _, rows in kernel_pass(measured, cfg, run, device, progress):
+        yield from rows

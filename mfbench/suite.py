@@ -36,7 +36,7 @@ from mfbench import providers
 from mfbench.layerbench import DTYPES
 from mfbench.lookup import input_checks
 from mfbench.model import ModelConfig
-from mfbench.runner import Item, _call, build, measure_item
+from mfbench.runner import Item, _call, build, failure, kernel_pass, measure_item
 
 
 def _env_list(name: str, default: list[str]) -> list[str]:
@@ -87,6 +87,9 @@ class Prepared:
             skipped = [r for r in cached if r["metric"] == "skipped"]
             if skipped:
                 raise NotImplementedError(skipped[0]["flags"])
+            failed = [r for r in cached if r["metric"] == "failed"]
+            if failed:
+                raise RuntimeError(failed[0]["flags"])
         elif probe or self._cache_file() is not None:
             self._check()
 
@@ -144,8 +147,9 @@ class Prepared:
     def _store(self, rows: list[dict]) -> None:
         _store(self._key, rows)
 
-    def rows(self) -> list[dict]:
-        """The runner's rows for this parameter set: measured once, then read from the cache."""
+    def rows(self, kernels: bool = True) -> list[dict]:
+        """The runner's rows for this parameter set: measured once, then read from the cache. Without
+        ``kernels`` the kernel time is left to the caller's kernel pass (``measure_all``)."""
         cached = self._cached()
         if cached is not None:
             return cached
@@ -153,9 +157,13 @@ class Prepared:
         from mfbench.measure.energy import EnergyMeter
         from mfbench.results import Run
 
+        run = Run.start(str(self.device))
         with input_checks(False):
-            rows = measure_item(self.item, self.cfg, Run.start(str(self.device)), self.device,
-                                ceilings(self.device), EnergyMeter(self.device), None, 1.0)
+            rows = measure_item(self.item, self.cfg, run, self.device, ceilings(self.device),
+                                EnergyMeter(self.device), None, 1.0)
+            if kernels:
+                rows += [row for _, found in kernel_pass([self.item], self.cfg, run, self.device, _quiet)
+                         for row in found]
         self._store(rows)
         return rows
 
@@ -173,15 +181,35 @@ def measure_all(benchmark: str, direction: str, params: tuple) -> dict[str, list
     keys them (a set that cannot run gets its 'skipped' marker). For asv's ``setup_cache``: a process per
     parameter set paid CUDA, profiler and Triton start-up every time, which made the metric suites the
     longest part of ``nox -s bench``; ``mfbench run`` measures its matrix in one process the same way."""
+    from mfbench.results import Run
+
     measured: dict[str, list[dict]] = {}
+    cases: list[Prepared] = []
     for combo in itertools.product(*params):
+        key = _case_key(benchmark, direction, *combo)
         try:
             case = Prepared(benchmark, direction, *combo)
-            measured[case._key] = case.rows()
+            measured[key] = case.rows(kernels=False)
+            cases.append(case)
         except NotImplementedError as exc:
-            measured[_case_key(benchmark, direction, *combo)] = [
-                {"metric": "skipped", "flags": str(exc), "value": math.nan}]
+            measured[key] = [{"metric": "skipped", "flags": str(exc), "value": math.nan}]
+        except Exception as exc:  # one set failing must not lose the class's others; asv reports it failed
+            measured[key] = [{"metric": "failed", "flags": failure(exc), "value": math.nan}]
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    # Kernel times last, a device at a time: the profiler would slow every launch measured after it.
+    for device in dict.fromkeys(case.device for case in cases):
+        mine = {case.item: case for case in cases if case.device == device}
+        with input_checks(False):
+            for item, rows in kernel_pass(list(mine), cases[0].cfg, Run.start(str(device)), device, _quiet):
+                case = mine[item]
+                measured[case._key] = measured[case._key] + rows
+                case._store(measured[case._key])
     return measured
+
+
+def _quiet(message: str) -> None:
+    """Progress that asv's setup_cache keeps to itself (its output would land in the benchmark log)."""
 
 
 def _metric(rows: list[dict], name: str) -> float:

@@ -112,3 +112,39 @@ def test_sanity_flag_on_impossible_bandwidth(monkeypatch, tmp_path):
     frame = results.load(tmp_path)
     bw = frame[frame["metric"] == "achieved_bandwidth"]
     assert bw["flags"].str.contains("above-copy-ceiling").all()
+
+
+def test_kernel_times_come_after_every_other_measurement_of_the_run(monkeypatch):
+    """The profiler stays attached to a process after kernel_seconds, so on a GPU the run times every
+    item first and profiles them last; an item failing in that pass loses its kernel time only."""
+    import torch
+
+    from mfbench.model import ModelConfig
+
+    order = []
+
+    def measure_item(item, cfg, run, *args):
+        order.append(("time", item.provider))
+        return [run.row(item.benchmark, item.params(cfg), item.provider, "time", 1e-3, "s")]
+
+    def kernel_rows(item, cfg, run, device):
+        order.append(("kernels", item.provider))
+        if item.provider == "reference":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return [run.row(item.benchmark, item.params(cfg), item.provider, "kernel_time", 1e-4, "s")]
+
+    monkeypatch.setattr(runner, "measure_item", measure_item)
+    monkeypatch.setattr(runner, "kernel_rows", kernel_rows)
+    monkeypatch.setattr(runner.providers, "unavailable", lambda *args: None)
+    monkeypatch.setattr(runner, "EnergyMeter", lambda device: type("Off", (), {"available": False})())
+    items = [runner.Item("layer", "forward", 64, p, torch.float16) for p in ("triton", "reference", "dense")]
+    run = results.Run.start("cpu")
+    progress = []
+    rows = list(runner.run_matrix(items, ModelConfig.preset("micro"), run, torch.device("cuda"),
+                                  runner.Ceilings("cuda", 1e12, 1e14, "float16", None, "-", "-", "-"), 0.0, progress.append))
+
+    assert order == [("time", "triton"), ("time", "reference"), ("time", "dense"),
+                     ("kernels", "triton"), ("kernels", "reference"), ("kernels", "dense")]
+    assert [(r["provider"], r["metric"]) for r in rows if r["metric"] in ("time", "kernel_time")] == [
+        ("triton", "time"), ("reference", "time"), ("dense", "time"), ("triton", "kernel_time"), ("dense", "kernel_time")]
+    assert any("reference  no kernel time (out of memory: OutOfMemoryError" in line for line in progress), progress

@@ -32,3 +32,34 @@ def test_measure_all_measures_each_set_once_and_marks_the_sets_that_cannot_run(m
     assert calls == []
     with pytest.raises(NotImplementedError, match="float16 is not benchmarked"):
         suite.Prepared("layer", "forward", "cpu", "dense", 64, "float16", probe=False, measured=measured)
+
+
+def test_measure_all_adds_kernel_times_in_a_last_pass_and_keeps_a_failed_set_apart(monkeypatch, tmp_path):
+    order = []
+
+    def measure_item(item, cfg, run, device, *args):
+        order.append(("time", item.provider))
+        if item.provider == "embedding_bag":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore")
+        return [{"metric": "time", "value": 1e-3, "provider": item.provider}]
+
+    def kernel_pass(items, cfg, run, device, progress):
+        for item in items:
+            order.append(("kernels", item.provider))
+            yield item, [{"metric": "kernel_time", "value": 1e-4, "provider": item.provider}]
+
+    monkeypatch.setattr(suite, "measure_item", measure_item)
+    monkeypatch.setattr(suite, "kernel_pass", kernel_pass)
+    monkeypatch.setenv("MFBENCH_ASV_CACHE", str(tmp_path))
+    params = (["cpu"], ["dense", "embedding_bag", "reference"], [64], ["float32"])
+    measured = suite.measure_all("layer", "forward", params)
+
+    assert order == [("time", "dense"), ("time", "embedding_bag"), ("time", "reference"),
+                     ("kernels", "dense"), ("kernels", "reference")]
+    case = suite.Prepared("layer", "forward", "cpu", "reference", 64, "float32", probe=False)  # from the file cache
+    assert [r["metric"] for r in case.rows()] == ["time", "kernel_time"] and case.metric("kernel_time") == 1e-4
+    failed = measured[json.dumps(["layer", "forward", "cpu", "embedding_bag", 64, "float32", suite.PRESET])]
+    assert failed == [{"metric": "failed", "value": failed[0]["value"],
+                       "flags": "failed: RuntimeError: CUDA error: an illegal memory access was encountered"}]
+    with pytest.raises(RuntimeError, match="illegal memory access"):  # asv reports that set failed, not skipped
+        suite.Prepared("layer", "forward", "cpu", "embedding_bag", 64, "float32", probe=False, measured=measured)

@@ -8,6 +8,13 @@ launch-bound items differed up to 2x between processes at full, unthrottled SM c
 CPU time to issue one call, and ``host_bound`` says when it is at least ``HOST_BOUND`` of the figure.
 ``kernel_s`` is the other side: the time the GPU spends running the call's kernels (CUPTI, through
 torch.profiler), the gaps between them left out, i.e. what the call would take if issuing cost nothing.
+
+``time_callable`` never runs the profiler: callers take kernel times in a pass of their own after every
+other measurement of the process (``kernel_seconds``). Kineto leaves CUPTI attached to a process after a
+profile unless ``TEARDOWN_CUPTI=1`` (pytorch/pytorch#144455, a 10-20% slowdown of later training).
+Seen here, though not yet on one machine in one A/B: asv's metric suites measured in one process with a
+profile per parameter set gave launch-bound medians up to 1.8x those of a process per set (two lent
+H100s), while the kernel times agreed within 5%.
 """
 
 from __future__ import annotations
@@ -74,7 +81,7 @@ def time_callable(fn: Callable[[], object], device: torch.device | str, *, warmu
 
         times_ms = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")
         timing = _summarise([t / 1e3 for t in times_ms], DO_BENCH)
-        return replace(timing, host_s=host_issue_seconds(fn, device), kernel_s=kernel_seconds(fn, device))
+        return replace(timing, host_s=host_issue_seconds(fn, device))  # kernel_s: the caller's kernel pass
     from torch.utils.benchmark import Timer
 
     fn()  # warm-up: first-call allocation, lazy initialisation and compilation stay out of the figure
@@ -91,8 +98,13 @@ def beside(timing: Timing) -> list[tuple[str, float, str, list[str]]]:
     out = [("host_issue_time", timing.host_s, "s", [HOST_METHOD]) if timing.host_s is not None
            else ("host_issue_time", float("nan"), "s", [HOST_UNAVAILABLE])]
     if timing.kernel_s is not None:
-        out.append(("kernel_time", timing.kernel_s, "s", [KERNEL_METHOD]))
+        out.append(kernel_figure(timing.kernel_s))
     return out
+
+
+def kernel_figure(seconds: float) -> tuple[str, float, str, list[str]]:
+    """(metric, value, unit, flags) of a kernel time from ``kernel_seconds``."""
+    return "kernel_time", seconds, "s", [KERNEL_METHOD]
 
 
 def host_issue_seconds(fn: Callable[[], object], device: torch.device | str, calls: int = HOST_CALLS) -> float | None:
@@ -125,14 +137,18 @@ def host_issue_seconds(fn: Callable[[], object], device: torch.device | str, cal
 
 def kernel_seconds(fn: Callable[[], object], device: torch.device | str, calls: int = HOST_CALLS) -> float | None:
     """Mean device time per call of ``fn``'s kernels, memory copies and memory sets, as CUPTI records them
-    (torch.profiler), with the idle gaps between them left out. Work on concurrent streams would count
-    twice; none of mfbench's calls uses a second stream. None off a GPU or where nothing ran on the device."""
+    (torch.profiler), with the idle gaps between them left out, after one warm-up call (a fresh build's
+    first call compiles, tunes and allocates). Work on concurrent streams would count twice; none of
+    mfbench's calls uses a second stream. None off a GPU or where nothing ran on the device.
+
+    Call it after every other measurement of the process: see the module's docstring."""
     device = torch.device(device)
     if device.type != "cuda":
         return None
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
+    fn()
     torch.cuda.synchronize(device)
     with warnings.catch_warnings():
         # torch 2.11 warns, for a plain one-cycle profile, that events do not carry over between cycles;
