@@ -63,3 +63,17 @@ def test_measure_all_adds_kernel_times_in_a_last_pass_and_keeps_a_failed_set_apa
                        "flags": "failed: RuntimeError: CUDA error: an illegal memory access was encountered"}]
     with pytest.raises(RuntimeError, match="illegal memory access"):  # asv reports that set failed, not skipped
         suite.Prepared("layer", "forward", "cpu", "embedding_bag", 64, "float32", probe=False, measured=measured)
+
+
+def test_measure_all_reads_a_warm_cache_without_measuring_or_adding_kernel_rows_again(monkeypatch, tmp_path):
+    measured_now = []
+    monkeypatch.setattr(suite, "measure_item", lambda item, *args: measured_now.append(item) or [
+        {"metric": "time", "value": 1e-3, "provider": item.provider}])
+    monkeypatch.setattr(suite, "kernel_pass", lambda items, *args: (
+        (item, [{"metric": "kernel_time", "value": 1e-4, "provider": item.provider}]) for item in items))
+    monkeypatch.setenv("MFBENCH_ASV_CACHE", str(tmp_path))
+    params = (["cpu"], ["dense"], [64], ["float32"])
+    first = suite.measure_all("layer", "forward", params)
+    again = suite.measure_all("layer", "forward", params)
+    assert len(measured_now) == 1 and first == again
+    assert [r["metric"] for r in next(iter(again.values()))] == ["time", "kernel_time"]
