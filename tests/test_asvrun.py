@@ -142,9 +142,10 @@ def test_netlog_reader_tolerates_a_truncated_log(tmp_path):
     assert page.browser_background == ["https://update.example.org/x"]
 
 
-def test_accuracy_suite_values_equal_the_rows_behind_them(tmp_path, monkeypatch):
+def test_accuracy_suite_values_equal_the_rows_behind_them(tmp_path, monkeypatch, capfd):
     """suites/accuracy.py on the committed micro snapshot: asv's tracked accuracy per provider is the
-    row the snapshot evaluation wrote (and the dense baseline's own snapshot shows as provider dense)."""
+    row the snapshot evaluation wrote (and the dense baseline's own snapshot shows as provider dense),
+    every provider evaluated in one setup_cache process."""
     import json
 
     monkeypatch.setenv("MFBENCH_ASV_PROVIDERS", "reference,embedding_bag,dense")
@@ -152,6 +153,7 @@ def test_accuracy_suite_values_equal_the_rows_behind_them(tmp_path, monkeypatch)
     monkeypatch.setenv("MFBENCH_ASV_CACHE", str(tmp_path / "cache"))
     head = asvrun._git("rev-parse", "HEAD")
     asvrun.run_commit(asvrun.ROOT, head, tmp_path / "asv", "^accuracy", quick=True)
+    assert capfd.readouterr().out.count("Setting up accuracy:") == 1
     tracked = {v.params["provider"]: v.value for v in asvrun.asv_values(tmp_path / "asv", asvrun.machine_name(), head)
                if v.benchmark == "accuracy.SnapshotAccuracy.track_accuracy"}
     rows = {r["provider"]: r["value"] for p in (tmp_path / "cache").glob("*.json") if not p.name.startswith("probe")

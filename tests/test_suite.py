@@ -77,3 +77,27 @@ def test_measure_all_reads_a_warm_cache_without_measuring_or_adding_kernel_rows_
     again = suite.measure_all("layer", "forward", params)
     assert len(measured_now) == 1 and first == again
     assert [r["metric"] for r in next(iter(again.values()))] == ["time", "kernel_time"]
+
+
+def test_evaluate_all_keeps_going_past_a_provider_that_fails(monkeypatch, tmp_path):
+    from mfbench import snapshots
+
+    real = snapshots.evaluate
+
+    def evaluate(snapshot, names, device, *args, **kwargs):
+        if "embedding_bag" in names:
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        return real(snapshot, names, device, *args, **kwargs)
+
+    monkeypatch.setattr(snapshots, "evaluate", evaluate)
+    monkeypatch.setenv("MFBENCH_ASV_CACHE", str(tmp_path))
+    measured = suite.evaluate_all((["cpu"], ["embedding_bag", "reference", "dense"], ["mqar"]))
+
+    answers = {json.loads(key)[2]: rows for key, rows in measured.items()}
+    assert set(answers) == {"embedding_bag", "reference", "dense"}
+    assert answers["embedding_bag"][0]["metric"] == "failed"
+    assert 0 <= suite._metric(answers["reference"], "accuracy") <= 1
+    with pytest.raises(RuntimeError, match="device-side assert"):  # what asv's setup meets for that set
+        suite.SnapshotCase("cpu", "embedding_bag", "mqar", measured=measured)
+    assert suite.SnapshotCase("cpu", "dense", "mqar", measured=measured).metric("accuracy") == \
+        suite._metric(answers["dense"], "accuracy")
