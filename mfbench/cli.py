@@ -388,6 +388,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from mfbench.results import short_direction
+
     frame = _load(args.results_dir)
     a, b = _pick_run(frame, args.run_a), _pick_run(frame, args.run_b)
     keys = ["benchmark", "params", "provider"]
@@ -413,7 +415,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         verdict = "within noise" if abs(ratio - 1) <= noise else ("slower" if ratio > 1 else "faster")
         if any("host-bound" in str(row[f"flags_{side}"]).split(",") for side in "ab"):
             verdict += " (host-bound)"
-        line = {"benchmark": bench, "dir": p["direction"][:3], "seq": p["seq"], "provider": provider,
+        line = {"benchmark": bench, "dir": short_direction(p["direction"]), "seq": p["seq"], "provider": provider,
                 "A ms": f"{row['value_a'] * 1e3:.4g}", "B ms": f"{row['value_b'] * 1e3:.4g}",
                 "B/A": f"{ratio:.3f}", "IQR/median": f"{noise:.1%}", "verdict": verdict}
         if not kernel_ratio.empty:
