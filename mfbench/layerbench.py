@@ -135,14 +135,14 @@ def run_cases(cases: Iterable[Case], names: Iterable[str], device: torch.device 
                 timed.append((record, case, name, seed + i))
     if device.type == "cuda" and timed:
         progress(f"kernel times of the {len(timed)} timed calls, after every other measurement")
-    for record, case, name, case_seed in timed if device.type == "cuda" else []:
-        try:
-            x, gy = random_input(case, device, dtype, case_seed)
-            record["kernel_s"] = kernel_seconds(_timed_call(make_layer(case, name, device, dtype), x, gy,
-                                                            case.direction), device)
-        except Exception as exc:  # the record keeps its other figures
-            progress(f"  {case.name:<40} {name:<14} no kernel time: {failure(exc)}")
-            torch.cuda.empty_cache()
+        for record, case, name, case_seed in timed:
+            try:
+                x, gy = random_input(case, device, dtype, case_seed)
+                record["kernel_s"] = kernel_seconds(_timed_call(make_layer(case, name, device, dtype), x, gy,
+                                                                case.direction), device)
+            except Exception as exc:  # the record keeps its other figures
+                progress(f"  {case.name:<40} {name:<14} no kernel time: {failure(exc)}")
+                torch.cuda.empty_cache()
     yield from records
 
 
