@@ -123,6 +123,6 @@ def plots(session: nox.Session) -> None:
 
 @nox.session(**VENV)
 def alert(session: nox.Session) -> None:
-    """If kernel files changed since --base REF: benchmark both commits, re-score the snapshot; fail on a regression."""
+    """If kernel files changed since --base REF: time both commits' kernels, re-score the snapshot; fail on a regression."""
     install(session)
-    run(session, "-m", "mfbench.asvrun", "alert", *session.posargs)
+    run(session, "-m", "mfbench.alert", *session.posargs)

@@ -610,10 +610,11 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
                       "vs reference": "-" if m.accuracy is None or reference.accuracy is None
                       else f"{m.accuracy - reference.accuracy:+.4f}",
                       "bucket agreement": "-" if m.bucket_agreement is None else f"{m.bucket_agreement:.6f}",
-                      "verdict": m.skipped and f"skipped: {m.skipped}" or ("agrees" if agrees else "DISAGREES")})
+                      "verdict": (f"FAILED: {m.failed}" if m.failed else f"skipped: {m.skipped}" if m.skipped
+                                  else "agrees" if agrees else "DISAGREES")})
     _print_frame(pd.DataFrame(lines))
     for name in args.choice.split(",") if args.choice else []:
-        _score_choice(snap, name.strip(), args, device, [m.provider for m in measured if not m.skipped])
+        _score_choice(snap, name.strip(), args, device, [m.provider for m in measured if not (m.skipped or m.failed)])
     if not args.no_save:
         run = results.Run.start(str(device))
         rows = snapshots.rows(snap, measured, run, args.sequences)
@@ -623,7 +624,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         print(f"wrote {len(rows)} rows to {path} (run {run.run_id})")
     if failed:
-        print(f"accuracy regression: {', '.join(failed)} differ from reference by more than {tolerance:g}",
+        print(f"accuracy regression: {', '.join(failed)} failed or differ from reference by more than {tolerance:g}",
               file=sys.stderr)
         return 1
     return 0

@@ -35,6 +35,12 @@ class Provider:
     # Returns why the provider cannot run on this device and dtype, or None. Static checks only;
     # ``unavailable`` adds a trial run on top.
     requirement: Callable[[torch.device, torch.dtype], str | None] = lambda device, dtype: None
+    # The files whose change can change this provider's speed or answers (globs from the repository's
+    # root); the kernel alert measures the providers a change touches. The registry itself touches all.
+    sources: tuple[str, ...] = ("mfbench/lookup.py",)
+    baseline: bool = False  # the dense layer every figure is compared with, not a lookup
+    collective: bool = False  # needs a torch.distributed process group (torchrun)
+    compiles_per_process: bool = False  # compiles afresh in every process: minutes for a process per run
 
 
 _REGISTRY: dict[str, Provider] = {}
@@ -59,28 +65,58 @@ def get(name: str) -> Provider:
         raise ValueError(f"unknown provider {name!r}; choose one of {', '.join(_REGISTRY)}") from None
 
 
-@functools.lru_cache(maxsize=None)
-def unavailable(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
-    """Why ``name`` cannot run on ``device`` with ``dtype`` (None if it can).
+REGISTRY_FILE = "mfbench/providers.py"
 
-    Besides the provider's static requirement this runs a tiny layer through it, forward and backward,
-    so a compile or launch failure is reported here as a reason rather than crashing a runner later.
-    """
-    from mfbench.model import MemoryLayer
 
+def touched_by(files: list[str]) -> list[str]:
+    """The providers whose ``sources`` (or the registry) are among ``files`` (paths from the repository's root)."""
+    import fnmatch
+
+    if REGISTRY_FILE in files:
+        return names()
+    return [n for n, p in _REGISTRY.items() if any(fnmatch.fnmatch(f, g) for f in files for g in p.sources)]
+
+
+def source_globs() -> tuple[str, ...]:
+    """Every provider's sources and the registry: what the kernel alert watches."""
+    return tuple(dict.fromkeys([g for p in _REGISTRY.values() for g in p.sources] + [REGISTRY_FILE]))
+
+
+def one_process(name: str) -> bool:
+    """Whether ``name`` can be measured in a plain process in reasonable time (neither a process group nor
+    a compile per process): what the asv suites and the kernel alert measure by default."""
     provider = get(name)
+    return not provider.collective and not provider.compiles_per_process
+
+
+def requirement_unmet(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
+    """Why this machine cannot run ``name`` at all (no device, no Triton, ...), from static checks only: a
+    provider that meets them but then fails is broken, not unavailable."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         return "no CUDA device is visible to torch"
-    reason = provider.requirement(dev, dtype)
-    if reason:
-        return reason
+    return get(name).requirement(dev, dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def unavailable(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
+    """Why ``name`` cannot run on ``device`` with ``dtype`` (None if it can): the static requirement, then
+    a trial run (``trial_failure``), so a compile or launch failure is a reason rather than a crash later."""
+    return requirement_unmet(name, device, dtype) or trial_failure(name, device, dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def trial_failure(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
+    """How a tiny layer fails through ``name``, forward and backward (None if it runs)."""
+    from mfbench.model import MemoryLayer
+
+    dev = torch.device(device)
     try:
         layer = MemoryLayer(16, 24, tau=8, provider=name).to(device=dev, dtype=dtype)
         x = torch.randn(5, 16, device=dev, dtype=dtype, requires_grad=True)
         with _probe_context(name):
             layer(x).sum().backward()
-    except Exception as exc:  # any failure here means "cannot run", never a crash
+    except Exception as exc:  # any failure here is an answer, never a crash
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
     return None
 
@@ -204,8 +240,11 @@ def _dense(layer: "MemoryLayer", x: torch.Tensor) -> torch.Tensor:
 
 register(Provider("reference", "the PyTorch statement of Eq. 6-11, token-blocked", _reference))
 register(Provider("embedding_bag", "hash in torch, then F.embedding_bag with per-sample weights", _embedding_bag))
-register(Provider("compiled", "torch.compile of the unblocked reference", _compiled, requirement=_compiled_requirement))
-register(Provider("triton", "fused Triton kernels (mfbench.kernels.lookup)", _triton, requirement=_triton_requirement))
+register(Provider("compiled", "torch.compile of the unblocked reference", _compiled, requirement=_compiled_requirement,
+                  compiles_per_process=True))
+register(Provider("triton", "fused Triton kernels (mfbench.kernels.lookup)", _triton, requirement=_triton_requirement,
+                  sources=("mfbench/kernels/*", "mfbench/lookup.py")))
 register(Provider("sharded", "chunk tables split over torch.distributed ranks, partial sums all-reduced "
-                  "(mfbench.sharded)", _sharded, requirement=_sharded_requirement))
-register(Provider("dense", "the nn.Linear(in, out) the Memory Layer replaces (baseline)", _dense, exact=False))
+                  "(mfbench.sharded)", _sharded, requirement=_sharded_requirement, collective=True))
+register(Provider("dense", "the nn.Linear(in, out) the Memory Layer replaces (baseline)", _dense, exact=False,
+                  sources=(), baseline=True))

@@ -101,7 +101,9 @@ def build(item: Item, cfg: ModelConfig, device: torch.device) -> tuple[torch.nn.
     return module, x
 
 
-def _call(item: Item, module: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+def callable_for(item: Item, module: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """The call an item times: a no-grad forward, or a backward of one forward kept for repeated calls.
+    Under ``torch.cuda.stream(s)`` the forward, and so its backward, runs on ``s`` (graph capture needs it)."""
     if item.direction == "forward":
         def forward() -> object:
             with torch.no_grad():
@@ -149,7 +151,7 @@ def measure_item(item: Item, cfg: ModelConfig, run: Run, device: torch.device, c
                  meter: EnergyMeter, idle: EnergyResult | None, energy_seconds: float) -> list[dict]:
     """Every metric of one matrix entry as result rows (time, throughput, FLOPs, bytes, energy, memory)."""
     module, x = build(item, cfg, device)
-    fn = _call(item, module, x)
+    fn = callable_for(item, module, x)
     params = item.params(cfg)
     rows: list[dict] = []
 
@@ -205,7 +207,7 @@ def kernel_rows(item: Item, cfg: ModelConfig, run: Run, device: torch.device) ->
     """The item's ``kernel_time`` row, from a fresh build (none off a GPU). It runs the profiler, so it
     belongs after every other measurement of the process (``measure.timing``)."""
     module, x = build(item, cfg, device)
-    seconds = kernel_seconds(_call(item, module, x), device)
+    seconds = kernel_seconds(callable_for(item, module, x), device)
     if seconds is None:
         return []
     metric, value, unit, flags = kernel_figure(seconds)

@@ -145,11 +145,14 @@ class ProviderAccuracy:
     correct: int
     scored: int
     bucket_agreement: float | None = None  # share of hash indices identical to reference's
-    skipped: str | None = None
+    skipped: str | None = None  # this machine cannot run the provider at all (no GPU, no Triton)
+    failed: str | None = None  # it should run here and did not: never a pass
 
     def agrees_with(self, reference: "ProviderAccuracy", tolerance: float = ACCURACY_TOLERANCE) -> bool:
+        if self.failed or reference.failed:
+            return False
         if self.accuracy is None or reference.accuracy is None:
-            return True  # nothing measured, nothing to disagree with
+            return True  # skipped: this machine cannot run it, nothing to disagree with
         return abs(self.accuracy - reference.accuracy) <= tolerance
 
 
@@ -190,6 +193,7 @@ def evaluate(snap: Snapshot, names: list[str] | None = None, device: torch.devic
              sequences: int | None = None, progress=None) -> list[ProviderAccuracy]:
     """The snapshot's task accuracy through each provider (every exact one by default; ``reference``
     always, first). A dense snapshot has no Memory Layers: it is scored once, as ``dense``."""
+    from mfbench.runner import failure
     from mfbench.train import EVAL_SEED
 
     device = torch.device(device)
@@ -204,14 +208,18 @@ def evaluate(snap: Snapshot, names: list[str] | None = None, device: torch.devic
     out: list[ProviderAccuracy] = []
     reference_buckets = None
     for name in names:
-        reason = providers.unavailable(name, str(device), torch.float32)
+        reason = providers.requirement_unmet(name, str(device), torch.float32)
         if reason:
             out.append(ProviderAccuracy(name, None, 0, 0, skipped=reason))
             continue
         if progress:
             progress(f"  evaluating {snap.id} through {name} ...")
         model.set_provider(name)
-        c, n, buckets = task_accuracy(model, task, sequences, seed, device)
+        try:
+            c, n, buckets = task_accuracy(model, task, sequences, seed, device)
+        except Exception as exc:  # noqa: BLE001 - a provider that should run here and fails is an answer
+            out.append(ProviderAccuracy(name, None, 0, 0, failed=failure(exc)))
+            continue
         if name == "reference":
             reference_buckets = buckets
         agreement = float((buckets == reference_buckets).double().mean()) if reference_buckets is not None else None
@@ -227,8 +235,9 @@ def rows(snap: Snapshot, measured: list[ProviderAccuracy], run, sequences: int |
     bench = f"accuracy:{snap.meta['task']['task']}"
     out = []
     for m in measured:
-        if m.skipped:
-            out.append(run.row(bench, params, m.provider, "skipped", float("nan"), "", flags=[m.skipped.replace(",", ";")]))
+        if m.skipped or m.failed:
+            metric, reason = ("skipped", m.skipped) if m.skipped else ("failed", m.failed)
+            out.append(run.row(bench, params, m.provider, metric, float("nan"), "", flags=[reason.replace(",", ";")]))
             continue
         out.append(run.row(bench, params, m.provider, "accuracy", m.accuracy, "fraction", samples=m.scored))
         if m.bucket_agreement is not None:

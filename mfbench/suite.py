@@ -36,7 +36,7 @@ from mfbench import providers
 from mfbench.layerbench import DTYPES
 from mfbench.lookup import input_checks
 from mfbench.model import ModelConfig
-from mfbench.runner import Item, _call, build, failure, kernel_pass, measure_item
+from mfbench.runner import Item, build, callable_for, failure, kernel_pass, measure_item
 
 
 def _env_list(name: str, default: list[str]) -> list[str]:
@@ -46,7 +46,7 @@ def _env_list(name: str, default: list[str]) -> list[str]:
 
 GPU = torch.cuda.is_available()
 DEVICES = _env_list("MFBENCH_ASV_DEVICES", ["cuda"] if GPU else ["cpu"])
-PROVIDERS = _env_list("MFBENCH_ASV_PROVIDERS", [p for p in providers.names() if p not in ("compiled", "sharded")])
+PROVIDERS = _env_list("MFBENCH_ASV_PROVIDERS", [p for p in providers.names() if providers.one_process(p)])
 SEQS = [int(s) for s in _env_list("MFBENCH_ASV_SEQS", ["2048", "8192", "32768"] if GPU else ["128", "512", "2048"])]
 DTYPES_FOR = {"cuda": "float16", "cpu": "float32"}
 DTYPE_PARAMS = sorted({DTYPES_FOR[d.split(":")[0]] for d in DEVICES})
@@ -128,7 +128,7 @@ class Prepared:
                 optimizer.zero_grad(set_to_none=True)
             self._fn = step
         else:
-            self._fn = _call(self.item, module, x)
+            self._fn = callable_for(self.item, module, x)
         with input_checks(False):
             self.call()
 

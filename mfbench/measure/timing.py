@@ -162,3 +162,63 @@ def kernel_seconds(fn: Callable[[], object], device: torch.device | str, calls: 
     # kernels (the reference model), for a sum that needs none of it.
     busy_ns = sum(e.duration_ns() for e in prof.profiler.kineto_results.events() if e.device_type() == DeviceType.CUDA)
     return busy_ns / calls / 1e9 if busy_ns > 0 else None
+
+
+# --- samples of the kernels' own time, for the kernel alert ----------------------------------------
+GRAPH_METHOD = "cuda-graph-replay"  # CUDA events around replays of a graph of many calls
+CUPTI_METHOD = "cupti-busy-time"  # kernel_seconds over a window of calls, a window a sample
+CPU_METHOD = "process-cpu-time"  # the process's CPU time per call: the whole call is the kernel on a CPU
+
+
+def graph_samples(fn: Callable[[], object], device: torch.device | str, calls: int = 20, replays: int = 25,
+                  stream: "torch.cuda.Stream | None" = None) -> list[float]:
+    """Per-call seconds of ``fn`` captured ``calls`` times in one CUDA graph, one sample per replay: the
+    device's time for the call's kernels with launch and sync costs spread over ``calls`` calls, so the
+    host's speed (which moved host-bound figures up to 2x between processes) does not enter. ``stream``:
+    the stream ``fn``'s autograd graph was built on, where it has one (a backward replays on the stream
+    of its forward). Raises where ``fn`` cannot be captured (it synchronises, or allocates on the host)."""
+    device = torch.device(device)
+    stream = stream or torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # autotuning, lazy initialisation and allocator growth, before capture
+            fn()
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize(device)
+    samples = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / 1e3 / calls)
+    del graph
+    return samples
+
+
+def cupti_samples(fn: Callable[[], object], device: torch.device | str, windows: int = 10,
+                  calls: int = HOST_CALLS) -> list[float]:
+    """Per-call kernel busy time, one sample per profiled window of ``calls`` calls, for a call that cannot
+    be captured in a graph. Run it after every graph measurement of the process (see the module's
+    docstring on the profiler's after-effect)."""
+    samples = [kernel_seconds(fn, device, calls) for _ in range(windows)]
+    return [s for s in samples if s is not None]
+
+
+def cpu_samples(fn: Callable[[], object], count: int = 20, budget_s: float = 30.0) -> list[float]:
+    """Process CPU seconds of ``count`` single calls (fewer once ``budget_s`` of CPU time is spent; at
+    least 3), after a warm-up call. CPU time rather than wall time: another program on a small shared
+    machine cannot inflate it."""
+    fn()
+    samples: list[float] = []
+    while len(samples) < count and (len(samples) < 3 or sum(samples) < budget_s):
+        start = time.process_time()
+        fn()
+        samples.append(time.process_time() - start)
+    return samples
