@@ -5,9 +5,11 @@ its UTC time, the commit (and whether the tree was dirty), the machine, the devi
 the mfbench version, so a figure can always be traced to where and what measured it.
 
 On disk: ``results.parquet`` (the table of record) and ``results.csv`` (a mirror for diffs) in one
-directory. Writers hold an exclusive lock and replace files atomically (temporary file, fsync, rename), so a
-reader sees the old table or the new one, and a writer killed mid-write leaves every earlier row intact.
-A file that is not an mfbench table, or is corrupt, is reported and never overwritten.
+directory. Writers hold an exclusive lock and write both files to temporary files before replacing either,
+so a write that fails (a full disk) leaves the pair as it was, and a writer killed mid-write leaves every
+earlier row intact; temporary files a killed writer left are removed by the next writer, under the lock.
+A file that is not an mfbench table, or is corrupt, is reported and never overwritten. The CSV is history
+too: a parquet lost in a merge is rebuilt from it, and rows only the CSV holds are kept, saying so on stderr.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import datetime as _dt
 import fcntl
 import json
 import os
+import shutil
+import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +41,8 @@ COLUMNS = [
     "spread_low", "spread_high", "spread_kind", "samples", "flags",
 ]
 REQUIRED = {"schema_version", "run_id", "commit", "device", "benchmark", "provider", "metric", "value", "unit"}
+# Every row of a run that was interrupted (Ctrl-C, SIGTERM) carries this flag: its matrix is incomplete.
+PARTIAL = "partial-run"
 
 
 class ResultsError(Exception):
@@ -136,13 +143,74 @@ def _validate(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     return _coerce(pd.concat(parts, ignore_index=True) if parts else frame)
 
 
+def _unreadable(path: Path, exc: Exception) -> ResultsError:
+    return ResultsError(f"{path} cannot be read as a results table ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); it was left untouched")
+
+
 def _read(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False) if path.suffix == ".csv" else pd.read_parquet(path)
     except Exception as exc:
-        raise ResultsError(f"{path} cannot be read as a results table ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''}); it was left untouched") from None
-    return _validate(frame, path)
+        raise _unreadable(path, exc) from None
+    try:
+        return _validate(frame, path)
+    except (ValueError, TypeError) as exc:  # e.g. a CSV with merge-conflict markers: rows without a schema version
+        raise _unreadable(path, exc) from None
+
+
+def _row_keys(frame: pd.DataFrame) -> list[str]:
+    """Each row as one string of its values, equal for a row and its CSV round trip (floats print exactly)."""
+    return frame[COLUMNS].astype(str).agg("\x1f".join, axis=1).tolist() if len(frame) else []
+
+
+def _only_in_mirror(table: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Rows of the CSV mirror at ``path`` that the parquet lacks. A mirror with fewer rows of a run is only
+    behind (a writer killed between the two replaces); one with more, or a run of its own, holds history.
+    Only the run ids are read unless some run has more rows in the mirror."""
+    try:
+        more = pd.read_csv(path, usecols=["run_id"], dtype=str, keep_default_na=False)["run_id"].value_counts()
+    except Exception as exc:
+        raise _unreadable(path, exc) from None
+    held = table["run_id"].value_counts()
+    suspects = [r for r, n in more.items() if n > held.get(r, 0)]
+    if not suspects:
+        return table.iloc[0:0]
+    mirror = _read(path)
+    mirror = mirror[mirror["run_id"].isin(suspects)]
+    have: dict[str, int] = {}
+    for key in _row_keys(table[table["run_id"].isin(suspects)]):
+        have[key] = have.get(key, 0) + 1
+    keep = []
+    for key in _row_keys(mirror):
+        keep.append(have.get(key, 0) == 0)
+        have[key] = have.get(key, 0) - 1
+    return mirror[keep]
+
+
+def _say(message: str) -> None:
+    print(f"mfbench: {message}", file=sys.stderr, flush=True)
+
+
+def _history(directory: Path, writing: bool) -> pd.DataFrame | None:
+    """Every row the directory's pair of files holds; None where neither exists. A missing parquet is
+    read from the CSV, and CSV rows the parquet lacks are added; both are said on stderr."""
+    table, mirror = directory / TABLE, directory / MIRROR
+    if not table.exists():
+        if not mirror.exists():
+            return None
+        frame = _read(mirror)
+        _say(f"{table} is missing; {'rebuilding it from' if writing else 'reading'} {mirror} ({len(frame)} rows)")
+        return frame
+    frame = _read(table)
+    if not mirror.exists():
+        return frame
+    extra = _only_in_mirror(frame, mirror)
+    if len(extra):
+        _say(f"{mirror} holds {len(extra)} rows that {table.name} lacks (runs "
+             f"{', '.join(extra['run_id'].unique())}): {'kept them' if writing else 'reading them too'}")
+        frame = pd.concat([frame, extra], ignore_index=True)
+    return frame
 
 
 def load(path: str | os.PathLike | None = None) -> pd.DataFrame:
@@ -152,35 +220,91 @@ def load(path: str | os.PathLike | None = None) -> pd.DataFrame:
     if not path.exists() and path.suffix not in (".parquet", ".csv"):
         return _coerce(pd.DataFrame(columns=COLUMNS))  # a results directory not made yet
     if path.is_dir():
-        table = path / TABLE
-        if not table.exists():
-            return _coerce(pd.DataFrame(columns=COLUMNS))
-        path = table
+        frame = _history(path, writing=False)
+        return _coerce(pd.DataFrame(columns=COLUMNS)) if frame is None else frame
     if not path.exists():
         raise ResultsError(f"no results table at {path}")
     return _read(path)
 
 
+def _not_writable(directory: Path, exc: OSError, what: str) -> ResultsError:
+    return ResultsError(f"{what} {directory} ({exc.strerror or type(exc).__name__}); "
+                        "the result tables were left as they were")
+
+
+def check_writable(directory: str | os.PathLike | None = None) -> Path:
+    """Make sure rows can be appended in ``directory`` (creating it), before anything is measured: a
+    ResultsError names a path that is a file, a directory that cannot be made, or one that cannot be written."""
+    directory = Path(directory) if directory is not None else project_dir()
+    if directory.exists() and not directory.is_dir():
+        raise ResultsError(f"the results directory {directory} is a file, not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _not_writable(directory, exc, "cannot create the results directory") from None
+    try:  # named like a writer's temporary file, so one a kill leaves behind is cleaned like theirs
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{TABLE}.", suffix=".tmp"):
+            pass
+        with open(directory / ".lock", "a+"):
+            pass
+    except OSError as exc:
+        raise _not_writable(directory, exc, "cannot write in the results directory") from None
+    return directory
+
+
 @contextlib.contextmanager
 def _locked(directory: Path) -> Iterator[None]:
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "a+") as handle:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle = open(directory / ".lock", "a+")
+    except OSError as exc:
+        raise _not_writable(directory, exc, "cannot lock the results directory") from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
+            for name in (TABLE, MIRROR):  # left by writers killed mid-write; a live writer would hold the lock
+                for stale in directory.glob(f".{name}.*.tmp"):
+                    stale.unlink(missing_ok=True)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+
+
+def _write_pair(directory: Path, frame: pd.DataFrame) -> None:
+    """Replace both files with ``frame``, or neither: both are written and synced first, and the parquet is
+    put back if the CSV cannot replace its file."""
+    table, mirror = directory / TABLE, directory / MIRROR
+    written = {table: _temporary(table), mirror: _temporary(mirror)}
+    backup = _temporary(table)
     try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        frame.to_parquet(written[table], index=False)
+        frame.to_csv(written[mirror], index=False)
+        for tmp in written.values():
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        if table.exists():
+            try:
+                os.link(table, backup)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(table, backup)
+        os.replace(written[table], table)
+        try:
+            os.replace(written[mirror], mirror)
+        except OSError:
+            if backup.exists():
+                os.replace(backup, table)
+            else:
+                table.unlink()
+            raise
+    except OSError as exc:
+        raise _not_writable(directory, exc, "could not write the result tables in") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in (*written.values(), backup):
+            tmp.unlink(missing_ok=True)
 
 
 def append(rows: pd.DataFrame | Iterable[dict], directory: str | os.PathLike | None = None) -> Path:
@@ -190,23 +314,31 @@ def append(rows: pd.DataFrame | Iterable[dict], directory: str | os.PathLike | N
     if new.empty:
         return directory / TABLE
     new = _validate(new, Path("<new rows>"))
+    if directory.exists() and not directory.is_dir():
+        raise ResultsError(f"the results directory {directory} is a file, not a directory")
     with _locked(directory):
-        table = directory / TABLE
-        old = _read(table) if table.exists() else None
-        combined = new if old is None else pd.concat([old, new], ignore_index=True)
-        _atomic_write(table, lambda tmp: combined.to_parquet(tmp, index=False))
-        _atomic_write(directory / MIRROR, lambda tmp: combined.to_csv(tmp, index=False))
-    return table
+        old = _history(directory, writing=True)
+        _write_pair(directory, new if old is None else pd.concat([old, new], ignore_index=True))
+    return directory / TABLE
+
+
+def mark_partial(rows: list[dict], why: str) -> list[dict]:
+    """``rows`` of a run that stopped early, each flagged ``partial-run`` and with the reason."""
+    for row in rows:
+        row["flags"] = ",".join(filter(None, [row.get("flags") or "", PARTIAL, why.replace(",", ";")]))
+    return rows
 
 
 def runs(frame: pd.DataFrame) -> pd.DataFrame:
-    """One line per run: id, time, device, commit, row count."""
+    """One line per run: id, time, device, commit, row count, and "partial" for an interrupted run."""
     if frame.empty:
-        return pd.DataFrame(columns=["run_id", "time_utc", "device", "commit", "rows"])
-    grouped = frame.groupby("run_id", sort=False)
+        return pd.DataFrame(columns=["run_id", "time_utc", "device", "commit", "rows", "partial"])
+    partial = frame["flags"].fillna("").str.split(",").map(lambda flags: PARTIAL in flags)
+    grouped = frame.assign(partial=partial).groupby("run_id", sort=False)
     return pd.DataFrame({
         "run_id": list(grouped.groups), "time_utc": grouped["time_utc"].first().values,
         "device": grouped["device"].first().values,
         "commit": [c[:10] + ("+dirty" if d else "") for c, d in zip(grouped["commit"].first(), grouped["dirty"].first())],
         "rows": grouped.size().values,
+        "partial": grouped["partial"].any().map({True: "partial", False: ""}).values,
     }).sort_values("time_utc")

@@ -153,3 +153,121 @@ def test_missing_directory_is_empty_and_missing_file_is_an_error(tmp_path):
     assert results.load(tmp_path / "nothing-yet").empty
     with pytest.raises(results.ResultsError, match="no results table"):
         results.load(tmp_path / "x.parquet")
+
+
+def _pair_bytes(directory):
+    return {name: (directory / name).read_bytes() for name in (results.TABLE, results.MIRROR)}
+
+
+def test_missing_parquet_is_rebuilt_from_the_csv_and_says_so(tmp_path, run, capsys):
+    results.append(_rows(run, 5), tmp_path)
+    (tmp_path / results.TABLE).unlink()  # a merge conflict on the binary file, resolved by deleting it
+    assert len(results.load(tmp_path)) == 5
+    assert "missing; reading" in capsys.readouterr().err
+    results.append(_rows(results.Run.start("cpu"), 2), tmp_path)
+    assert "rebuilding it from" in capsys.readouterr().err
+    assert len(results.load(tmp_path)) == 7 and len(results.load(tmp_path / results.TABLE)) == 7
+
+
+def test_csv_rows_the_parquet_lacks_are_kept(tmp_path, run, capsys):
+    results.append(_rows(run, 3), tmp_path)
+    kept = (tmp_path / results.TABLE).read_bytes()
+    other = results.Run.start("cpu")
+    results.append(_rows(other, 4, "theirs"), tmp_path)
+    (tmp_path / results.TABLE).write_bytes(kept)  # the merge took our parquet and both sides' CSV lines
+    assert len(results.load(tmp_path)) == 7
+    assert other.run_id in capsys.readouterr().err
+    results.append(_rows(results.Run.start("cpu"), 1), tmp_path)
+    frame = results.load(tmp_path / results.TABLE)
+    assert len(frame) == 8 and (frame["run_id"] == other.run_id).sum() == 4
+    assert "lacks" in capsys.readouterr().err
+
+
+def test_a_mirror_behind_the_parquet_is_not_history(tmp_path, run, capsys):
+    """A writer killed between replacing the parquet and the CSV leaves the CSV a batch behind."""
+    results.append(_rows(run, 2), tmp_path)
+    behind = (tmp_path / results.MIRROR).read_bytes()
+    results.append(_rows(run, 3, "more"), tmp_path)
+    (tmp_path / results.MIRROR).write_bytes(behind)
+    assert len(results.load(tmp_path)) == 5 and capsys.readouterr().err == ""
+
+
+def test_a_csv_with_conflict_markers_is_refused_and_nothing_is_written(tmp_path, run):
+    results.append(_rows(run, 2), tmp_path)
+    mirror = tmp_path / results.MIRROR
+    lines = mirror.read_text().splitlines(keepends=True)
+    mirror.write_text("".join([lines[0], "<<<<<<< HEAD\n", *lines[1:], "=======\n", ">>>>>>> theirs\n"]))
+    before = _pair_bytes(tmp_path)
+    with pytest.raises(results.ResultsError, match="cannot be read"):
+        results.append(_rows(results.Run.start("cpu"), 1), tmp_path)
+    assert _pair_bytes(tmp_path) == before
+
+
+@pytest.mark.parametrize("fail_at", ["csv", "second-replace"])
+def test_a_write_failing_halfway_leaves_the_pair_as_it_was(tmp_path, run, monkeypatch, fail_at):
+    import errno
+
+    results.append(_rows(run, 3), tmp_path)
+    before = _pair_bytes(tmp_path)
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if fail_at == "csv":
+        monkeypatch.setattr(pd.DataFrame, "to_csv", no_space)
+    else:
+        real, calls = os.replace, []
+
+        def replace(src, dst):
+            calls.append(dst)
+            if str(dst).endswith(results.MIRROR):
+                no_space()
+            return real(src, dst)
+
+        monkeypatch.setattr(results.os, "replace", replace)
+    with pytest.raises(results.ResultsError, match="No space left on device.*left as they were"):
+        results.append(_rows(results.Run.start("cpu"), 2), tmp_path)
+    monkeypatch.undo()
+    assert _pair_bytes(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", results.MIRROR, results.TABLE]
+
+
+def test_stale_temporary_files_are_removed_under_the_lock_and_ignored_by_git(tmp_path, run):
+    results.append(_rows(run, 1), tmp_path)
+    stale = [tmp_path / f".{results.TABLE}.4242.abcdef.tmp", tmp_path / f".{results.MIRROR}.4242.abcdef.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a table")
+    results.append(_rows(run, 1), tmp_path)
+    assert not any(path.exists() for path in stale) and len(results.load(tmp_path)) == 2
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ignored = subprocess.run(["git", "-C", root, "check-ignore", "-q", f"results/{stale[0].name}"])
+    assert ignored.returncode == 0
+
+
+def test_check_writable_names_what_is_wrong_before_anything_is_measured(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(results.ResultsError, match="is a file, not a directory"):
+        results.check_writable(afile)
+    with pytest.raises(results.ResultsError, match="cannot create the results directory.*Not a directory"):
+        results.check_writable(afile / "sub")
+    assert results.check_writable(tmp_path / "new" / "dir").is_dir()
+    assert sorted(p.name for p in (tmp_path / "new" / "dir").iterdir()) == [".lock"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_check_writable_refuses_a_read_only_directory(tmp_path):
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(results.ResultsError, match="cannot write in the results directory"):
+            results.check_writable(tmp_path)
+    finally:
+        tmp_path.chmod(0o755)
+
+
+def test_partial_runs_are_listed_as_partial(tmp_path, run):
+    results.append(results.mark_partial(_rows(run, 2), "interrupted:SIGTERM"), tmp_path)
+    results.append(_rows(results.Run.start("cpu"), 1), tmp_path)
+    listing = results.runs(results.load(tmp_path)).set_index("run_id")
+    assert listing.loc[run.run_id, "partial"] == "partial" and (listing["partial"] == "").sum() == 1
+    assert results.load(tmp_path).query("run_id == @run.run_id")["flags"].str.contains(results.PARTIAL).all()
