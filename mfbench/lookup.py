@@ -23,6 +23,16 @@ MIN_TAU, MAX_TAU = 1, 10
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 
+def is_integer(value) -> bool:
+    """An int that is not a bool (True is an int in Python, and tau=True must not read as tau=1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_positive_integer(label: str, value) -> None:
+    if not is_integer(value) or value < 1:
+        raise ValueError(f"{label} must be a positive integer, got {value!r}")
+
+
 @dataclass(frozen=True)
 class LookupSpec:
     """Everything about a Memory Layer's lookup that is not a tensor."""
@@ -32,11 +42,11 @@ class LookupSpec:
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.tau, int) or not MIN_TAU <= self.tau <= MAX_TAU:
+        if not is_integer(self.tau) or not MIN_TAU <= self.tau <= MAX_TAU:
             raise ValueError(f"tau must be an integer in [{MIN_TAU}, {MAX_TAU}], got {self.tau!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
-        if not self.temperature > 0:
+        if isinstance(self.temperature, bool) or not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature!r}")
         if self.weighting == "released" and self.temperature != 1.0:
             raise ValueError("the released weighting fixes the temperature at 1; use weighting='paper' to vary it")

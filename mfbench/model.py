@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mfbench import providers
-from mfbench.lookup import DEFAULT_CHUNK_BYTES, LookupSpec, check_input, checks_enabled
+from mfbench.lookup import DEFAULT_CHUNK_BYTES, LookupSpec, check_input, check_positive_integer, checks_enabled
 
 # The released code initialises the tables as 0.02 * randn.
 TABLE_INIT_STD = 0.02
@@ -35,9 +35,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for f in ("vocab_size", "n_layer", "d_model", "n_head"):
-            value = getattr(self, f)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{f} must be a positive integer, got {value!r}")
+            check_positive_integer(f, getattr(self, f))
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
         LookupSpec(self.tau, self.weighting, self.temperature)  # validates tau, weighting, temperature
@@ -99,8 +97,7 @@ class MemoryLayer(nn.Module):
         super().__init__()
         self.spec = LookupSpec(tau, weighting, temperature)
         for label, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be a positive integer, got {value!r}")
+            check_positive_integer(label, value)
         if in_features % tau:
             raise ValueError(f"in_features={in_features} is not divisible by tau={tau}")
         self.in_features, self.out_features = in_features, out_features
