@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -158,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--screenshot", type=Path)
     args = parser.parse_args(argv)
     if not (args.html_dir / "index.json").exists():
-        print(f"mfbench: error: no index.json in {args.html_dir}: run `asv publish` (or `nox -s publish`) first")
+        print(f"mfbench: error: no index.json in {args.html_dir}: run `asv publish` (or `nox -s publish`) first",
+              file=sys.stderr)
+        return 2
+    if args.command == "check" and chromium() is None:
+        print("mfbench: error: the check renders the page in headless Chromium, which is not installed here "
+              "(Debian package 'chromium')", file=sys.stderr)
         return 2
     if args.command == "install":
         install(args.html_dir)
