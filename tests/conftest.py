@@ -7,7 +7,10 @@ import tempfile
 
 if os.environ.get("MFBENCH_TEST_GPU") != "1":
     os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("MFBENCH_CACHE", tempfile.mkdtemp(prefix="mfbench-cache-"))
+# Always a fresh cache, never the developer's: with setdefault a MFBENCH_CACHE exported in the shell (or
+# CI) pointing at the real cache let tests write ceilings measured under the suite's load there, and later
+# runs read their floors from them.
+os.environ["MFBENCH_CACHE"] = tempfile.mkdtemp(prefix="mfbench-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

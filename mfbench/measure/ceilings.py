@@ -5,6 +5,10 @@
 - matmul rate: a large matrix product (bf16 on a GPU, float32 on the CPU);
 - on-chip (shared-memory) bandwidth on a GPU: derived from the device's own report as
   multiprocessors x 128 bytes/clock x maximum SM clock (NVML); None where NVML cannot say.
+
+A cached entry is used only on the machine that measured it and while it is younger than
+MFBENCH_CEILINGS_MAX_AGE_DAYS (default 30): a home directory shared between hosts, or a figure taken on a
+busy machine long ago, would otherwise set every floor. ``refresh`` measures again regardless.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import socket
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +27,7 @@ from mfbench.measure.fingerprint import device_name
 from mfbench.measure.timing import time_callable
 
 SMEM_BYTES_PER_CLOCK = 128  # per multiprocessor per clock on Volta..Hopper: 32 banks x 4 bytes
+MAX_AGE_DAYS = 30.0  # a policy, not a measurement: how long a machine is trusted to keep its speed
 
 
 @dataclass(frozen=True)
@@ -33,9 +40,32 @@ class Ceilings:
     onchip_how: str
     measured_utc: str
     torch: str
+    machine: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def stale(self, now: _dt.datetime | None = None) -> str | None:
+        """Why this cached entry must not be used on this machine now, or None."""
+        if self.machine != socket.gethostname():
+            return f"measured on another machine ({self.machine or 'unrecorded'})"
+        now = now or _dt.datetime.now(_dt.timezone.utc)
+        try:
+            age = now - _dt.datetime.fromisoformat(self.measured_utc)
+        except (TypeError, ValueError):
+            return f"its date {self.measured_utc!r} cannot be read"
+        limit = _max_age_days()
+        if age.total_seconds() > limit * 86400 or age.total_seconds() < 0:
+            return f"measured {age.total_seconds() / 86400:.0f} days ago (the limit is {limit:g})"
+        return None
+
+
+def _max_age_days() -> float:
+    text = os.environ.get("MFBENCH_CEILINGS_MAX_AGE_DAYS")
+    try:
+        return float(text) if text else MAX_AGE_DAYS
+    except ValueError:
+        return MAX_AGE_DAYS
 
 
 def _cache_path() -> Path:
@@ -87,6 +117,7 @@ def measure(device: torch.device | str = "cpu") -> Ceilings:
         onchip_how=how,
         measured_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         torch=torch.__version__,
+        machine=socket.gethostname(),
     )
 
 
@@ -101,9 +132,14 @@ def ceilings(device: torch.device | str = "cpu", refresh: bool = False) -> Ceili
         cache = {}
     if not refresh and key in cache:
         try:
-            return Ceilings(**cache[key])
+            cached = Ceilings(**cache[key])
         except TypeError:
-            pass  # an older layout: measure again
+            cached = None  # an older layout: measure again
+        why = cached.stale() if cached else None
+        if cached and not why:
+            return cached
+        if why:
+            print(f"mfbench: the cached ceilings of {key} were {why}: measuring them again", file=sys.stderr)
     result = measure(device)
     cache[key] = result.as_dict()
     try:
