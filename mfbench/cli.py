@@ -1,10 +1,19 @@
-"""The ``mfbench`` command line. User mistakes end in a one-line message and exit code 2, never a traceback."""
+"""The ``mfbench`` command line. User mistakes end in a one-line message and exit code 2, never a traceback.
+
+Exit codes: 0 done; 1 a regression, or a measurement or check that failed; 2 a usage or environment problem
+(bad arguments, a results table that cannot be read or written), found before anything is measured where it
+can be; 128 + the signal's number for a run stopped by SIGINT (130) or SIGTERM (143), whose rows measured so
+far are kept and flagged ``partial-run``; 141 when the reader of the output went away (``| head``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from typing import Sequence
 
@@ -48,6 +57,18 @@ def _provider_list(text: str | None, default: list[str]) -> list[str]:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     return chosen
+
+
+def _ready_to_write(directory) -> None:
+    """Refuse, before anything is measured, a result table that cannot be read or a directory that cannot
+    take a write (read-only, a file, under a file)."""
+    from mfbench import results
+
+    try:
+        results.check_writable(directory)
+        results.load(directory)
+    except results.ResultsError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _print_frame(frame: pd.DataFrame) -> None:
@@ -107,8 +128,13 @@ def cmd_layers(args: argparse.Namespace) -> int:
     if args.dtype not in DTYPES:
         raise UsageError(f"unknown dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
     names = _provider_list(args.providers, providers.names())
+    if not args.no_save:
+        from mfbench import results
+
+        args.results_dir = args.results_dir or results.project_dir()
+        _ready_to_write(args.results_dir)
     print(f"measuring the ceilings of {device} (cached after the first run) ...", flush=True)
-    ceil = ceilings(device)
+    ceil = ceilings(device, refresh=args.refresh_ceilings)
     onchip = f"{ceil.onchip_bytes_per_s / 1e12:.1f} TB/s" if ceil.onchip_bytes_per_s else "n/a"
     print(f"ceilings: copy {ceil.copy_bytes_per_s / 1e9:.1f} GB/s, matmul "
           f"{ceil.matmul_flops_per_s / 1e12:.1f} TFLOP/s ({ceil.matmul_dtype}), on-chip {onchip}", flush=True)
@@ -123,7 +149,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
         from mfbench import results
 
         rows = layer_rows(records, results.Run.start(str(device)))
-        path = results.append(rows, args.results_dir or results.project_dir())
+        path = results.append(rows, args.results_dir)
         print(f"wrote {len(rows)} rows to {path}")
     print(summary(frame))
     return 0
@@ -134,6 +160,11 @@ LAYER_METRICS = {  # record field -> (metric, unit)
     "hbm_gbps": ("achieved_bandwidth", "GB/s"), "rel_err_y": ("rel_error_y", ""),
     "rel_err_grad_x": ("rel_error_grad_x", ""), "rel_err_grad_tables": ("rel_error_grad_tables", ""),
 }
+
+
+# A time under its floor is impossible: the ceilings it was derived from are too low (measured under load,
+# or on another machine). Flagged like bandwidth above the copy ceiling, in the rows and the printout.
+BELOW_FLOOR = "time-below-floor"
 
 
 def layer_rows(records: list[dict], run) -> list[dict]:
@@ -156,6 +187,8 @@ def layer_rows(records: list[dict], run) -> list[dict]:
             extra.append("target-met" if rec["met_target"] else "target-missed")
         if rec.get("host_bound"):
             extra.append("host-bound")
+        if rec.get("fraction_of_floor", 0) > 1:
+            extra.append(BELOW_FLOOR)
         extra += [c for c in rec.get("caveats", "").split(",") if c]
         for field, (metric, unit) in LAYER_METRICS.items():
             if field in rec and rec[field] == rec[field]:
@@ -180,7 +213,7 @@ def summary(frame: pd.DataFrame) -> str:
         "median ms": ran["median_ms"].map("{:.4g}".format),
         "IQR ms": ((ran["q3_s"] - ran["q1_s"]) * 1e3).map("{:.2g}".format),
         "floor ms": ran["floor_ms"].map("{:.3g}".format) + " " + ran["floor_bound"],
-        "of floor": (100 * ran["fraction_of_floor"]).map("{:.0f}%".format),
+        "of floor": (100 * ran["fraction_of_floor"]).map(lambda f: f"{f:.0f}%" + (" IMPOSSIBLE" if f > 100 else "")),
         "x dense": [f"{m / dense[c]:.1f}" if c in dense.index else "-" for c, m in zip(ran["case"], ran["median_ms"])],
         "target": [("-" if pd.isna(t) or m is None or pd.isna(m) else f"{t:g} ms {'met' if m else 'MISSED'}")
                    for t, m in zip(ran["target_ms"], ran["met_target"])],
@@ -193,7 +226,11 @@ def summary(frame: pd.DataFrame) -> str:
     errs = [c for c in ran.columns if c.startswith("rel_err_")]
     if errs:
         out["max rel err"] = ran[errs].max(axis=1).map(lambda v: "-" if pd.isna(v) else f"{v:.1e}")
-    return out.to_string(index=False)
+    text = out.to_string(index=False)
+    if (ran["fraction_of_floor"] > 1).any():
+        text += (f"\nnote: a time below its floor ({BELOW_FLOOR}) means the ceilings are too low for this machine "
+                 "now; measure them again with --refresh-ceilings on an idle machine")
+    return text
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -238,10 +275,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     items = runner.plan(preset, device, names, _int_list(args.seq, "--seq"), DTYPES[dtype_name], benchmarks)
     directory = args.results_dir or results.project_dir()
     if rank == 0:
-        try:  # refuse a corrupt or foreign table before spending any time measuring
-            results.load(directory)
-        except results.ResultsError as exc:
-            raise UsageError(str(exc)) from None
+        _ready_to_write(directory)
+    if args.seq and rank == 0:
+        _warn_long(preset, items, cfg, device, names, DTYPES[dtype_name], benchmarks)
     run = results.Run.start(str(device))
     collective: list = []
     if args.distributed:  # one rank too: the same matrix and the same rows as any other world size
@@ -257,8 +293,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{tag}run {run.run_id} on {run.device}, commit {run.commit[:10]}{'+dirty' if run.dirty else ''}: "
           f"{count} measurements, preset {args.preset} (model config {cfg.name}, d={cfg.d_model}), {dtype_name}",
           flush=True)
-    ceil = ceilings(device)
+    ceil = ceilings(device, refresh=args.refresh_ceilings)
     rows = []
+    stopped_by = 0
     start = time.perf_counter()
     meter = None
     if args.distributed:
@@ -271,8 +308,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         for row in runner.run_matrix(items, cfg, run, device, ceil, preset.energy_seconds,
                                      progress=lambda msg: print(tag + msg, flush=True)):
             rows.append(row)
-    except KeyboardInterrupt:
-        print(f"{tag}interrupted: keeping the {len(rows)} rows measured so far", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        stopped_by = getattr(exc, "signum", signal.SIGINT)
+        _ignore_signals()  # a second Ctrl-C must not cost the rows being written
+        name = signal.Signals(stopped_by).name
+        results.mark_partial(rows, f"interrupted:{name}")
+        print(f"{tag}interrupted by {name}: keeping the {len(rows)} rows measured so far, flagged "
+              f"{results.PARTIAL}", file=sys.stderr)
     if args.distributed:
         measured = len({(r["benchmark"], r["params"], r["provider"]) for r in rows if r["benchmark"] in runner.BENCHMARKS})
         energy = meter.end_window("shard", max(1, measured))
@@ -290,9 +332,30 @@ def cmd_run(args: argparse.Namespace) -> int:
                                 "run of its own under torchrun)"]) for item in collective]
         distributed.dist.destroy_process_group()
     path = results.append(rows, directory)
-    print(f"wrote {len(rows)} rows to {path} (run {run.run_id}{f', {world} ranks' if world > 1 else ''})")
+    print(f"wrote {len(rows)} rows to {path} (run {run.run_id}{f', {world} ranks' if world > 1 else ''}"
+          f"{', partial' if stopped_by else ''})")
     print(run_summary(pd.DataFrame(rows)))
-    return 0
+    return 128 + stopped_by if stopped_by else 0
+
+
+def _warn_long(preset, items: list, cfg, device: torch.device, names: list[str], dtype: torch.dtype,
+               benchmarks: list[str] | None) -> None:
+    """Before a matrix with lengths beyond the preset's own for this device: how much longer it is, and an
+    estimate of its cost relative to the preset's matrix (runner.cost_estimate grows linearly with the
+    length; attention grows quadratically, so this is a lower bound)."""
+    from mfbench import runner
+
+    usual = preset.seqs["cuda" if device.type == "cuda" else "cpu"]
+    longest = max(item.seq for item in items) if items else 0
+    if longest <= max(usual):
+        return
+    own = runner.plan(preset, device, names, None, dtype, benchmarks)
+    cost = sum(runner.cost_estimate(item, cfg, device) for item in items)
+    base = sum(runner.cost_estimate(item, cfg, device) for item in own) or 1.0
+    print(f"warning: --seq {longest} is {longest / max(usual):.0f}x the longest length this preset measures on "
+          f"{device.type} ({max(usual)}); the matrix is estimated at {cost / base:.0f}x or more of the preset's own "
+          "time, and a single item may run for minutes without output (Ctrl-C keeps the rows measured so far)",
+          file=sys.stderr, flush=True)
 
 
 def run_summary(frame: pd.DataFrame) -> str:
@@ -330,7 +393,8 @@ def run_summary(frame: pd.DataFrame) -> str:
         gbps, jpt = value.get("achieved_bandwidth", float("nan")), value.get("energy_per_token", float("nan"))
         kern = value.get("kernel_time", float("nan"))
         lines.append({
-            "benchmark": bench, "dir": short_direction(p["direction"]), "seq": p["seq"],
+            # rows of other writers (asv imports, layer-kernel) name their parameters differently
+            "benchmark": bench, "dir": short_direction(p.get("direction", "-")), "seq": p.get("seq", p.get("tokens", "-")),
             "provider": provider, "median ms": "-" if t != t else f"{t * 1e3:.4g}",
             "kernel ms": "-" if kern != kern else f"{kern * 1e3:.4g}",
             "x dense": "-" if t != t or dense != dense else f"{t / dense:.2f}",
@@ -364,7 +428,8 @@ def _pick_run(frame: pd.DataFrame, run_id: str) -> pd.DataFrame:
         raise UsageError("the results table has no runs yet; make one with `mfbench run`")
     if run_id == "latest":
         run_id = listing["run_id"].iloc[-1]
-    matches = [r for r in listing["run_id"] if r == run_id or r.startswith(run_id)]
+    ids = listing["run_id"].tolist()
+    matches = [run_id] if run_id in ids else [r for r in ids if run_id in r]
     if len(matches) != 1:
         known = ", ".join(listing["run_id"].tail(5))
         raise UsageError(f"run {run_id!r} {'is ambiguous' if matches else 'not found'}; recent runs: {known}")
@@ -381,8 +446,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     rows = _pick_run(frame, args.run)
     first = rows.iloc[0]
+    partial = results.runs(rows)["partial"].iloc[0]
     print(f"run {first['run_id']} on {first['device']} ({first['machine']}), commit {first['commit'][:10]}"
-          f"{'+dirty' if first['dirty'] else ''}, {first['time_utc']}")
+          f"{'+dirty' if first['dirty'] else ''}, {first['time_utc']}"
+          + (" - PARTIAL: interrupted before the matrix was done" if partial else ""))
     print(run_summary(rows))
     return 0
 
@@ -468,11 +535,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     provider = _train_provider(args.provider, device)
     archs = list(train.ARCHITECTURES) if args.arch == "both" else [args.arch]
     directory = args.results_dir or results.project_dir()
-    if not args.no_save:
-        try:
-            results.load(directory)
-        except results.ResultsError as exc:
-            raise UsageError(str(exc)) from None
+    if not args.no_save and rank == 0:
+        _ready_to_write(directory)
     run = results.Run.start(str(device))
     if world > 1:
         run = distributed.rank_run(distributed.broadcast(run), device)
@@ -655,6 +719,10 @@ def _path(text: str):
     return Path(text)
 
 
+REFRESH_HELP = ("measure this machine's copy and matmul ceilings again instead of using the cached ones (they "
+                "are measured again anyway when older than MFBENCH_CEILINGS_MAX_AGE_DAYS or from another machine)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mfbench", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"mfbench {__version__}")
@@ -675,14 +743,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cases", default=None if name == "bench" else "cpu",
                        help="case set: gpu, paper, cpu or smoke (bench: gpu on a GPU, else cpu)")
         p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if present)")
-        p.add_argument("--dtype", default="float32" if name == "layers" else None,
-                       help="float32, float16 or bfloat16 (default float16 on a GPU, float32 on the CPU)")
+        p.add_argument("--dtype", help="float32, float16 or bfloat16 (default float16 on a GPU, float32 on the CPU)")
         p.add_argument("--providers", help="comma-separated subset of: " + ", ".join(providers.names()))
         p.add_argument("--weighting", default="paper", choices=("paper", "released"))
         p.add_argument("--no-check", action="store_true", help="skip the float64 correctness check")
         p.add_argument("--csv", help="also write every record to this CSV file")
         p.add_argument("--results-dir", help="result tables to append to (default: the project's results/)")
         p.add_argument("--no-save", action="store_true", help="print only; append nothing to the result tables")
+        p.add_argument("--refresh-ceilings", action="store_true", help=REFRESH_HELP)
         p.set_defaults(func=func)
 
     p = sub.add_parser("run", help="measure a matrix (layer/block/model x provider x seq) into the result tables")
@@ -694,6 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="float32, float16 or bfloat16 (default float16 on a GPU, float32 on the CPU)")
     p.add_argument("--weighting", default="paper", choices=("paper", "released"))
     p.add_argument("--results-dir", help="directory of the result tables (default: the project's results/)")
+    p.add_argument("--refresh-ceilings", action="store_true", help=REFRESH_HELP)
     p.add_argument("--distributed", action="store_true",
                    help="under torchrun: each rank measures a share of the matrix on its own device; rank 0 writes one run")
     p.add_argument("--schedule", default="dynamic", choices=("dynamic", "static"),
@@ -701,12 +770,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "estimated cost up front (static)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("show", help="list runs, or summarise one (RUN may be a prefix or 'latest')")
+    p = sub.add_parser("show", help="list runs, or summarise one (RUN: any unique part of its id, or 'latest')")
     p.add_argument("run", nargs="?")
     p.add_argument("--results-dir")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("compare", help="time ratios between two runs, with their spread")
+    p = sub.add_parser("compare", help="time ratios between two runs, with their spread (RUN: any unique part of "
+                       "its id, or 'latest')")
     p.add_argument("run_a")
     p.add_argument("run_b")
     p.add_argument("--results-dir")
@@ -760,11 +830,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.func is cmd_flops and args.seq < 1:
         print("mfbench: error: --seq must be a positive integer", file=sys.stderr)
         return 2
+    from mfbench.results import ResultsError
+    from mfbench.snapshots import SnapshotError
+
+    previous = _catch_signals()
     try:
         return args.func(args)
-    except UsageError as exc:
+    except (UsageError, ResultsError, SnapshotError) as exc:  # a damaged snapshot is not a regression (1)
         print(f"mfbench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("mfbench: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", signal.SIGINT)
+    except BrokenPipeError:
+        # the reader left (`mfbench show | head`); Python would complain again when flushing stdout at exit
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout without a file descriptor (captured in-process)
+            pass
+        return 128 + signal.SIGPIPE
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:  # None: set outside Python, and cannot be put back from here
+                signal.signal(signum, handler)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (CI cancelling a job, ``timeout``), raised where Ctrl-C would be so it is handled the same way."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+def _catch_signals() -> dict:
+    """SIGTERM raises ``Terminated`` while a command runs; returns the handlers of both signals to put back."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signal.SIGINT: signal.getsignal(signal.SIGINT),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_terminated)}
+
+
+def _ignore_signals() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
