@@ -83,3 +83,38 @@ def test_layer_rows_carry_the_host_issue_time_and_the_host_bound_flag():
     assert "host-bound" not in by["dense", "time"]["flags"].split(",") and by["dense", "host_issue_time"]["value"] == 1e-5
     unavailable = by["compiled", "host_issue_time"]
     assert unavailable["value"] != unavailable["value"] and unavailable["flags"] == HOST_UNAVAILABLE
+
+
+def test_a_time_below_its_floor_is_flagged_in_rows_and_printout():
+    import pandas as pd
+
+    from mfbench import results
+    from mfbench.cli import BELOW_FLOOR, layer_rows, summary
+
+    base = {"case": "c", "direction": "forward", "tokens": 64, "in_features": 64, "out_features": 64, "tau": 8,
+            "weighting": "paper", "dtype": "float32", "floor_bound": "compute", "q1_s": 0.9e-4, "q3_s": 1.1e-4,
+            "min_s": 0.8e-4, "max_s": 1.2e-4, "samples": 5, "method": "x", "target_ms": None, "met_target": None}
+    records = [{**base, "provider": "dense", "median_s": 1e-4, "median_ms": 0.1, "floor_ms": 0.19,
+                "fraction_of_floor": 1.9},
+               {**base, "provider": "reference", "median_s": 1e-3, "median_ms": 1.0, "floor_ms": 0.19,
+                "fraction_of_floor": 0.19}]
+    rows = {r["provider"]: r for r in layer_rows(records, results.Run.start("cpu")) if r["metric"] == "time"}
+    assert BELOW_FLOOR in rows["dense"]["flags"].split(",") and BELOW_FLOOR not in rows["reference"]["flags"]
+    text = summary(pd.DataFrame(records))
+    assert "190% IMPOSSIBLE" in text and "19%" in text and "--refresh-ceilings" in text
+
+
+def test_layers_dtype_follows_the_device_as_its_help_says(monkeypatch, capsys):
+    from mfbench import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["layers", "--help"])
+    assert "default float16 on a GPU, float32 on the CPU" in " ".join(capsys.readouterr().out.split())
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_layers", lambda args: seen.setdefault("dtype", args.dtype) and 0)
+    assert cli.build_parser().parse_args(["layers"]).dtype is None
+    monkeypatch.setattr(cli, "_default_device", lambda: "cuda")
+    cli.main(["layers"])
+    assert seen.pop("dtype") == "float16"
+    cli.main(["layers", "--device", "cpu"])
+    assert seen.pop("dtype") == "float32"

@@ -65,6 +65,53 @@ def test_ceilings_measured_and_cached(tmp_path, monkeypatch):
     assert ceilings("cpu") == first  # from the cache, not measured again
 
 
+@pytest.mark.parametrize("why", ["another machine", "too old", "refresh"])
+def test_cached_ceilings_from_elsewhere_or_too_old_are_measured_again(tmp_path, monkeypatch, capsys, why):
+    import dataclasses
+    import datetime as dt
+    import json
+
+    from mfbench.measure import ceilings as module
+
+    monkeypatch.setenv("MFBENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("MFBENCH_CEILINGS_MAX_AGE_DAYS", "2")
+    fresh = Ceilings("cpu", 2e10, 1e11, "float32", None, "-", dt.datetime.now(dt.timezone.utc).isoformat(), "t",
+                     module.socket.gethostname())
+    monkeypatch.setattr(module, "measure", lambda device: fresh)
+    first = ceilings("cpu")
+    assert first == fresh and ceilings("cpu") == fresh  # the second from the cache
+    cache = tmp_path / "ceilings.json"
+    entries = json.loads(cache.read_text())
+    (key, entry), = entries.items()
+    if why == "another machine":
+        entry["machine"] = "some-other-host"
+    elif why == "too old":
+        entry["measured_utc"] = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)).isoformat()
+    entry["copy_bytes_per_s"] = 1.0  # what a reuse would give
+    cache.write_text(json.dumps({key: entry}))
+    capsys.readouterr()
+    assert ceilings("cpu", refresh=why == "refresh") == fresh
+    said = capsys.readouterr().err
+    assert {"another machine": "measured on another machine (some-other-host)",
+            "too old": "measured 3 days ago (the limit is 2)", "refresh": ""}[why] in said
+    assert json.loads(cache.read_text())[key] == dataclasses.asdict(fresh)
+
+
+def test_the_test_suite_never_uses_the_developers_ceiling_cache(tmp_path):
+    """conftest replaces an exported MFBENCH_CACHE: the suite's ceilings, measured under its own load, must
+    not land where real runs read their floors from."""
+    import os
+    import subprocess
+    import sys
+
+    conftest = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conftest.py")
+    code = f"import os, runpy; runpy.run_path({conftest!r}); print(os.environ['MFBENCH_CACHE'])"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MFBENCH_CACHE": str(tmp_path)},
+                         capture_output=True, text=True, timeout=120, check=True)
+    used = out.stdout.strip().splitlines()[-1]
+    assert used != str(tmp_path) and os.path.basename(used).startswith("mfbench-cache-")
+
+
 def test_floor_picks_the_binding_ceiling():
     ceil = Ceilings("x", copy_bytes_per_s=1e12, matmul_flops_per_s=1e15, matmul_dtype="bf16",
                     onchip_bytes_per_s=5e12, onchip_how="", measured_utc="", torch="")
