@@ -366,6 +366,8 @@ def run_summary(frame: pd.DataFrame) -> str:
     from mfbench.measure.timing import HOST_METHOD, KERNEL_METHOD
     from mfbench.results import short_direction
 
+    if frame.empty:  # a run interrupted before its first row
+        return "no rows"
     frame = frame[~frame["benchmark"].isin(["idle", "ceiling", "distributed"])]
     if frame.empty:
         return "no rows"
