@@ -38,6 +38,7 @@ from pathlib import Path
 from mfbench import providers
 from mfbench.kernelprobe import SCHEMA as PROBE_SCHEMA
 from mfbench.kernelprobe import default_seqs, set_key
+from mfbench.results import short_direction
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL_GLOBS = providers.source_globs()
