@@ -182,7 +182,9 @@ def measure_item(item: Item, cfg: ModelConfig, run: Run, device: torch.device, c
         add("pct_of_copy_ceiling", 100 * gbps / ceilings.copy_bytes_per_s, "%")
         add("arithmetic_intensity", traffic.intensity, "FLOP/B")
         roof = min(ceilings.matmul_flops_per_s, traffic.intensity * ceilings.copy_bytes_per_s)
-        add("pct_of_roofline", 100 * (traffic.flops / timing.median_s) / roof, "%")
+        pct = 100 * (traffic.flops / timing.median_s) / roof
+        # above the roofline is as impossible as above the copy ceiling: the ceilings are too low
+        add("pct_of_roofline", pct, "%", flags=["above-roofline"] if pct > 100 else [])
     energy = measure_energy(fn, device, energy_seconds, meter)
     if energy.available:
         below = idle is not None and idle.watts is not None and energy.joules < 0.9 * idle.watts * energy.seconds

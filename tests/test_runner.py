@@ -112,6 +112,8 @@ def test_sanity_flag_on_impossible_bandwidth(monkeypatch, tmp_path):
     frame = results.load(tmp_path)
     bw = frame[frame["metric"] == "achieved_bandwidth"]
     assert bw["flags"].str.contains("above-copy-ceiling").all()
+    roof = frame[frame["metric"] == "pct_of_roofline"]
+    assert len(roof) and (roof["value"] > 100).all() and roof["flags"].str.contains("above-roofline").all()
 
 
 def test_kernel_times_come_after_every_other_measurement_of_the_run(monkeypatch):
