@@ -71,6 +71,28 @@ def _ready_to_write(directory) -> None:
         raise UsageError(str(exc)) from None
 
 
+def _append(rows: list[dict], directory):
+    """results.append, and where the write fails after measuring (a full disk): the table is left as it
+    was, and the rows go to a file of their own, named in the one-line error with how to append it later."""
+    import tempfile
+    from pathlib import Path
+
+    from mfbench import results
+
+    try:
+        return results.append(rows, directory)
+    except results.ResultsError as exc:
+        rescue = Path(tempfile.gettempdir()) / f"mfbench-unsaved-{rows[0]['run_id'] if rows else 'rows'}.csv"
+        try:
+            pd.DataFrame(rows).to_csv(rescue, index=False)
+        except OSError as again:
+            raise UsageError(f"{exc}; the {len(rows)} rows measured could not be saved elsewhere either "
+                             f"({again.strerror})") from None
+        raise UsageError(f"{exc}; the {len(rows)} rows measured are in {rescue}: append them with "
+                         f"python -c \"from mfbench import results; results.append(results.load('{rescue}'), "
+                         f"'{directory}')\"") from None
+
+
 def _print_frame(frame: pd.DataFrame) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_rows", 500):
         print(frame.to_string(index=False))
@@ -149,7 +171,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
         from mfbench import results
 
         rows = layer_rows(records, results.Run.start(str(device)))
-        path = results.append(rows, args.results_dir)
+        path = _append(rows, args.results_dir)
         print(f"wrote {len(rows)} rows to {path}")
     print(summary(frame))
     return 0
@@ -331,7 +353,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          flags=["not in a sharded matrix: it needs every rank in each call (measure it in a "
                                 "run of its own under torchrun)"]) for item in collective]
         distributed.dist.destroy_process_group()
-    path = results.append(rows, directory)
+    path = _append(rows, directory)
     print(f"wrote {len(rows)} rows to {path} (run {run.run_id}{f', {world} ranks' if world > 1 else ''}"
           f"{', partial' if stopped_by else ''})")
     print(run_summary(pd.DataFrame(rows)))
@@ -576,7 +598,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if world > 1:
             rows = distributed.tag_rank(rows) + rank_train_rows(run, rows[0], rank_curves)
         if not args.no_save:
-            results.append(rows, directory)
+            _append(rows, directory)
             print(f"  snapshot {snap.id} at {snap.path}; {len(rows)} rows appended", flush=True)
         value = {r["metric"]: r["value"] for r in rows}  # per-rank rows have metric names of their own
         summary.append({"architecture": arch, "provider": label, "lr": f"{trained.lr:g}",

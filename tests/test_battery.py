@@ -330,3 +330,32 @@ def test_run_ids_match_on_any_unique_part(table, capsys):
     assert code == 0 and out.startswith(f"run {ids[0]} ")
     code, out, _ = _cli(capsys, "compare", ids[0][4:], ids[1].split("-")[-1], "--results-dir", table.path)
     assert code == 0 and f"A = {ids[0]}" in out and f"B = {ids[1]}" in out
+
+
+def test_a_write_failing_after_measuring_keeps_the_rows_elsewhere_and_the_table_as_it_was(table, monkeypatch,
+                                                                                          capsys):
+    import errno
+
+    import pandas as pd
+
+    from mfbench import runner
+    from mfbench.measure import ceilings
+
+    monkeypatch.setattr(runner, "run_matrix", lambda items, cfg, run, *a, **k: iter(_rows(run, 4, "measured")))
+    monkeypatch.setattr(ceilings, "ceilings", lambda device, refresh=False: None)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full)
+    code, _, err = _cli(capsys, "run", "--preset", "smoke", "--device", "cpu", "--providers", "dense",
+                        "--results-dir", table.path)
+    monkeypatch.undo()
+    assert code == 2 and "No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert table.same()
+    rescue = err.split("rows measured are in ")[1].split(":")[0]
+    saved = results.load(rescue)
+    assert len(saved) == 4 and set(saved["params"].map(lambda p: "measured" in p)) == {True}
+    results.append(saved, table.path)  # the command the message gives
+    assert len(results.load(table.path)) == 10
+    os.unlink(rescue)
