@@ -573,9 +573,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     for arch in archs:
         try:
             trained = train.train(arch, rec, task, device, provider, progress=lambda m: say(m, flush=True))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             print(f"interrupted while training {arch}: nothing of it is kept", file=sys.stderr)
-            return 130
+            return 128 + getattr(exc, "signum", signal.SIGINT)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         if world > 1:
