@@ -230,17 +230,26 @@ def run_rounds(trees: dict[str, Path], base: str, head: str, probe_args: list[st
             if b["status"] == h["status"] == "ok":
                 rec.log_ratios.append(paired_log_ratio(b["samples_s"], h["samples_s"]))
         done = r + 1
-        if done < rule.min_rounds:
-            continue
         verdicts = {k: outcome(records[k], rule) for k in wanted}
-        if any(v == "broken" or (j is not None and j.verdict == "regressed" and j.settled) for v, _, j in verdicts.values()):
-            break  # the answer is 'fail' whatever the open sets do
-        wanted = [k for k, (v, _, j) in verdicts.items() if j is not None and not j.settled]
+        wanted = still_open(verdicts, done, rule)
         if not wanted:
             break
-        print(f"after {done} rounds, {len(wanted)} set(s) not yet clear of x{rule.factor:g}: "
-              + "; ".join(f"{k} x{verdicts[k][2].ratio:.3f}" for k in wanted[:6]), file=sys.stderr, flush=True)
+        if done >= rule.min_rounds:
+            print(f"after {done} rounds, {len(wanted)} set(s) not yet clear of x{rule.factor:g}: "
+                  + "; ".join(f"{k} x{verdicts[k][2].ratio:.3f}" for k in wanted[:6]), file=sys.stderr, flush=True)
     return records, done
+
+
+def still_open(verdicts: dict[str, tuple[str, str, Judgement | None]], done: int, rule: Rule) -> list[str]:
+    """The sets to measure in the next round (none: stop). Before ``min_rounds`` every set goes on; after
+    it, nothing does once the answer is 'fail' whatever the open sets do (a broken set, a settled
+    regression), else the unsettled ones."""
+    if done < rule.min_rounds:
+        return list(verdicts)
+    if done >= rule.max_rounds or any(v == "broken" or (j is not None and j.verdict == "regressed" and j.settled)
+                                      for v, _, j in verdicts.values()):
+        return []
+    return [k for k, (_, _, j) in verdicts.items() if j is not None and not j.settled]
 
 
 # --- accuracy --------------------------------------------------------------------------------------
@@ -325,7 +334,8 @@ def markdown(report: dict) -> str:
                   f"x{rule['factor']:g}. {report['rounds']} round(s) in {report['seconds']:.0f} s.", "",
                   "| provider | dir | tokens | base | head | head/base [interval] | rounds | verdict |",
                   "|---|---|---|---|---|---|---|---|"]
-        for r in sorted(report["sets"], key=lambda r: (r["verdict"] not in ("broken", "regressed"), -(r["ratio"] or 0))):
+        first = {"broken": 0, "regressed": 1}
+        for r in sorted(report["sets"], key=lambda r: (first.get(r["verdict"], 2), -(r["ratio"] or 0))):
             ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f} [{r['ratio_low']:.3f}-{r['ratio_high']:.3f}]"
             verdict = r["verdict"] if r["verdict"] not in ("broken", "regressed") else f"**{r['verdict']}**"
             verdict += f": {r['reason']}" if r["reason"] else ""

@@ -1,86 +1,81 @@
-"""How the alert's rounds were chosen: record the timed call's speed on this machine, then replay that
-record through the alert's rules with and without a planted 20% slowdown.
+"""Replay recorded kernel-probe processes through the alert's own decision, many times over.
 
-    python docs/ci/alert_replay.py record 400 > trace.txt   # TRITON_INTERPRET=1 OMP_NUM_THREADS=1
-    python docs/ci/alert_replay.py replay trace.txt [trace2.txt ...]
+    python docs/ci/alert_replay.py results/alert/h200-trace.json [--trials 1000]
 
-A replayed alert takes blocks of consecutive calls from the record, a gap of asv start-up apart, and
-gives them to base and head in the alert's order (base, head, head, base, ...); head's blocks are
-multiplied by the planted factor. The order, the paired ratio and the stopping rule are the alert's own
-(``asvrun.round_order``, ``paired_log_ratio``, ``unsettled``) and the verdict is asv's
-(``_is_result_better``: median ratio over the threshold and asv's Mann-Whitney test).
+A replayed alert draws distinct recorded processes of the base build and of the head build, one of each
+per round and set (a set draws from the processes that measured it: later rounds measure only open sets), forms each round's paired log-ratio per set exactly as ``mfbench.alert`` does, and applies the
+alert's judgement (``alert.judge``) and stopping rule (``alert.still_open``). It is caught when any set
+ends regressed. Besides the recorded builds (planted 20%, planted 5%, comment-only), a synthetic head
+multiplies a base process's samples by a known factor: the detection rate against the true slowdown.
 """
 
 from __future__ import annotations
 
-import os
-import statistics
-import sys
-import time
+import argparse
+import json
+import random
+from pathlib import Path
 
-import numpy as np
-
-from mfbench import asvrun
-
-CALL_S, GAP_S = 0.125, 5.7  # one Triton-interpreter call, one asv run's start-up (measured here)
+from mfbench import alert
 
 
-def record(seconds: float) -> None:
-    """Process CPU time of the alert test's call (micro Memory Layer, 64 tokens, Triton interpreter)."""
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-    import torch
-
-    from mfbench.model import MemoryLayer, ModelConfig
-
-    cfg = ModelConfig.preset("micro")
-    layer = MemoryLayer(cfg.d_model, cfg.d_model, cfg.tau, cfg.temperature, cfg.weighting, provider="triton")
-    x = torch.randn(64, cfg.d_model)
-    with torch.no_grad():
-        layer(x)
-        end = time.time() + seconds
-        while time.time() < end:
-            t0, w0 = time.process_time(), time.perf_counter()
-            layer(x)
-            print(f"{w0:.3f} {time.process_time() - t0:.5f}", flush=True)
-
-
-def replay_one(calls: np.ndarray, rng, block: int, rounds: int, max_rounds: int, slow: float,
-               factor: float = 1.1) -> tuple[bool, int]:
-    from asv.commands.compare import _is_result_better
-    from asv_runner.statistics import compute_stats
-
-    stride = block + round(GAP_S / CALL_S)
-    start = rng.integers(0, len(calls) - stride * 2 * max_rounds)
-    blocks = [calls[start + i * stride: start + i * stride + block] for i in range(2 * max_rounds)]
-    base, head, paired = [], [], []
-    for r in range(max_rounds):
-        run = dict(zip(asvrun.round_order(r, "base", "head"), blocks[2 * r: 2 * r + 2]))
-        run["head"] = run["head"] * slow
-        base += list(run["base"])
-        head += list(run["head"])
-        paired.append(asvrun.paired_log_ratio(list(run["base"]), list(run["head"])))
-        if r + 1 >= rounds and not asvrun.unsettled(paired, factor):
+def replay_one(base: list[dict], head: list[dict], rng: random.Random, rule: alert.Rule,
+               scale: float = 1.0) -> tuple[bool, int]:
+    """(caught, rounds) of one alert replayed from the recorded processes ``base`` and ``head``."""
+    keys = sorted({k for p in base for k in p["sets"]} & {k for p in head for k in p["sets"]})
+    draws_b, draws_h = {}, {}
+    for k in keys:  # later rounds measure only the open sets: each set draws from the processes that have it
+        pool_b, pool_h = [p["sets"][k] for p in base if k in p["sets"]], [p["sets"][k] for p in head if k in p["sets"]]
+        if head is base:  # a synthetic head: never a process paired with itself
+            draws = rng.sample(pool_b, 2 * rule.max_rounds)
+            draws_b[k], draws_h[k] = draws[:rule.max_rounds], draws[rule.max_rounds:]
+        else:  # a pool smaller than max_rounds (sets that settled early) repeats a process only past its size
+            draws_b[k], draws_h[k] = (rng.sample(pool, len(pool)) * rule.max_rounds for pool in (pool_b, pool_h))
+    ratios: dict[str, list[float]] = {k: [] for k in keys}
+    wanted, done = keys, 0
+    for r in range(rule.max_rounds):
+        for k in wanted:
+            ratios[k].append(alert.paired_log_ratio(draws_b[k][r], [x * scale for x in draws_h[k][r]]))
+        done = r + 1
+        verdicts = {k: ("", "", alert.judge(ratios[k], rule)) for k in wanted}
+        wanted = alert.still_open(verdicts, done, rule)
+        if not wanted:
             break
-    (value_b, stats_b), (value_h, stats_h) = compute_stats(base, 1), compute_stats(head, 1)
-    regressed = _is_result_better(value_b, value_h, (stats_b, base), (stats_h, head), factor)
-    return regressed, len(paired)
+    caught = any(alert.judge(v, rule).verdict == "regressed" for v in ratios.values())
+    return caught, done
 
 
-def replay(paths: list[str], trials: int = 1000) -> None:
-    calls = np.concatenate([np.loadtxt(p)[:, 1] for p in paths])
-    print(f"{len(calls)} calls; median {np.median(calls):.4f} s, p10-p90 {np.percentile(calls, 10):.4f}-"
-          f"{np.percentile(calls, 90):.4f} s")
-    for block, rounds, max_rounds in [(10, 2, 2), (20, 2, 2), (10, 6, 6), (20, 2, 8)]:
-        rng = np.random.default_rng(0)
-        planted = [replay_one(calls, rng, block, rounds, max_rounds, 1.2) for _ in range(trials)]
-        same = [replay_one(calls, rng, block, rounds, max_rounds, 1.0) for _ in range(trials)]
-        mean_rounds = statistics.fmean(r for _, r in planted + same)
-        print(f"{block} calls a run, {rounds}-{max_rounds} rounds: caught {sum(c for c, _ in planted)}/{trials} "
-              f"planted, {sum(c for c, _ in same)}/{trials} false alarms, {mean_rounds:.1f} rounds "
-              f"(~{2 * mean_rounds * (GAP_S + block * CALL_S):.0f} s an alert)")
+def rate(base: list[dict], head: list[dict], trials: int, rule: alert.Rule, scale: float = 1.0,
+         seed: int = 0) -> tuple[int, float]:
+    rng = random.Random(seed)
+    runs = [replay_one(base, head, rng, rule, scale) for _ in range(trials)]
+    return sum(c for c, _ in runs), sum(r for _, r in runs) / trials
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("trace", type=Path)
+    parser.add_argument("--trials", type=int, default=1000)
+    args = parser.parse_args()
+    trace = json.loads(args.trace.read_text())
+    pools: dict[str, list[dict]] = {}
+    for process in trace["processes"]:
+        pools.setdefault(process["build"], []).append(process)
+    print(f"{args.trace}: {trace['device']}, torch {trace['torch']}, triton {trace['triton']}; processes: "
+          + ", ".join(f"{b} {len(p)}" for b, p in pools.items()))
+    n = args.trials
+    for factor in (1.1, 1.05):
+        rule = alert.Rule(factor=factor)
+        print(f"\nthreshold x{factor:g} (z {rule.z:g}, SE floor {rule.min_se:g}, {rule.min_rounds}-{rule.max_rounds} rounds)")
+        for head in ("planted", "planted5", "unchanged", "base"):
+            caught, rounds = rate(pools["base"], pools[head], n, rule)
+            kind = "false alarms" if head in ("unchanged", "base") else "caught"
+            print(f"  head {head:<9}: {kind} {caught}/{n}, mean {rounds:.2f} rounds")
+        for slowdown in (0.02, 0.05, 0.08, 0.10, 0.12, 0.15, 0.20):
+            caught, rounds = rate(pools["base"], pools["base"], n, rule, 1 + slowdown)
+            print(f"  base x{1 + slowdown:.2f} on every set: caught {caught}/{n}, mean {rounds:.2f} rounds")
+    return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] not in ("record", "replay"):
-        sys.exit(__doc__)
-    record(float(sys.argv[2])) if sys.argv[1] == "record" else replay(sys.argv[2:])
+    raise SystemExit(main())
