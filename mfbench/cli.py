@@ -479,41 +479,44 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from mfbench.results import short_direction
+    import json
+
+    from mfbench.results import HIGHER_IS_BETTER, short_direction, worse
 
     frame = _load(args.results_dir)
     a, b = _pick_run(frame, args.run_a), _pick_run(frame, args.run_b)
     keys = ["benchmark", "params", "provider"]
-    ta = a[a["metric"] == "time"].set_index(keys)
-    tb = b[b["metric"] == "time"].set_index(keys)
+    metric = args.metric
+    ta = a[a["metric"] == metric].set_index(keys)
+    tb = b[b["metric"] == metric].set_index(keys)
     both = ta.merge(tb, left_index=True, right_index=True, how="inner", suffixes=("_a", "_b"))
     if both.empty:
-        raise UsageError("the two runs have no measurement in common")
-    import json
-
+        raise UsageError(f"the two runs have no {metric!r} measurement in common")
     # GPU runs: the kernels' own time, steady where a time is the host's (see measure.timing)
     ka = a[a["metric"] == "kernel_time"].set_index(keys)["value"]
     kb = b[b["metric"] == "kernel_time"].set_index(keys)["value"]
-    kernel_ratio = (kb / ka).dropna()
-
+    kernel_ratio = (kb / ka).dropna() if metric == "time" else ka.iloc[:0]
+    words = ("slower", "faster") if metric.endswith("time") else ("worse", "better")
     out = []
     for (bench, params, provider), row in both.iterrows():
         p = json.loads(params)
-        spread_a = (row["spread_high_a"] - row["spread_low_a"]) / row["value_a"]
-        spread_b = (row["spread_high_b"] - row["spread_low_b"]) / row["value_b"]
+        spreads = [(row[f"spread_high_{s}"] - row[f"spread_low_{s}"]) / row[f"value_{s}"] for s in "ab"]
+        noise = max((x for x in spreads if x == x), default=0.0)  # NaN: a single figure, no spread
         ratio = row["value_b"] / row["value_a"]
-        noise = max(spread_a, spread_b)
-        verdict = "within noise" if abs(ratio - 1) <= noise else ("slower" if ratio > 1 else "faster")
+        verdict = ("within noise" if abs(ratio - 1) <= noise
+                   else words[0] if worse(metric, row["value_a"], row["value_b"]) else words[1])
         if any("host-bound" in str(row[f"flags_{side}"]).split(",") for side in "ab"):
             verdict += " (host-bound)"
-        line = {"benchmark": bench, "dir": short_direction(p["direction"]), "seq": p["seq"], "provider": provider,
-                "A ms": f"{row['value_a'] * 1e3:.4g}", "B ms": f"{row['value_b'] * 1e3:.4g}",
+        line = {"benchmark": bench, "dir": short_direction(p.get("direction", "-")), "seq": p.get("seq", "-"),
+                "provider": provider, "A": f"{row['value_a']:.4g}", "B": f"{row['value_b']:.4g}",
                 "B/A": f"{ratio:.3f}", "IQR/median": f"{noise:.1%}", "verdict": verdict}
         if not kernel_ratio.empty:
             k = kernel_ratio.get((bench, params, provider))
             line["kernel B/A"] = "-" if k is None else f"{k:.3f}"
         out.append(line)
-    print(f"A = {a['run_id'].iloc[0]} ({a['device'].iloc[0]}), B = {b['run_id'].iloc[0]} ({b['device'].iloc[0]})")
+    better = "higher" if metric in HIGHER_IS_BETTER else "lower"
+    print(f"A = {a['run_id'].iloc[0]} ({a['device'].iloc[0]}), B = {b['run_id'].iloc[0]} ({b['device'].iloc[0]}); "
+          f"{metric} in {both['unit_a'].iloc[0] or '-'}, {better} is better")
     print(pd.DataFrame(out).to_string(index=False))
     return 0
 
@@ -799,10 +802,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("compare", help="time ratios between two runs, with their spread (RUN: any unique part of "
+    p = sub.add_parser("compare", help="ratios of a metric (default: time) between two runs, with their spread (RUN: any unique part of "
                        "its id, or 'latest')")
     p.add_argument("run_a")
     p.add_argument("run_b")
+    p.add_argument("--metric", default="time", help="the metric to compare, judged by its direction (default time)")
     p.add_argument("--results-dir")
     p.set_defaults(func=cmd_compare)
 

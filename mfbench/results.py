@@ -64,6 +64,23 @@ def _migrate_1_to_2(frame: pd.DataFrame) -> pd.DataFrame:
 MIGRATIONS = {1: _migrate_1_to_2}
 
 
+# Metrics where more is better; every other measured metric (times, energy, memory) is better lower.
+# Regressions are judged by this wherever they are reported (mfbench compare; the asv suites track the
+# lower-is-better complement of each, since asv's regression feed only looks for increases).
+HIGHER_IS_BETTER = frozenset({"tokens_per_s", "flops_per_s", "achieved_bandwidth", "pct_of_copy_ceiling",
+                              "pct_of_roofline", "accuracy", "bucket_agreement"})
+# Properties of the work or the machine, not scores of the code.
+NEUTRAL = frozenset({"flops_analytic", "flops_counted", "hbm_bytes_min", "arithmetic_intensity", "copy_bandwidth",
+                     "matmul_rate", "onchip_bandwidth"})
+
+
+def worse(metric: str, before: float, after: float) -> bool:
+    """Whether ``after`` is worse than ``before`` for ``metric`` (False for a neutral metric)."""
+    if metric in NEUTRAL:
+        return False
+    return after < before if metric in HIGHER_IS_BETTER else after > before
+
+
 def short_direction(direction: str) -> str:
     """A row's ``direction`` parameter as labels print it: fwd or bwd."""
     return {"forward": "fwd", "backward": "bwd"}.get(direction, direction)

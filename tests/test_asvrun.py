@@ -83,12 +83,12 @@ def test_accuracy_suite_values_equal_the_rows_behind_them(tmp_path, monkeypatch,
     asvrun.run_commit(asvrun.ROOT, head, tmp_path / "asv", "^accuracy", quick=True)
     assert capfd.readouterr().out.count("Setting up accuracy:") == 1
     tracked = {v.params["provider"]: v.value for v in asvrun.asv_values(tmp_path / "asv", asvrun.machine_name(), head)
-               if v.benchmark == "accuracy.SnapshotAccuracy.track_accuracy"}
+               if v.benchmark == "accuracy.SnapshotAccuracy.track_error_rate"}
     rows = {r["provider"]: r["value"] for p in (tmp_path / "cache").glob("*.json") if not p.name.startswith("probe")
             for r in json.loads(p.read_text()) if r["metric"] == "accuracy"}
     assert set(tracked) == {"reference", "embedding_bag", "dense"}
-    assert tracked == rows
-    assert tracked["embedding_bag"] == tracked["reference"] > tracked["dense"]
+    assert tracked == pytest.approx({k: 1 - v for k, v in rows.items()})
+    assert tracked["embedding_bag"] == tracked["reference"] < tracked["dense"]
 
 
 def test_metric_suites_measure_a_class_in_one_setup_cache_and_track_its_rows(tmp_path, monkeypatch, capfd):
@@ -111,3 +111,27 @@ def test_metric_suites_measure_a_class_in_one_setup_cache_and_track_its_rows(tmp
             for r in json.loads(p.read_text()) if r["metric"] == "time"}
     assert set(tracked) == {"reference", "dense"} and all(v > 0 for v in tracked.values())
     assert tracked == rows
+
+
+def test_every_tracked_metric_is_better_lower_so_a_drop_in_accuracy_is_a_regression():
+    """asv's regression feed (regressions.json, the Atom feed) only looks for increases: every track_
+    benchmark must be a quantity that is better lower. A 20% drop in accuracy must then be a regression."""
+    import inspect
+
+    from asv.step_detect import detect_regressions, detect_steps
+
+    import suites.accuracy
+    import suites.block
+    import suites.layer
+    import suites.model
+    from mfbench.results import HIGHER_IS_BETTER
+
+    names = {name.removeprefix("track_") for module in (suites.accuracy, suites.block, suites.layer, suites.model)
+             for _, cls in inspect.getmembers(module, inspect.isclass) for name in dir(cls) if name.startswith("track_")}
+    assert {"error_rate", "bucket_disagreement", "roofline_gap", "seconds_per_gb"} <= names
+    assert not names & HIGHER_IS_BETTER and not {n.removesuffix("_time") for n in names} & HIGHER_IS_BETTER
+    accuracy = [0.90] * 6 + [0.72] * 6  # commits in order; the last six lost 20%
+    error_rate = [1 - a for a in accuracy]
+    _, _, regressions = detect_regressions(detect_steps(error_rate))
+    assert regressions and regressions[0][2] == pytest.approx(0.10) and regressions[0][3] == pytest.approx(0.28)
+    assert detect_regressions(detect_steps(accuracy))[2] is None  # the raw accuracy would have hidden it

@@ -150,3 +150,22 @@ def test_kernel_times_come_after_every_other_measurement_of_the_run(monkeypatch)
     assert [(r["provider"], r["metric"]) for r in rows if r["metric"] in ("time", "kernel_time")] == [
         ("triton", "time"), ("reference", "time"), ("dense", "time"), ("triton", "kernel_time"), ("dense", "kernel_time")]
     assert any("reference  no kernel time (out of memory: OutOfMemoryError" in line for line in progress), progress
+
+
+@pytest.mark.parametrize("metric, a, b, verdict", [
+    ("accuracy", 0.90, 0.72, "worse"),  # a 20% drop of a higher-is-better metric is a regression
+    ("accuracy", 0.72, 0.90, "better"),
+    ("pct_of_roofline", 50.0, 40.0, "worse"),
+    ("energy_per_token", 1.0, 1.2, "worse"),  # lower is better
+    ("time", 1.0, 1.2, "slower"),
+])
+def test_compare_judges_each_metric_by_its_direction(tmp_path, capsys, metric, a, b, verdict):
+    rows = []
+    for run_id, value in (("A", a), ("B", b)):
+        run = results.Run(run_id, "t", "c", False, "m", "cpu", "{}")
+        rows.append(run.row("accuracy:mqar", {"snapshot": "s"}, "triton", metric, value, "fraction"))
+    results.append(rows, tmp_path)
+    assert main(["compare", "A", "B", "--metric", metric, "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].split()[-1] == verdict, out
+    assert ("higher is better" if metric in results.HIGHER_IS_BETTER else "lower is better") in out
