@@ -244,3 +244,21 @@ def test_alert_decides_10_of_10(repo, tmp_path, head, expected_code):
         outcomes.append((code, report["sets"][0]["ratio"], report["verdict"]))
     print(f"\n{head}: {outcomes}")
     assert all(code == expected_code for code, _, _ in outcomes), outcomes
+
+
+def test_snapshot_eval_fails_an_exact_provider_that_should_run_and_raises(monkeypatch, capsys):
+    """Fail closed in ``snapshot eval`` too: a provider this machine can run (its requirement is met) that
+    raises is FAILED and exits 1, never 'skipped'."""
+    import torch.nn.functional as F
+
+    from mfbench.cli import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("embedding_bag is broken")
+
+    monkeypatch.setattr(F, "embedding_bag", broken)
+    code = main(["snapshot", "eval", "--no-save", "--providers", "embedding_bag", "--sequences", "4", "--device", "cpu"])
+    out = capsys.readouterr()
+    assert code == 1, out.out + out.err
+    assert "FAILED: failed: RuntimeError: embedding_bag is broken" in out.out and "skipped" not in out.out
+    assert "embedding_bag failed or differ" in out.err
