@@ -31,7 +31,7 @@ from mfbench.lookup import input_checks
 from mfbench.measure.fingerprint import device_name
 from mfbench.measure.timing import CPU_METHOD, CUPTI_METHOD, GRAPH_METHOD, cpu_samples, cupti_samples, graph_samples
 from mfbench.model import ModelConfig
-from mfbench.runner import Item, build, callable_for, failure
+from mfbench.runner import Item, failure, prepare_on_stream
 
 SCHEMA = "mfbench-kernelprobe/1"
 DIRECTIONS = ("forward", "backward")
@@ -45,18 +45,6 @@ def set_key(provider: str, direction: str, seq: int) -> str:
 def default_seqs(device: str) -> list[int]:
     """The token counts measured unless asked otherwise: the default GPU matrix, or short CPU ones."""
     return [2048, 8192, 32768] if device.startswith("cuda") else [128, 512]
-
-
-def _prepare(item: Item, cfg: ModelConfig, device: torch.device):
-    """(call, stream its autograd graph lives on) for a fresh build of ``item``."""
-    if device.type != "cuda":
-        module, x = build(item, cfg, device)
-        return callable_for(item, module, x), None
-    stream = torch.cuda.Stream(device)
-    with torch.cuda.stream(stream):
-        module, x = build(item, cfg, device)
-        fn = callable_for(item, module, x)
-    return fn, stream
 
 
 def measure(device: torch.device, names: list[str], directions: list[str], seqs: list[int], dtype: torch.dtype,
@@ -79,7 +67,7 @@ def measure(device: torch.device, names: list[str], directions: list[str], seqs:
         item = Item("layer", direction, seq, name, dtype)
         try:
             with input_checks(False):
-                fn, stream = _prepare(item, cfg, device)
+                fn, stream = prepare_on_stream(item, cfg, device)
                 if device.type != "cuda":
                     entry.update(method=CPU_METHOD, samples_s=cpu_samples(fn))
                 else:
@@ -98,7 +86,7 @@ def measure(device: torch.device, names: list[str], directions: list[str], seqs:
     for entry, item, why in deferred:  # the profiler slows later launches: these come last
         try:
             with input_checks(False):
-                fn, _ = _prepare(item, cfg, device)
+                fn, _ = prepare_on_stream(item, cfg, device)
                 samples = cupti_samples(fn, device)
             if not samples:
                 raise RuntimeError("no kernel ran on the device")

@@ -7,6 +7,7 @@ dense architecture; every other provider runs the MemoryFormer with its Memory L
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -17,8 +18,11 @@ from mfbench import flops, providers
 from mfbench.lookup import input_checks
 from mfbench.measure.ceilings import Ceilings
 from mfbench.measure.energy import EnergyMeter, EnergyResult, idle_power, measure_energy
+from mfbench.measure.gpustate import GpuState, state_rows, throttle_flags
+from mfbench.measure.rapl import RaplMeter
 from mfbench.measure.memory import peak_memory
-from mfbench.measure.timing import beside, kernel_figure, kernel_seconds, time_callable
+from mfbench.measure.timing import (GRAPH_METHOD, beside, graph_samples, kernel_figure, kernel_seconds,
+                                    summarise, time_callable)
 from mfbench.measure.traffic import layer_traffic
 from mfbench.model import DenseBlock, MemoryFormerBlock, MemoryLayer, ModelConfig
 from mfbench.model import build as build_lm
@@ -147,23 +151,68 @@ def cost_estimate(item: Item, cfg: ModelConfig, device: torch.device) -> float:
     return factor * (1.0 + 0.05 * work)
 
 
+def prepare_on_stream(item: Item, cfg: ModelConfig, device: torch.device) -> tuple[Callable[[], object], object]:
+    """(call, stream) of a fresh build of ``item``: on a GPU built on a side stream of its own, so that a
+    backward (which replays on the stream of its forward) can be captured in a CUDA graph there."""
+    if device.type != "cuda":
+        module, x = build(item, cfg, device)
+        return callable_for(item, module, x), None
+    stream = torch.cuda.Stream(device)
+    with torch.cuda.stream(stream):
+        module, x = build(item, cfg, device)
+        fn = callable_for(item, module, x)
+    return fn, stream
+
+
+GRAPH_CALLS, GRAPH_REPLAYS = 10, 10
+
+
+def graph_seconds(item: Item, cfg: ModelConfig, device: torch.device) -> tuple[list[float] | None, str]:
+    """Per-call seconds of ``item`` replayed as a CUDA graph (what a deployment that captures its calls
+    pays, host left out), or None and why it could not be captured."""
+    try:
+        fn, stream = prepare_on_stream(item, cfg, device)
+        return graph_samples(fn, device, GRAPH_CALLS, GRAPH_REPLAYS, stream), ""
+    except Exception as exc:  # noqa: BLE001 - a call that synchronises or allocates on the host
+        return None, failure(exc)
+    finally:
+        fn = stream = None
+        torch.cuda.empty_cache()
+
+
 def measure_item(item: Item, cfg: ModelConfig, run: Run, device: torch.device, ceilings: Ceilings,
-                 meter: EnergyMeter, idle: EnergyResult | None, energy_seconds: float) -> list[dict]:
-    """Every metric of one matrix entry as result rows (time, throughput, FLOPs, bytes, energy, memory)."""
+                 meter: EnergyMeter, idle: EnergyResult | None, energy_seconds: float,
+                 rapl: RaplMeter | None = None) -> list[dict]:
+    """Every metric of one matrix entry as result rows (time, throughput, FLOPs, bytes, energy, memory,
+    and on a GPU its state around the timing and the graph-replay time)."""
     module, x = build(item, cfg, device)
     fn = callable_for(item, module, x)
     params = item.params(cfg)
     rows: list[dict] = []
+    gpu = device.type == "cuda"
 
     def add(metric: str, value: float, unit: str, **kw) -> None:
         rows.append(run.row(item.benchmark, params, item.provider, metric, value, unit, **kw))
 
+    before = GpuState.read(device) if gpu else None
     timing = time_callable(fn, device)
+    graph, why_not = graph_seconds(item, cfg, device) if gpu else (None, "")
+    after = GpuState.read(device) if gpu else None
+    state = throttle_flags(before, after) if gpu else []
     flags = (["nonpositive-time"] if timing.median_s <= 0 else []) + (["host-bound"] if timing.host_bound else [])
     add("time", timing.median_s, "s", spread_low=timing.q1_s, spread_high=timing.q3_s, spread_kind="iqr",
-        samples=timing.samples, flags=flags + providers.caveats(item.provider))
+        samples=timing.samples, flags=flags + providers.caveats(item.provider) + state)
     for metric, value, unit, why in beside(timing):
         add(metric, value, unit, flags=why)
+    if gpu:
+        if graph:
+            g = summarise(graph, GRAPH_METHOD)
+            add("graph_time", g.median_s, "s", spread_low=g.q1_s, spread_high=g.q3_s, spread_kind="iqr",
+                samples=g.samples, flags=[GRAPH_METHOD] + state)
+        else:
+            add("graph_time", float("nan"), "s", flags=[f"unavailable: not capturable: {why_not}".replace(",", ";")])
+        for metric, value, unit, why in state_rows(before, after):
+            add(metric, value, unit, flags=why)
     add("tokens_per_s", item.seq / timing.median_s, "token/s")
     work = analytic_flops(item, cfg)
     add("flops_analytic", work, "FLOP", flags=["2-per-mac"])
@@ -185,15 +234,21 @@ def measure_item(item: Item, cfg: ModelConfig, run: Run, device: torch.device, c
         pct = 100 * (traffic.flops / timing.median_s) / roof
         # above the roofline is as impossible as above the copy ceiling: the ceilings are too low
         add("pct_of_roofline", pct, "%", flags=["above-roofline"] if pct > 100 else [])
-    energy = measure_energy(fn, device, energy_seconds, meter)
+    rapl = rapl if rapl is not None else RaplMeter()
+    energy = measure_energy(fn, device, energy_seconds, meter, rapl)
     if energy.available:
         below = idle is not None and idle.watts is not None and energy.joules < 0.9 * idle.watts * energy.seconds
         eflags = [energy.method] + (["energy-below-idle"] if below else [])
         add("energy_per_call", energy.joules_per_call, "J", samples=energy.calls, flags=eflags)
         add("energy_per_token", energy.joules_per_call / item.seq, "J/token", samples=energy.calls, flags=eflags)
         add("power", energy.watts, "W", flags=eflags)
+        if idle is not None and idle.watts is not None:
+            net = (energy.joules - idle.watts * energy.seconds) / energy.calls / item.seq
+            add("energy_per_token_net", net, "J/token", samples=energy.calls, flags=eflags + ["net-of-idle"])
     else:
         add("energy_per_token", float("nan"), "J/token", flags=["unavailable: " + str(energy.reason).replace(",", ";")])
+    for metric, value, why in cpu_energy(energy, idle, item.seq, rapl):
+        add(metric, value, "J/token", samples=energy.calls if value == value else None, flags=why)
     mem = peak_memory(fn, device)
     add("peak_memory", mem.bytes, "B", flags=[mem.method])
     return rows
@@ -203,6 +258,25 @@ def failure(exc: Exception) -> str:
     """A measurement's exception in one line, for a 'skipped' row or a progress message."""
     first = str(exc).splitlines()[0] if str(exc) else ""
     return f"{'out of memory' if isinstance(exc, torch.OutOfMemoryError) else 'failed'}: {type(exc).__name__}: {first}"
+
+
+def cpu_energy(energy: EnergyResult, idle: EnergyResult | None, seq: int, rapl: RaplMeter) -> list[tuple[str, float, list[str]]]:
+    """(metric, J/token, flags) of the CPU package's and DRAM's energy in the measurement's window, gross and
+    net of their idle draw; one NaN row with the reason where RAPL cannot be read."""
+    window = energy.cpu
+    if window is None or not window.joules:
+        reason = window.reason if window is not None else rapl.reason or "no energy window ran"
+        return [("cpu_package_energy_per_token", float("nan"), [f"unavailable: {reason}".replace(",", ";")])]
+    out = []
+    idle_cpu = idle.cpu if idle is not None and idle.cpu is not None and idle.cpu.joules else None
+    for domain, joules in window.joules.items():
+        name = "cpu_package" if domain == "package" else domain
+        out.append((f"{name}_energy_per_token", joules / energy.calls / seq, ["rapl"]))
+        if idle_cpu is not None and domain in idle_cpu.joules:
+            watts = idle_cpu.joules[domain] / idle_cpu.seconds
+            out.append((f"{name}_energy_per_token_net", (joules - watts * window.seconds) / energy.calls / seq,
+                        ["rapl", "net-of-idle"]))
+    return out
 
 
 def kernel_rows(item: Item, cfg: ModelConfig, run: Run, device: torch.device) -> list[dict]:
@@ -252,26 +326,34 @@ def run_matrix(items: Iterable[Item], cfg: ModelConfig, run: Run, device: torch.
     """Measure every item, yielding rows as they come; unavailable or failing providers become a
     ``skipped`` row with the reason instead of stopping the run."""
     yield from ceiling_rows(run, ceilings)
-    meter = EnergyMeter(device)
+    meter, rapl = EnergyMeter(device), RaplMeter()
     idle = None
-    if meter.available:
-        idle = idle_power(device, 1.0, meter)
-        yield run.row("idle", {"seconds": round(idle.seconds, 3)}, "-", "power", idle.watts, "W", flags=[idle.method])
+    if meter.available or rapl.available:
+        idle = idle_power(device, 1.0, meter, rapl)
+        if meter.available:
+            yield run.row("idle", {"seconds": round(idle.seconds, 3)}, "-", "power", idle.watts, "W", flags=[idle.method])
+        for domain, joules in (idle.cpu.joules or {}).items() if idle.cpu else ():
+            yield run.row("idle", {"seconds": round(idle.cpu.seconds, 3)}, "-", f"{domain}_power",
+                          joules / idle.cpu.seconds, "W", flags=["rapl"])
     total, start = (len(items) if hasattr(items, "__len__") else "?"), time.perf_counter()
     measured: list[Item] = []
+    warned: set[tuple[str, str]] = set()
     with input_checks(False):
         for i, item in enumerate(items, 1):
             head = f"[{i}/{total}] {item.label}"
             reason = providers.unavailable(item.provider, str(device), item.dtype)
             if reason is None:
                 try:
-                    rows = measure_item(item, cfg, run, device, ceilings, meter, idle, energy_seconds)
+                    rows = measure_item(item, cfg, run, device, ceilings, meter, idle, energy_seconds, rapl)
                 except Exception as exc:  # one failure must not lose the rest of the run
                     reason = failure(exc)
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
             if reason is not None:
                 progress(f"{head}  skipped ({reason})")
+                if (item.provider, reason) not in warned:  # on stderr too (once), so a skip never goes unseen
+                    warned.add((item.provider, reason))
+                    print(f"mfbench: {item.provider} skipped: {reason}", file=sys.stderr, flush=True)
                 yield run.row(item.benchmark, item.params(cfg), item.provider, "skipped", float("nan"), "",
                               flags=[reason.replace(",", ";")])
                 continue

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
+
+from mfbench.measure.rapl import RaplMeter, RaplWindow
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class EnergyResult:
     seconds: float
     calls: int
     reason: str | None = None
+    cpu: "RaplWindow | None" = None  # CPU package and DRAM energy over the same window, where RAPL reads
 
     @property
     def available(self) -> bool:
@@ -134,38 +137,56 @@ class _PowerSampler(threading.Thread):
 
 
 def measure_energy(fn: Callable[[], object], device: torch.device | str, min_seconds: float = 1.0,
-                   meter: EnergyMeter | None = None) -> EnergyResult:
-    """Energy per call of ``fn``: repeat it in one window lasting at least ``min_seconds``."""
+                   meter: EnergyMeter | None = None, rapl: RaplMeter | None = None) -> EnergyResult:
+    """Energy per call of ``fn``: repeat it in one window lasting at least ``min_seconds``; the GPU's from
+    NVML and, with ``rapl``, the CPU package's and DRAM's over the same window."""
+    device = torch.device(device)
     meter = meter or EnergyMeter(device)
-    if not meter.available:
+    cpu_on = rapl is not None and rapl.available
+    if not meter.available and not cpu_on:
         return EnergyResult("unavailable", None, 0.0, 1, meter.reason)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     fn()
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    sync()
     per_call = max(time.perf_counter() - t0, 1e-6)
     batch = max(1, int(min_seconds / per_call / 4))
-    calls = 0
-    meter.begin_window("measure")
-    start = time.perf_counter()
+    return _window(meter, rapl if cpu_on else None, "measure", lambda: _repeat(fn, batch, sync, min_seconds))
+
+
+def _repeat(fn: Callable[[], object], batch: int, sync: Callable[[], None], min_seconds: float) -> int:
     # Batches without a sync between calls keep the device busy; the window closes only once it has
     # lasted min_seconds, however the first estimate of a call's time turned out.
+    calls, start = 0, time.perf_counter()
     while True:
         for _ in range(batch):
             fn()
         calls += batch
-        torch.cuda.synchronize()
+        sync()
         if time.perf_counter() - start >= min_seconds:
-            break
-    return meter.end_window("measure", calls)
+            return calls
 
 
-def idle_power(device: torch.device | str, seconds: float = 1.0, meter: EnergyMeter | None = None) -> EnergyResult:
-    """The device's draw while nothing runs, over a window of ``seconds``."""
+def _window(meter: EnergyMeter, rapl: RaplMeter | None, name: str, body: Callable[[], int]) -> EnergyResult:
+    """Run ``body`` (it returns its number of calls) inside a GPU window and a RAPL window together."""
+    if meter.available:
+        meter.begin_window(name)
+    cpu_start = rapl.begin() if rapl is not None else None
+    start = time.perf_counter()
+    calls = body()
+    cpu = rapl.end(cpu_start) if rapl is not None else None
+    if meter.available:
+        return replace(meter.end_window(name, calls), cpu=cpu)
+    return EnergyResult("unavailable", None, time.perf_counter() - start, calls, meter.reason, cpu=cpu)
+
+
+def idle_power(device: torch.device | str, seconds: float = 1.0, meter: EnergyMeter | None = None,
+               rapl: RaplMeter | None = None) -> EnergyResult:
+    """The device's draw while nothing runs, over a window of ``seconds`` (and the CPU's, with ``rapl``)."""
     meter = meter or EnergyMeter(device)
-    if not meter.available:
+    cpu_on = rapl is not None and rapl.available
+    if not meter.available and not cpu_on:
         return EnergyResult("unavailable", None, 0.0, 1, meter.reason)
-    meter.begin_window("idle")
-    time.sleep(seconds)
-    return meter.end_window("idle", 1)
+    return _window(meter, rapl if cpu_on else None, "idle", lambda: time.sleep(seconds) or 1)

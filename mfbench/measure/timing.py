@@ -64,7 +64,7 @@ class Timing:
         return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
 
 
-def _summarise(times_s: list[float], method: str) -> Timing:
+def summarise(times_s: list[float], method: str) -> Timing:
     if len(times_s) >= 4:
         q1, _, q3 = statistics.quantiles(times_s, n=4)
     else:
@@ -80,14 +80,14 @@ def time_callable(fn: Callable[[], object], device: torch.device | str, *, warmu
         import triton.testing
 
         times_ms = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")
-        timing = _summarise([t / 1e3 for t in times_ms], DO_BENCH)
+        timing = summarise([t / 1e3 for t in times_ms], DO_BENCH)
         return replace(timing, host_s=host_issue_seconds(fn, device))  # kernel_s: the caller's kernel pass
     from torch.utils.benchmark import Timer
 
     fn()  # warm-up: first-call allocation, lazy initialisation and compilation stay out of the figure
     measurement = Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time_s)
     # blocked_autorange reports per-call times, one per block of calls.
-    return _summarise(list(measurement.times), "torch.utils.benchmark.blocked_autorange")
+    return summarise(list(measurement.times), "torch.utils.benchmark.blocked_autorange")
 
 
 def beside(timing: Timing) -> list[tuple[str, float, str, list[str]]]:
