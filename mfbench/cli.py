@@ -177,6 +177,27 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from mfbench import results
+    from mfbench.layerbench import CASES, DTYPES
+    from mfbench.profile import profile_rows
+
+    if args.cases not in CASES:
+        raise UsageError(f"unknown case set {args.cases!r}; choose one of {', '.join(CASES)}")
+    if args.dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if not torch.cuda.is_available():
+        raise UsageError("mfbench profile reads a GPU's hardware counters: no CUDA device is visible to torch")
+    names = _provider_list(args.providers, [p for p in providers.names() if providers.one_process(p)])
+    args.results_dir = args.results_dir or results.project_dir()
+    _ready_to_write(args.results_dir)
+    print(f"profiling {len(CASES[args.cases])} cases x {len(names)} providers under Nsight Compute ...", flush=True)
+    rows = profile_rows(args.cases, names, args.dtype, results.Run.start("cuda"), lambda m: print(m, flush=True))
+    path = _append(rows, args.results_dir)
+    print(f"wrote {len(rows)} rows to {path}")
+    return 0
+
+
 LAYER_METRICS = {  # record field -> (metric, unit)
     "median_s": ("time", "s"), "floor_ms": ("floor_time", "ms"), "fraction_of_floor": ("fraction_of_floor", ""),
     "hbm_gbps": ("achieved_bandwidth", "GB/s"), "rel_err_y": ("rel_error_y", ""),
@@ -779,6 +800,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-save", action="store_true", help="print only; append nothing to the result tables")
         p.add_argument("--refresh-ceilings", action="store_true", help=REFRESH_HELP)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("profile", help="Nsight Compute counters (DRAM, L2, L1, throughput, occupancy) of each "
+                       "provider's call at a set of Memory Layer shapes, as rows")
+    p.add_argument("--cases", default="gpu", help="case set: gpu, paper, cpu or smoke (default gpu)")
+    p.add_argument("--dtype", default="float16", help="float32, float16 or bfloat16 (default float16)")
+    p.add_argument("--providers", help="comma-separated subset of: " + ", ".join(providers.names()))
+    p.add_argument("--results-dir", help="result tables to append to (default: the project's results/)")
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("run", help="measure a matrix (layer/block/model x provider x seq) into the result tables")
     p.add_argument("--preset", default="default", help="smoke, default or paper (default: default)")

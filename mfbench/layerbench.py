@@ -102,7 +102,9 @@ def relative_errors(layer: MemoryLayer, x: torch.Tensor, gy: torch.Tensor, direc
     return {"grad_x": relative_error(gx, rgx), "grad_tables": relative_error(gt, rgt)}
 
 
-def _timed_call(layer: MemoryLayer, x: torch.Tensor, gy: torch.Tensor, direction: str) -> Callable[[], object]:
+def timed_call(layer: MemoryLayer, x: torch.Tensor, gy: torch.Tensor, direction: str) -> Callable[[], object]:
+    """The provider's own call on ``layer`` (no module wrapper): a no-grad forward, or a backward of one
+    forward kept for repeated calls."""
     fn = providers.get(layer.provider).fn
     if direction == "forward":
         def forward() -> object:
@@ -138,7 +140,7 @@ def run_cases(cases: Iterable[Case], names: Iterable[str], device: torch.device 
         for record, case, name, case_seed in timed:
             try:
                 x, gy = random_input(case, device, dtype, case_seed)
-                record["kernel_s"] = kernel_seconds(_timed_call(make_layer(case, name, device, dtype), x, gy,
+                record["kernel_s"] = kernel_seconds(timed_call(make_layer(case, name, device, dtype), x, gy,
                                                                 case.direction), device)
             except Exception as exc:  # the record keeps its other figures
                 progress(f"  {case.name:<40} {name:<14} no kernel time: {failure(exc)}")
@@ -166,7 +168,7 @@ def _time_case(case: Case, names: list[str], device: torch.device, dtype: torch.
             layer = make_layer(case, name, device, dtype)
             if check and providers.get(name).exact:
                 record.update({f"rel_err_{k}": v for k, v in relative_errors(layer, x, gy, case.direction).items()})
-            timing = time_callable(_timed_call(layer, x, gy, case.direction), device)
+            timing = time_callable(timed_call(layer, x, gy, case.direction), device)
         except Exception as exc:  # one provider failing must not lose the other records
             reason = failure(exc)
             progress(f"  {case.name:<40} {name:<14} {reason}")

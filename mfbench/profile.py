@@ -1,0 +1,116 @@
+"""``mfbench profile``: Nsight Compute's counters for each provider's call at the layer cases, as rows.
+
+For every (case, provider) it runs ``python -m mfbench.profile target ...`` under ncu: the target builds
+the layer and its input, makes three warm-up calls (compilation, autotuning, allocation) and profiles
+exactly one call. The call's kernels are summed (``measure.counters``) into rows beside the modelled
+bytes: ``measured_dram_bytes`` next to the bytes the floor model assumes, ``measured_l2_bytes`` for the
+gather traffic that stays on chip. Where ncu is missing, not permitted or fails, the rows say
+``unavailable: REASON`` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from typing import Callable
+
+import torch
+
+from mfbench.layerbench import CASES, DTYPES, Case, make_layer, random_input, timed_call
+from mfbench.measure.counters import CallCounters, CounterError, aggregate, ncu_command, ncu_path, parse
+from mfbench.measure.traffic import layer_traffic
+
+WARMUP_CALLS = 3
+METHOD = "ncu --clock-control none, one call after 3 warm-ups"
+ROWS = (  # CallCounters field -> (metric, unit)
+    ("dram_bytes", "measured_dram_bytes", "B"), ("dram_read_bytes", "measured_dram_read_bytes", "B"),
+    ("dram_write_bytes", "measured_dram_write_bytes", "B"), ("l2_bytes", "measured_l2_bytes", "B"),
+    ("l1_hit_rate", "measured_l1_hit_rate", "%"), ("sm_throughput", "measured_sm_throughput", "%"),
+    ("memory_throughput", "measured_memory_throughput", "%"), ("occupancy", "measured_occupancy", "%"),
+    ("kernels", "measured_kernels", "count"), ("duration_s", "measured_kernel_time", "s"),
+)
+
+
+def target(case: Case, provider: str, dtype: torch.dtype) -> None:
+    """Build, warm up, and run one call between cudaProfilerStart and cudaProfilerStop."""
+    device = torch.device("cuda")
+    layer = make_layer(case, provider, device, dtype)
+    x, gy = random_input(case, device, dtype, seed=0)
+    fn = timed_call(layer, x, gy, case.direction)
+    for _ in range(WARMUP_CALLS):
+        fn()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+
+def profile_one(cases: str, index: int, provider: str, dtype: str, timeout_s: float = 900) -> CallCounters | str:
+    """The counters of one case's call through ``provider``, or why there are none."""
+    ncu = ncu_path()
+    if ncu is None:
+        return "ncu (Nsight Compute) is not on PATH"
+    cmd = ncu_command([sys.executable, "-m", "mfbench.profile", "target", "--cases", cases, "--index", str(index),
+                       "--provider", provider, "--dtype", dtype], ncu)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"ncu ran past {timeout_s:g} s"
+    try:
+        return aggregate(parse(out.stdout))
+    except CounterError as exc:
+        tail = (out.stderr.strip().splitlines() or [""])[-1]
+        return f"ncu exit {out.returncode}: {exc}" + (f" ({tail})" if tail and out.returncode else "")
+
+
+def case_params(case: Case, dtype: str) -> dict:
+    """The params of the case's ``layer-kernel`` rows, so counters sit beside its times."""
+    return {"direction": case.direction, "tokens": case.tokens, "in_features": case.in_features,
+            "out_features": case.out_features, "tau": case.tau, "weighting": case.weighting, "dtype": dtype,
+            **({"target_ms": case.target_ms} if case.target_ms is not None else {})}
+
+
+def profile_rows(cases: str, names: list[str], dtype: str, run, progress: Callable[[str], None] = print) -> list[dict]:
+    rows = []
+    elem = torch.finfo(DTYPES[dtype]).bits // 8
+    for index, case in enumerate(CASES[cases]):
+        params = case_params(case, dtype)
+        traffic = layer_traffic(case.tokens, case.in_features, case.out_features, case.tau, elem, case.direction)
+        for name in names:
+            found = profile_one(cases, index, name, dtype)
+            if isinstance(found, str):
+                progress(f"  {case.name} {name}: unavailable: {found}")
+                rows.append(run.row("layer-kernel", params, name, "measured_dram_bytes", float("nan"), "B",
+                                    flags=[f"unavailable: {found}".replace(",", ";")]))
+                continue
+            values = found.as_dict()
+            modelled = traffic.hbm_bytes if name != "dense" else layer_traffic(
+                case.tokens, case.in_features, case.out_features, case.tau, elem, case.direction, dense=True).hbm_bytes
+            progress(f"  {case.name} {name}: {found.kernels} kernels, DRAM {found.dram_bytes / 1e6:.1f} MB "
+                     f"(modelled {modelled / 1e6:.1f} MB), L2 {found.l2_bytes / 1e6:.1f} MB, "
+                     f"L1 hit {found.l1_hit_rate:.1f}%")
+            for field, metric, unit in ROWS:
+                rows.append(run.row("layer-kernel", params, name, metric, values[field], unit, flags=[METHOD]))
+            rows.append(run.row("layer-kernel", params, name, "modelled_dram_bytes", modelled, "B",
+                                flags=["measure.traffic"]))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The profiled target (``python -m mfbench.profile target ...``), started by ``profile_one`` under ncu."""
+    parser = argparse.ArgumentParser(prog="python -m mfbench.profile")
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("target")
+    t.add_argument("--cases", choices=sorted(CASES), required=True)
+    t.add_argument("--index", type=int, required=True)
+    t.add_argument("--provider", required=True)
+    t.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
+    args = parser.parse_args(argv)
+    target(CASES[args.cases][args.index], args.provider, DTYPES[args.dtype])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
