@@ -92,6 +92,27 @@ def tests(session: nox.Session) -> None:
     run(session, "-m", "pytest", *(session.posargs or ["-q"]))
 
 
+NEWEST_TRITON = ROOT / "constraints" / "triton-newest.txt"
+
+
+@nox.session(**VENV)
+def interpreter(session: nox.Session) -> None:
+    """The kernel tests (tests/kernels) again, under the CPU interpreter of the newest Triton pip installs.
+
+    `tests` runs them on cpu.txt's Triton, the GPU image's; the two interpreters differ (3.9's refuses
+    masks that 3.6's took), so CI runs both. Elsewhere the suite meets the kernels through the `triton`
+    provider, whose trial run tests/kernels makes too.
+    """
+    if HOST_TORCH or _has_gpu():
+        session.skip("this host's own torch and triton are never replaced: `nox -s tests` tests its Triton")
+    pins = _pins((ROOT / "constraints" / "cpu.txt").read_text())
+    pins.update(_pins(NEWEST_TRITON.read_text()))
+    constraint = Path(session.create_tmp()) / "constraints.txt"
+    constraint.write_text("".join(line + "\n" for line in pins.values()))
+    session.install("-c", str(constraint), "-e", ".[test]")
+    run(session, "-m", "pytest", *(session.posargs or ["-q", "tests/kernels"]))
+
+
 @nox.session(**VENV)
 def bench(session: nox.Session) -> None:
     """Run the asv suites for HEAD here, append the result tables, draw the plots, publish the dashboard."""

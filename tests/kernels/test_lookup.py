@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mfbench.kernels import lookup as kernels
 from mfbench.layerbench import CASES, TOLERANCE, make_layer, random_input, relative_error, relative_errors
-from mfbench.lookup import LookupSpec, reference_lookup
+from mfbench.lookup import LookupSpec, bucket_weight, reference_lookup, sign_hash, split_chunks
 
 interpreted = pytest.mark.skipif(not kernels.INTERPRETING, reason="runs under TRITON_INTERPRET=1")
 
@@ -54,10 +54,20 @@ def test_forward_and_gradients_against_float64(poisoned, p):
     t64 = tables.double().requires_grad_()
     ref = reference_lookup(x64, t64, spec)
     rgx, rgt = torch.autograd.grad(ref, (x64, t64), gy.double())
+    # The same sums over |tables| and |dL/dy|: the scale of their rounding errors. Errors are measured
+    # against it, not against the result: a sum that cancels (one token's dL/dy . T near 0; seen at
+    # tau=10, one token) is small, its float32 rounding error is not.
+    xa, ta = x64.detach().requires_grad_(), t64.detach().abs().requires_grad_()
+    mag = reference_lookup(xa, ta, spec)
+    mgx, mgt = torch.autograd.grad(mag, (xa, ta), gy.double().abs())
+
+    def error(got, want, scale):  # ||got - want|| / ||scale||, inf where got is not finite
+        return relative_error(got, want) * float(want.detach().norm() / scale.detach().norm())
+
     tol = TOLERANCE[p["dtype"]] * 4
-    assert relative_error(y, ref) <= tol
-    assert relative_error(gx, rgx) <= tol * 2  # one more rounding: dL/dy . T summed before scaling
-    assert relative_error(gt, rgt) <= tol
+    assert error(y, ref, mag) <= tol
+    assert error(gx, rgx, mgx) <= tol * 2  # one more rounding: dL/dy . T summed before scaling
+    assert error(gt, rgt, mgt) <= tol
 
 
 @interpreted
@@ -94,6 +104,48 @@ def test_256_rows_one_second_scale_case(poisoned):
                                rtol=1e-5, atol=1e-5)
 
 
+def _float64_against_reference(device, weighting, temperature):
+    spec = LookupSpec(4, weighting, temperature)
+    x = torch.randn(9, 12, dtype=torch.float64)
+    x[0, :4] = -1e-50
+    x[1, 4:8] = torch.tensor([1e-50, -1e-50, -1e-300, -5e-324], dtype=torch.float64)  # the last is subnormal
+    x[2, 8:] = torch.tensor([-1e-46, 2.0, -3e-46, -1e-100], dtype=torch.float64)  # below float32's subnormals
+    z = split_chunks(x, spec.tau)
+    assert (sign_hash(z) != sign_hash(z.float())).sum() >= 3  # the input would catch a float32 hash
+    tables = torch.randn(3, 16, 7, dtype=torch.float64)
+    gy = torch.randn(9, 7, dtype=torch.float64)
+    x64, t64 = x.clone().requires_grad_(), tables.clone().requires_grad_()
+    ref = reference_lookup(x64, t64, spec)
+    rgx, rgt = torch.autograd.grad(ref, (x64, t64), gy)
+    x, tables, gy = x.to(device), tables.to(device), gy.to(device)
+
+    idx, p = kernels.hash_and_weight(x, spec)
+    assert p.dtype == torch.float64
+    assert torch.equal(idx.long().T.cpu(), sign_hash(z))
+    torch.testing.assert_close(p.T.cpu(), bucket_weight(z, spec.weighting, spec.temperature), rtol=1e-13, atol=0)
+    y = kernels.lookup_forward(x, tables, spec)
+    gx, gt = kernels.lookup_backward(x, tables, gy, spec)
+    assert y.dtype == gx.dtype == gt.dtype == torch.float64
+    for got, want in ((y, ref), (gx, rgx), (gt, rgt)):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-12, atol=1e-12)
+
+
+@interpreted
+@pytest.mark.parametrize("weighting, temperature", [("paper", 0.7), ("released", 1.0)])
+def test_float64_is_hashed_weighted_and_summed_in_float64(poisoned, weighting, temperature):
+    """float64 input is computed in float64: tiny negatives keep their sign bit (in float32 -1e-50 is -0.0,
+    which hashes as non-negative), and 2/t = 2/0.7 is not rounded to float32 on the way in."""
+    _float64_against_reference("cpu", weighting, temperature)
+
+
+def test_dtypes_without_a_kernel_path_are_refused_by_name():
+    spec = LookupSpec(8)
+    x, tables = torch.randint(-3, 3, (3, 16)), torch.randint(-3, 3, (2, 256, 4))
+    with pytest.raises(TypeError, match=r"takes torch.float16, torch.bfloat16, torch.float32, torch.float64 input, "
+                                        r"not torch.int64"):
+        kernels.lookup_forward(x, tables, spec)
+
+
 def test_shape_checks():
     spec = LookupSpec(8)
     with pytest.raises(ValueError, match="do not fit"):
@@ -128,6 +180,13 @@ def test_dtypes_and_weightings_on_gpu(dtype, weighting, poisoned):
     errors = relative_errors(layer, x, gy, "backward")
     errors.update(relative_errors(layer, x, gy, "forward"))
     assert all(v <= TOLERANCE[dtype] * 2 for v in errors.values()), errors
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("weighting, temperature", [("paper", 0.7), ("released", 1.0)])
+def test_float64_is_computed_in_float64_on_gpu(poisoned, weighting, temperature):
+    """Compiled, 2/t reaches the kernels as a float64 argument (a plain float argument is float32)."""
+    _float64_against_reference("cuda", weighting, temperature)
 
 
 @pytest.mark.gpu
