@@ -9,6 +9,7 @@ far are kept and flagged ``partial-run``; 141 when the reader of the output went
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -177,6 +178,19 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clock_lock(args: argparse.Namespace, device: torch.device):
+    """``--lock-clocks MHZ``: a ClockLock for the run (None without the option)."""
+    if not args.lock_clocks:
+        return None
+    if device.type != "cuda":
+        raise UsageError("--lock-clocks fixes a GPU's SM clock: this run is on the CPU")
+    if args.lock_clocks < 1:
+        raise UsageError(f"--lock-clocks takes a clock in MHz, got {args.lock_clocks}")
+    from mfbench.measure.gpustate import ClockLock
+
+    return ClockLock(device, args.lock_clocks)
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from mfbench import results
     from mfbench.layerbench import CASES, DTYPES
@@ -336,6 +350,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{tag}run {run.run_id} on {run.device}, commit {run.commit[:10]}{'+dirty' if run.dirty else ''}: "
           f"{count} measurements, preset {args.preset} (model config {cfg.name}, d={cfg.d_model}), {dtype_name}",
           flush=True)
+    lock = _clock_lock(args, device)
     ceil = ceilings(device, refresh=args.refresh_ceilings)
     rows = []
     stopped_by = 0
@@ -348,9 +363,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         meter = EnergyMeter(device)
         meter.begin_window("shard")
     try:
-        for row in runner.run_matrix(items, cfg, run, device, ceil, preset.energy_seconds,
-                                     progress=lambda msg: print(tag + msg, flush=True)):
-            rows.append(row)
+        with lock.held() if lock else contextlib.nullcontext():
+            for row in runner.run_matrix(items, cfg, run, device, ceil, preset.energy_seconds,
+                                         progress=lambda msg: print(tag + msg, flush=True)):
+                rows.append(row)
     except KeyboardInterrupt as exc:
         stopped_by = getattr(exc, "signum", signal.SIGINT)
         _ignore_signals()  # a second Ctrl-C must not cost the rows being written
@@ -358,6 +374,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         results.mark_partial(rows, f"interrupted:{name}")
         print(f"{tag}interrupted by {name}: keeping the {len(rows)} rows measured so far, flagged "
               f"{results.PARTIAL}", file=sys.stderr)
+    if lock:
+        results.add_flags(rows, lock.flag)
+        if lock.refused:
+            print(f"{tag}--lock-clocks {args.lock_clocks}: not permitted here ({lock.refused}); measured at the "
+                  "GPU's own clocks, rows flagged clock-lock-refused", file=sys.stderr)
     if args.distributed:
         measured = len({(r["benchmark"], r["params"], r["provider"]) for r in rows if r["benchmark"] in runner.BENCHMARKS})
         energy = meter.end_window("shard", max(1, measured))
@@ -821,6 +842,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refresh-ceilings", action="store_true", help=REFRESH_HELP)
     p.add_argument("--distributed", action="store_true",
                    help="under torchrun: each rank measures a share of the matrix on its own device; rank 0 writes one run")
+    p.add_argument("--lock-clocks", type=int, metavar="MHZ",
+                   help="fix the GPU's SM clock at MHZ for the run where NVML permits it (root), restored after; "
+                        "the rows say so")
     p.add_argument("--schedule", default="dynamic", choices=("dynamic", "static"),
                    help="distributed: take items from a shared counter as ranks free up (dynamic), or split by "
                         "estimated cost up front (static)")

@@ -339,11 +339,16 @@ def append(rows: pd.DataFrame | Iterable[dict], directory: str | os.PathLike | N
     return directory / TABLE
 
 
+def add_flags(rows: list[dict], *flags: str) -> list[dict]:
+    """Append ``flags`` to each of ``rows`` (a run-wide condition, such as a locked clock)."""
+    for row in rows:
+        row["flags"] = ",".join(filter(None, [row.get("flags") or "", *(f.replace(",", ";") for f in flags)]))
+    return rows
+
+
 def mark_partial(rows: list[dict], why: str) -> list[dict]:
     """``rows`` of a run that stopped early, each flagged ``partial-run`` and with the reason."""
-    for row in rows:
-        row["flags"] = ",".join(filter(None, [row.get("flags") or "", PARTIAL, why.replace(",", ";")]))
-    return rows
+    return add_flags(rows, PARTIAL, why)
 
 
 def runs(frame: pd.DataFrame) -> pd.DataFrame:

@@ -163,3 +163,13 @@ def test_without_rapl_the_row_says_unavailable(tmp_path):
     ((metric, value, flags),) = cpu_energy(result, None, 64, meter)
     assert metric == "cpu_package_energy_per_token" and math.isnan(value)
     assert flags == [f"unavailable: {meter.reason}".replace(",", ";")]
+
+
+def test_lock_clocks_on_the_cpu_is_a_usage_error(capsys, tmp_path):
+    from mfbench.cli import main
+
+    assert main(["run", "--preset", "smoke", "--device", "cpu", "--lock-clocks", "1500",
+                 "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--lock-clocks fixes a GPU's SM clock" in err
+    assert not (tmp_path / "results.parquet").exists()
