@@ -194,7 +194,7 @@ def _clock_lock(args: argparse.Namespace, device: torch.device):
 def cmd_profile(args: argparse.Namespace) -> int:
     from mfbench import results
     from mfbench.layerbench import CASES, DTYPES
-    from mfbench.profile import profile_rows
+    from mfbench.profile import profile_batches
 
     if args.cases not in CASES:
         raise UsageError(f"unknown case set {args.cases!r}; choose one of {', '.join(CASES)}")
@@ -206,9 +206,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     args.results_dir = args.results_dir or results.project_dir()
     _ready_to_write(args.results_dir)
     print(f"profiling {len(CASES[args.cases])} cases x {len(names)} providers under Nsight Compute ...", flush=True)
-    rows = profile_rows(args.cases, names, args.dtype, results.Run.start("cuda"), lambda m: print(m, flush=True))
-    path = _append(rows, args.results_dir)
-    print(f"wrote {len(rows)} rows to {path}")
+    run = results.Run.start("cuda")
+    for name, rows in zip(names, profile_batches(args.cases, names, args.dtype, run, lambda m: print(m, flush=True))):
+        path = _append(rows, args.results_dir)  # a provider at a time: a run cut short keeps what it profiled
+        print(f"{name}: wrote {len(rows)} rows to {path}", flush=True)
     return 0
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -73,28 +73,35 @@ def case_params(case: Case, dtype: str) -> dict:
 
 
 def profile_rows(cases: str, names: list[str], dtype: str, run, progress: Callable[[str], None] = print) -> list[dict]:
+    return [row for batch in profile_batches(cases, names, dtype, run, progress) for row in batch]
+
+
+def profile_batches(cases: str, names: list[str], dtype: str, run,
+                    progress: Callable[[str], None] = print) -> Iterator[list[dict]]:
+    """The rows a provider at a time, in the order of ``names``, so a caller can keep each as it comes."""
+    for name in names:
+        yield _provider_rows(cases, name, dtype, run, progress)
+
+
+def _provider_rows(cases: str, name: str, dtype: str, run, progress: Callable[[str], None]) -> list[dict]:
     rows = []
     elem = torch.finfo(DTYPES[dtype]).bits // 8
     for index, case in enumerate(CASES[cases]):
         params = case_params(case, dtype)
-        traffic = layer_traffic(case.tokens, case.in_features, case.out_features, case.tau, elem, case.direction)
-        for name in names:
-            found = profile_one(cases, index, name, dtype)
-            if isinstance(found, str):
-                progress(f"  {case.name} {name}: unavailable: {found}")
-                rows.append(run.row("layer-kernel", params, name, "measured_dram_bytes", float("nan"), "B",
-                                    flags=[f"unavailable: {found}".replace(",", ";")]))
-                continue
-            values = found.as_dict()
-            modelled = traffic.hbm_bytes if name != "dense" else layer_traffic(
-                case.tokens, case.in_features, case.out_features, case.tau, elem, case.direction, dense=True).hbm_bytes
-            progress(f"  {case.name} {name}: {found.kernels} kernels, DRAM {found.dram_bytes / 1e6:.1f} MB "
-                     f"(modelled {modelled / 1e6:.1f} MB), L2 {found.l2_bytes / 1e6:.1f} MB, "
-                     f"L1 hit {found.l1_hit_rate:.1f}%")
-            for field, metric, unit in ROWS:
-                rows.append(run.row("layer-kernel", params, name, metric, values[field], unit, flags=[METHOD]))
-            rows.append(run.row("layer-kernel", params, name, "modelled_dram_bytes", modelled, "B",
-                                flags=["measure.traffic"]))
+        found = profile_one(cases, index, name, dtype)
+        if isinstance(found, str):
+            progress(f"  {case.name} {name}: unavailable: {found}")
+            rows.append(run.row("layer-kernel", params, name, "measured_dram_bytes", float("nan"), "B",
+                                flags=[f"unavailable: {found}".replace(",", ";")]))
+            continue
+        modelled = layer_traffic(case.tokens, case.in_features, case.out_features, case.tau, elem, case.direction,
+                                 dense=name == "dense").hbm_bytes
+        progress(f"  {case.name} {name}: {found.kernels} kernels, DRAM {found.dram_bytes / 1e6:.1f} MB "
+                 f"(modelled {modelled / 1e6:.1f} MB), L2 {found.l2_bytes / 1e6:.1f} MB, L1 hit {found.l1_hit_rate:.1f}%")
+        values = found.as_dict()
+        rows += [run.row("layer-kernel", params, name, metric, values[field], unit, flags=[METHOD])
+                 for field, metric, unit in ROWS]
+        rows.append(run.row("layer-kernel", params, name, "modelled_dram_bytes", modelled, "B", flags=["measure.traffic"]))
     return rows
 
 
