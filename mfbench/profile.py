@@ -105,16 +105,49 @@ def _provider_rows(cases: str, name: str, dtype: str, run, progress: Callable[[s
     return rows
 
 
+def counters_table(frame) -> str:
+    """Markdown of the newest counters per case and provider in a result table (``results.load``): what
+    ``results/kernels.md`` shows, so its figures are the rows'."""
+    import json
+
+    from mfbench.results import short_direction
+
+    rows = frame[(frame["benchmark"] == "layer-kernel") & frame["metric"].str.startswith(("measured_", "modelled_"))]
+    rows = rows[rows["value"] == rows["value"]].sort_values("time_utc").drop_duplicates(["params", "provider", "metric"], keep="last")
+    lines = ["| case | provider | kernels | DRAM MB (modelled) | L2 MB | L1 hit | SM % | memory % | occupancy % | run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (params, provider), group in rows.groupby(["params", "provider"], sort=False):
+        v = dict(zip(group["metric"], group["value"]))
+        if "measured_dram_bytes" not in v:
+            continue
+        p = json.loads(params)
+        case = f"{short_direction(p['direction'])} s={p['tokens']} d={p['in_features']}"
+        lines.append(f"| {case} | {provider} | {v['measured_kernels']:.0f} | {v['measured_dram_bytes'] / 1e6:.1f} "
+                     f"({v.get('modelled_dram_bytes', float('nan')) / 1e6:.1f}) | {v['measured_l2_bytes'] / 1e6:.0f} | "
+                     f"{v['measured_l1_hit_rate']:.1f}% | {v['measured_sm_throughput']:.0f} | "
+                     f"{v['measured_memory_throughput']:.0f} | {v['measured_occupancy']:.0f} | "
+                     f"{group['run_id'].iloc[-1]} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The profiled target (``python -m mfbench.profile target ...``), started by ``profile_one`` under ncu."""
+    """``target``: the profiled call, started by ``profile_one`` under ncu; ``table``: the counters in the
+    result tables as markdown."""
     parser = argparse.ArgumentParser(prog="python -m mfbench.profile")
     sub = parser.add_subparsers(dest="command", required=True)
+    table = sub.add_parser("table")
+    table.add_argument("--results-dir", default=None)
     t = sub.add_parser("target")
     t.add_argument("--cases", choices=sorted(CASES), required=True)
     t.add_argument("--index", type=int, required=True)
     t.add_argument("--provider", required=True)
     t.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
     args = parser.parse_args(argv)
+    if args.command == "table":
+        from mfbench import results
+
+        print(counters_table(results.load(args.results_dir or results.project_dir())), end="")
+        return 0
     target(CASES[args.cases][args.index], args.provider, DTYPES[args.dtype])
     return 0
 

@@ -86,3 +86,11 @@ def test_profile_needs_a_gpu(capsys):
     assert main(["profile", "--cases", "smoke"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no CUDA device" in err
+
+
+def test_kernels_md_shows_the_counter_rows_of_the_result_tables():
+    """results/kernels.md's counter table is rendered from the committed rows, never copied by hand."""
+    text = (results.project_dir() / "kernels.md").read_text()
+    block = text.split("<!-- counters:begin -->\n")[1].split("<!-- counters:end -->")[0]
+    assert block == profile.counters_table(results.load(results.project_dir()))
+    assert block.count("| triton |") >= 6 and block.count("| dense |") >= 6
