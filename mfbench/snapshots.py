@@ -66,8 +66,12 @@ class Snapshot:
     def load_model(self, device: torch.device | str = "cpu") -> torch.nn.Module:
         with torch.device(device):
             model = build(self.meta["architecture"], self.config)
-        state = torch.load(self.path / WEIGHTS, map_location=device, weights_only=True)
-        model.load_state_dict(state)
+        try:
+            state = torch.load(self.path / WEIGHTS, map_location=device, weights_only=True)
+            model.load_state_dict(state)
+        except (OSError, RuntimeError, EOFError, ValueError, KeyError) as exc:  # truncated, corrupt, other shapes
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SnapshotError(f"snapshot {self.id}: its weights ({self.path / WEIGHTS}) cannot be loaded: {first}") from None
         model.eval()
         return model
 

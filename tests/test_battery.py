@@ -359,3 +359,20 @@ def test_a_write_failing_after_measuring_keeps_the_rows_elsewhere_and_the_table_
     results.append(saved, table.path)  # the command the message gives
     assert len(results.load(table.path)) == 10
     os.unlink(rescue)
+
+
+def test_damaged_snapshot_weights_are_a_one_line_error_not_an_accuracy_failure(tmp_path, table, capsys):
+    import shutil
+
+    from mfbench import snapshots
+
+    source = snapshots.find("latest", architecture="memoryformer")
+    snaps = tmp_path / "snaps"
+    shutil.copytree(source.path, snaps / source.path.name)
+    weights = snaps / source.path.name / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:1000])  # cut short, as by an interrupted copy
+    code, out, err = _cli(capsys, "snapshot", "eval", "latest", "--snapshots-dir", snaps, "--device", "cpu",
+                          "--sequences", "4", "--results-dir", table.path)
+    assert code == 2, (out, err)  # 2: the input is damaged; 1 would claim an accuracy regression
+    assert "cannot be loaded" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert table.same()
