@@ -139,7 +139,7 @@ def crossover(frame: pd.DataFrame, out: Path) -> list[Path]:
     devices = list(dict.fromkeys(latest["device"]))
     benches = [b for b in RUNNER_BENCHMARKS if (latest["benchmark"] == b).any()]
     # a device per pair of rows (time above energy), a benchmark per column: devices read down, sizes across
-    fig, axes = plt.subplots(2 * len(devices), len(benches), figsize=(5.2 * len(benches), 3.8 * 2 * len(devices)),
+    fig, axes = plt.subplots(2 * len(devices), len(benches), figsize=(6.6 * len(benches), 3.8 * 2 * len(devices)),
                              squeeze=False)
     for (i, device), (col, bench) in itertools.product(enumerate(devices), enumerate(benches)):
         part = latest[(latest["device"] == device) & (latest["benchmark"] == bench)]
@@ -155,6 +155,10 @@ def crossover(frame: pd.DataFrame, out: Path) -> list[Path]:
                 # dashed: the kernels' own device time, what the call would take if launching cost nothing
                 sns.lineplot(data=part.dropna(subset=["kernel_time"]), x="seq", y="kernel_time", hue="provider",
                              hue_order=order, marker="x", linestyle="--", alpha=0.7, legend=False, ax=ax)
+            if row == 0 and "graph_time" in part and part["graph_time"].notna().any():
+                # dotted: replays of a captured CUDA graph, what a deployment that captures its calls sees
+                sns.lineplot(data=part.dropna(subset=["graph_time"]), x="seq", y="graph_time", hue="provider",
+                             hue_order=order, marker="s", linestyle=":", alpha=0.7, legend=False, ax=ax)
             bound = part[part["host_bound"]]
             if row == 0 and not bound.empty:  # ringed: the time is the host's issue time, not the device's
                 ax.scatter(bound["seq"], bound["time"], s=90, facecolors="none", edgecolors="black", lw=0.8,
@@ -163,7 +167,7 @@ def crossover(frame: pd.DataFrame, out: Path) -> list[Path]:
             seqs = sorted(part["seq"].unique())  # the measured lengths, written out: log ticks at 3e3 help no one
             ax.set_xticks(seqs, [str(s) for s in seqs], fontsize=8)
             ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-            ax.legend(fontsize=6, loc="best")
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the panel: never on data
             if row == 0:
                 ax.text(0.02, 0.98, _crossover_text(part), transform=ax.transAxes, va="top", fontsize=6.5, wrap=True,
                         bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
@@ -202,6 +206,9 @@ def _crossover_text(part: pd.DataFrame) -> str:
     kernels = _verdict(part, "kernel_time") if "kernel_time" in part else None
     if kernels:
         text += f"\nkernels alone (dashed): {kernels}"
+    graphs = _verdict(part, "graph_time") if "graph_time" in part else None
+    if graphs:
+        text += f"\ngraph replays (dotted): {graphs}"
     return text
 
 
