@@ -171,12 +171,14 @@ CPU_METHOD = "process-cpu-time"  # the process's CPU time per call: the whole ca
 
 
 def graph_samples(fn: Callable[[], object], device: torch.device | str, calls: int = 20, replays: int = 25,
-                  stream: "torch.cuda.Stream | None" = None) -> list[float]:
+                  stream: "torch.cuda.Stream | None" = None, budget_s: float = 1.5) -> list[float]:
     """Per-call seconds of ``fn`` captured ``calls`` times in one CUDA graph, one sample per replay: the
     device's time for the call's kernels with launch and sync costs spread over ``calls`` calls, so the
     host's speed (which moved host-bound figures up to 2x between processes) does not enter. ``stream``:
     the stream ``fn``'s autograd graph was built on, where it has one (a backward replays on the stream
-    of its forward). Raises where ``fn`` cannot be captured (it synchronises, or allocates on the host)."""
+    of its forward). Raises where ``fn`` cannot be captured (it synchronises, or allocates on the host).
+    A slow call gets fewer replays (at least 5), so that the replays take about ``budget_s``: the alert
+    measures every set of a provider in one process, and the eager reference's backward takes 20 ms."""
     device = torch.device(device)
     stream = stream or torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
@@ -188,8 +190,10 @@ def graph_samples(fn: Callable[[], object], device: torch.device | str, calls: i
     with torch.cuda.graph(graph, stream=stream):
         for _ in range(calls):
             fn()
+    start = time.perf_counter()
     graph.replay()
     torch.cuda.synchronize(device)
+    replays = max(5, min(replays, int(budget_s / max(time.perf_counter() - start, 1e-9))))
     samples = []
     for _ in range(replays):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
