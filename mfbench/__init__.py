@@ -16,3 +16,15 @@ __version__ = "0.1.0"
 # Triton's own default location; a TRITON_CACHE_DIR set by the user wins.
 os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(os.environ.get("TRITON_HOME", os.path.expanduser("~")),
                                                        ".triton", "cache"))
+
+# The public provider API (README, "Benchmark your own kernel"), loaded on first use: importing mfbench
+# stays free of torch, and of plugins.
+PUBLIC = {"Provider", "register_provider", "ProviderUnavailable"}
+
+
+def __getattr__(name: str):
+    if name in PUBLIC:
+        from mfbench import providers
+
+        return getattr(providers, name)
+    raise AttributeError(f"module 'mfbench' has no attribute {name!r}")

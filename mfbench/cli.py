@@ -142,6 +142,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    from mfbench import results
     from mfbench.layerbench import CASES, DTYPES, run_cases, with_weighting
     from mfbench.measure.ceilings import ceilings
 
@@ -152,30 +153,35 @@ def cmd_layers(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
     names = _provider_list(args.providers, providers.names())
     if not args.no_save:
-        from mfbench import results
-
         args.results_dir = args.results_dir or results.project_dir()
         _ready_to_write(args.results_dir)
-    print(f"measuring the ceilings of {device} (cached after the first run) ...", flush=True)
+    say = _say(args)
+    say(f"measuring the ceilings of {device} (cached after the first run) ...")
     ceil = ceilings(device, refresh=args.refresh_ceilings)
     onchip = f"{ceil.onchip_bytes_per_s / 1e12:.1f} TB/s" if ceil.onchip_bytes_per_s else "n/a"
-    print(f"ceilings: copy {ceil.copy_bytes_per_s / 1e9:.1f} GB/s, matmul "
-          f"{ceil.matmul_flops_per_s / 1e12:.1f} TFLOP/s ({ceil.matmul_dtype}), on-chip {onchip}", flush=True)
+    say(f"ceilings: copy {ceil.copy_bytes_per_s / 1e9:.1f} GB/s, matmul "
+        f"{ceil.matmul_flops_per_s / 1e12:.1f} TFLOP/s ({ceil.matmul_dtype}), on-chip {onchip}")
     cases = with_weighting(CASES[args.cases], args.weighting)
-    records = list(run_cases(cases, names, device, DTYPES[args.dtype], ceil, check=not args.no_check,
-                             progress=lambda msg: print(msg, flush=True)))
+    records = list(run_cases(cases, names, device, DTYPES[args.dtype], ceil, check=not args.no_check, progress=say))
     frame = pd.DataFrame(records)
     if args.csv:
         frame.to_csv(args.csv, index=False)
-        print(f"wrote {len(frame)} records to {args.csv}")
+        say(f"wrote {len(frame)} records to {args.csv}")
+    rows = layer_rows(records, results.Run.start(str(device)))
     if not args.no_save:
-        from mfbench import results
-
-        rows = layer_rows(records, results.Run.start(str(device)))
         path = _append(rows, args.results_dir)
-        print(f"wrote {len(rows)} rows to {path}")
-    print(summary(frame))
-    return 0
+        say(f"wrote {len(rows)} rows to {path}")
+    if args.format == "table":
+        print(summary(frame))
+    else:
+        results.write("rows", pd.DataFrame(rows, columns=results.COLUMNS), args.format)
+    return _failed_exit([r["provider"] for r in records if r.get("failed")])
+
+
+def _say(args: argparse.Namespace):
+    """Progress: on stdout beside a table, on stderr where stdout is --format json or csv for a program."""
+    stream = sys.stdout if getattr(args, "format", "table") == "table" else sys.stderr
+    return lambda message: print(message, file=stream, flush=True)
 
 
 def _clock_lock(args: argparse.Namespace, device: torch.device):
@@ -234,9 +240,11 @@ def layer_rows(records: list[dict], run) -> list[dict]:
         params = {k: rec[k] for k in ("direction", "tokens", "in_features", "out_features", "tau", "weighting", "dtype")}
         if rec.get("target_ms") is not None and rec["target_ms"] == rec["target_ms"]:
             params["target_ms"] = rec["target_ms"]
-        if rec.get("skipped"):
-            rows.append(run.row("layer-kernel", params, rec["provider"], "skipped", float("nan"), "",
-                                flags=[rec["skipped"].replace(",", ";")]))
+        for metric in ("skipped", "failed"):
+            if rec.get(metric):
+                rows.append(run.row("layer-kernel", params, rec["provider"], metric, float("nan"), "",
+                                    flags=[rec[metric].replace(",", ";")]))
+        if "median_ms" not in rec:
             continue
         extra = [f"floor:{rec['floor_bound']}"]
         if rec.get("kernel_config"):
@@ -263,8 +271,10 @@ def summary(frame: pd.DataFrame) -> str:
     the host's time to issue one call ("bound" where the median is the host's) and the kernels' own device
     time (see ``measure.timing``)."""
     ran = frame[frame.get("median_ms").notna()] if "median_ms" in frame else frame.iloc[0:0]
+    failed = "".join(f"\nFAILED: {r.case} {r.provider}: {r.failed}" for r in frame.itertuples()
+                     if isinstance(getattr(r, "failed", None), str))
     if ran.empty:
-        return "no provider ran"
+        return "no provider ran" + failed
     dense = ran[ran["provider"] == "dense"].set_index("case")["median_ms"]
     out = pd.DataFrame({
         "case": ran["case"], "provider": ran["provider"],
@@ -288,7 +298,7 @@ def summary(frame: pd.DataFrame) -> str:
     if (ran["fraction_of_floor"] > 1).any():
         text += (f"\nnote: a time below its floor ({BELOW_FLOOR}) means the ceilings are too low for this machine "
                  "now; measure them again with --refresh-ceilings on an idle machine")
-    return text
+    return text + failed
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -400,7 +410,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"wrote {len(rows)} rows to {path} (run {run.run_id}{f', {world} ranks' if world > 1 else ''}"
           f"{', partial' if stopped_by else ''})")
     print(run_summary(pd.DataFrame(rows)))
-    return 128 + stopped_by if stopped_by else 0
+    if stopped_by:
+        return 128 + stopped_by
+    return _failed_exit([r["provider"] for r in rows if r["metric"] == "failed"])
+
+
+def _failed_exit(failed: list[str]) -> int:
+    """1, saying which providers failed, where any did (raised, wrong shape, dtype or values, over budget)."""
+    if not failed:
+        return 0
+    print(f"mfbench: failed: {', '.join(dict.fromkeys(failed))} (the reasons are in their rows)", file=sys.stderr)
+    return 1
 
 
 def _warn_long(preset, items: list, cfg, device: torch.device, names: list[str], dtype: torch.dtype,
@@ -452,6 +472,8 @@ def run_summary(frame: pd.DataFrame) -> str:
                     notes.add(flag)
                 elif group["metric"].eq("skipped").all():
                     flags.add("skipped: " + flag)
+                elif group["metric"].eq("failed").all():
+                    flags.add("FAILED: " + flag)
                 elif flag not in quiet:
                     flags.add(flag)
         t = value.get("time", float("nan"))
@@ -507,11 +529,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     from mfbench import results
 
     frame = _load(args.results_dir)
+    if args.repro:
+        return _show_repro(_pick_run(frame, args.repro), args.format)
     if args.run is None:
         listing = results.runs(frame)
-        print("no runs yet" if listing.empty else listing.to_string(index=False))
+        if args.format != "table":
+            results.write("runs", listing.assign(partial=listing["partial"] == "partial"), args.format)
+        else:
+            print("no runs yet" if listing.empty else listing.to_string(index=False))
         return 0
     rows = _pick_run(frame, args.run)
+    if args.format != "table":
+        results.write("rows", rows, args.format)
+        return 0
     first = rows.iloc[0]
     partial = results.runs(rows)["partial"].iloc[0]
     print(f"run {first['run_id']} on {first['device']} ({first['machine']}), commit {first['commit'][:10]}"
@@ -521,9 +551,81 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    import json
+def _show_repro(rows: pd.DataFrame, fmt: str) -> int:
+    """``show --repro RUN``: the command line that measures each (benchmark, parameters, provider) again."""
+    from mfbench import results
 
+    first = rows.iloc[0]
+    lines = []
+    for (bench, params, provider), group in rows.groupby(["benchmark", "params", "provider"], sort=False):
+        command, note = repro_command(bench, json.loads(params), provider, group.iloc[0]["device"])
+        lines.append({"run_id": first["run_id"], "commit": first["commit"], "benchmark": bench, "params": params,
+                      "provider": provider, "command": command, **({"note": note} if note else {})})
+    table = pd.DataFrame(lines)
+    if fmt != "table":
+        results.write("repro", table, fmt)
+        return 0
+    print(f"run {first['run_id']}: at commit {first['commit']}{' (a dirty tree: its changes are not known)' if first['dirty'] else ''}"
+          f" on {first['device']}; `git checkout {first['commit'][:10]}`, then:")
+    for line in lines:
+        p = json.loads(line["params"])
+        label = f"{line['benchmark']} {p.get('direction', '')} {p.get('seq', p.get('tokens', ''))} {line['provider']}"
+        print(f"{' '.join(label.split())}: {line['command'] or '-'}" + (f"  ({line['note']})" if line.get("note") else ""))
+    return 0
+
+
+def repro_command(benchmark: str, params: dict, provider: str, device: str) -> tuple[str | None, str]:
+    """(command, note): the mfbench command line whose run measures this row again (with the provider's
+    --provider-module where it came from a file or module), or None and why none does."""
+    import shlex
+
+    from mfbench.layerbench import CASES
+    from mfbench.runner import PRESETS
+
+    dev = "cpu" if device.startswith("cpu") else "cuda"
+    note = ""
+    if benchmark in ("layer", "block", "model"):
+        preset = next((name for name, p in PRESETS.items() if p.model == params.get("preset")
+                       and (benchmark, params.get("direction")) in p.items), None)
+        if preset is None:
+            return None, f"no preset measures model config {params.get('preset')!r} {params.get('direction')}"
+        args = ["run", "--preset", preset, "--device", dev, "--providers", provider, "--seq", str(params["seq"]),
+                "--benchmarks", benchmark, "--dtype", params["dtype"], "--weighting", params["weighting"]]
+    elif benchmark == "layer-kernel":
+        shape = (params.get("direction"), params.get("tokens"), params.get("in_features"), params.get("out_features"),
+                 params.get("tau"))
+        cases = next((name for name, cs in CASES.items()
+                      if any((c.direction, c.tokens, c.in_features, c.out_features, c.tau) == shape for c in cs)), None)
+        if cases is None:
+            return None, "no case set holds this shape"
+        args = ["layers", "--cases", cases, "--device", dev, "--providers", provider, "--dtype", params["dtype"],
+                "--weighting", params["weighting"]]
+    elif benchmark.startswith("accuracy:"):
+        args = ["snapshot", "eval", params["snapshot"], "--device", dev, "--sequences", str(params["eval_sequences"])]
+        args += [] if provider == "dense" else ["--providers", provider]
+    elif benchmark.startswith("train:"):
+        args = ["train", "--preset", params["preset"], "--task", benchmark.removeprefix("train:"), "--arch",
+                params["architecture"], "--steps", str(params["steps"]), "--seed", str(params["seed"]), "--device", dev]
+        args += [] if params["architecture"] == "dense" else ["--provider", provider]
+    elif benchmark.startswith("asv:"):
+        method = benchmark.removeprefix("asv:")
+        return (f"python -m mfbench.asvrun bench --bench {shlex.quote('^' + method.replace('.', chr(92) + '.') + '$')}",
+                "asv's own run of the suites; its parameters come from the MFBENCH_ASV_* variables")
+    else:
+        return None, "measured by the run as a whole (the machine's ceilings, idle power, ranks)"
+    known = provider in providers.names()
+    origin = providers.get(provider).origin if known else ""
+    if origin.startswith("module "):
+        args += ["--provider-module", origin.removeprefix("module ").split(" (")[0]]
+    elif origin.startswith("entry point"):
+        note = f"the provider comes from an installed package ({origin})"
+    elif not known and provider != "-":
+        note = f"provider {provider!r} is not registered here: install or load the package that provides it"
+    return "mfbench " + shlex.join(args), note
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mfbench import results
     from mfbench.results import HIGHER_IS_BETTER, short_direction, worse
 
     frame = _load(args.results_dir)
@@ -540,9 +642,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     kb = b[b["metric"] == "kernel_time"].set_index(keys)["value"]
     kernel_ratio = (kb / ka).dropna() if metric == "time" else ka.iloc[:0]
     words = ("slower", "faster") if metric.endswith("time") else ("worse", "better")
-    out = []
+    compared = []
     for (bench, params, provider), row in both.iterrows():
-        p = json.loads(params)
         spreads = [(row[f"spread_high_{s}"] - row[f"spread_low_{s}"]) / row[f"value_{s}"] for s in "ab"]
         noise = max((x for x in spreads if x == x), default=0.0)  # NaN: a single figure, no spread
         ratio = row["value_b"] / row["value_a"]
@@ -550,12 +651,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
                    else words[0] if worse(metric, row["value_a"], row["value_b"]) else words[1])
         if any("host-bound" in str(row[f"flags_{side}"]).split(",") for side in "ab"):
             verdict += " (host-bound)"
-        line = {"benchmark": bench, "dir": short_direction(p.get("direction", "-")), "seq": p.get("seq", "-"),
-                "provider": provider, "A": f"{row['value_a']:.4g}", "B": f"{row['value_b']:.4g}",
-                "B/A": f"{ratio:.3f}", "IQR/median": f"{noise:.1%}", "verdict": verdict}
+        compared.append({"benchmark": bench, "params": params, "provider": provider, "metric": metric,
+                         "unit": row["unit_a"], "run_a": a["run_id"].iloc[0], "run_b": b["run_id"].iloc[0],
+                         "a": row["value_a"], "b": row["value_b"], "ratio": ratio, "noise": noise, "verdict": verdict,
+                         "kernel_ratio": kernel_ratio.get((bench, params, provider), float("nan"))})
+    if args.format != "table":
+        results.write("comparison", pd.DataFrame(compared), args.format)
+        return 0
+    out = []
+    for c in compared:
+        p = json.loads(c["params"])
+        line = {"benchmark": c["benchmark"], "dir": short_direction(p.get("direction", "-")), "seq": p.get("seq", "-"),
+                "provider": c["provider"], "A": f"{c['a']:.4g}", "B": f"{c['b']:.4g}", "B/A": f"{c['ratio']:.3f}",
+                "IQR/median": f"{c['noise']:.1%}", "verdict": c["verdict"]}
         if not kernel_ratio.empty:
-            k = kernel_ratio.get((bench, params, provider))
-            line["kernel B/A"] = "-" if k is None else f"{k:.3f}"
+            k = c["kernel_ratio"]
+            line["kernel B/A"] = "-" if k != k else f"{k:.3f}"
         out.append(line)
     better = "higher" if metric in HIGHER_IS_BETTER else "lower"
     print(f"A = {a['run_id'].iloc[0]} ({a['device'].iloc[0]}), B = {b['run_id'].iloc[0]} ({b['device'].iloc[0]}); "
@@ -744,8 +855,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
                       "vs reference": "-" if m.accuracy is None or reference.accuracy is None
                       else f"{m.accuracy - reference.accuracy:+.4f}",
                       "bucket agreement": "-" if m.bucket_agreement is None else f"{m.bucket_agreement:.6f}",
-                      "verdict": (f"FAILED: {m.failed}" if m.failed else f"skipped: {m.skipped}" if m.skipped
-                                  else "agrees" if agrees else "DISAGREES")})
+                      "verdict": m.verdict(reference, tolerance)})
     _print_frame(pd.DataFrame(lines))
     for name in args.choice.split(",") if args.choice else []:
         _score_choice(snap, name.strip(), args, device, [m.provider for m in measured if not (m.skipped or m.failed)])
@@ -821,6 +931,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--results-dir", help="result tables to append to (default: the project's results/)")
         p.add_argument("--no-save", action="store_true", help="print only; append nothing to the result tables")
         p.add_argument("--refresh-ceilings", action="store_true", help=REFRESH_HELP)
+        _format_option(p, "the summary table, or the result rows of this measurement as json or csv")
+        _provider_module_option(p)
         p.set_defaults(func=func)
 
     p = sub.add_parser("profile", help="Nsight Compute counters (DRAM, L2, L1, throughput, occupancy) of each "
@@ -829,6 +941,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float16", help="float32, float16 or bfloat16 (default float16)")
     p.add_argument("--providers", help="comma-separated subset of: " + ", ".join(providers.names()))
     p.add_argument("--results-dir", help="result tables to append to (default: the project's results/)")
+    _provider_module_option(p)
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("run", help="measure a matrix (layer/block/model x provider x seq) into the result tables")
@@ -849,11 +962,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default="dynamic", choices=("dynamic", "static"),
                    help="distributed: take items from a shared counter as ranks free up (dynamic), or split by "
                         "estimated cost up front (static)")
+    _provider_module_option(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("show", help="list runs, or summarise one (RUN: any unique part of its id, or 'latest')")
     p.add_argument("run", nargs="?")
     p.add_argument("--results-dir")
+    p.add_argument("--repro", metavar="RUN", help="the command line that measures each row of RUN again")
+    _format_option(p, "a table, or the rows (the run list without RUN) as json or csv")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("compare", help="ratios of a metric (default: time) between two runs, with their spread (RUN: any unique part of "
@@ -862,6 +978,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_b")
     p.add_argument("--metric", default="time", help="the metric to compare, judged by its direction (default time)")
     p.add_argument("--results-dir")
+    _format_option(p, "a table, or one record per compared row as json or csv")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("train", help="train MemoryFormer and the dense baseline on a synthetic task into snapshots")
@@ -897,8 +1014,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--snapshots-dir", type=_path)
     q.add_argument("--results-dir")
     q.add_argument("--no-save", action="store_true")
+    _provider_module_option(q)
     q.set_defaults(func=cmd_snapshot)
     return parser
+
+
+def _format_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--format", default="table", choices=("table", "json", "csv"),
+                   help=f"{what} (json: the schema in mfbench/results.schema.json)")
+
+
+def _provider_module_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--provider-module", action="append", metavar="FILE_OR_MODULE", default=[],
+                   help="a .py file or module that registers providers (mfbench.register_provider); repeatable. "
+                        f"Installed packages are found through the {providers.ENTRY_POINT_GROUP} entry points, and "
+                        f"{providers.MODULES_ENV} names modules for every process")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -917,6 +1047,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous = _catch_signals()
     try:
+        for spec in getattr(args, "provider_module", []):
+            try:
+                providers.load_module(spec)
+            except (providers.ProviderModuleError, ValueError) as exc:  # ValueError: a name registered twice
+                raise UsageError(str(exc).splitlines()[0]) from None
         return args.func(args)
     except (UsageError, ResultsError, SnapshotError) as exc:  # a damaged snapshot is not a regression (1)
         print(f"mfbench: error: {exc}", file=sys.stderr)

@@ -133,7 +133,7 @@ def run_cases(cases: Iterable[Case], names: Iterable[str], device: torch.device 
     for i, case in enumerate(cases):
         for record, name in _time_case(case, names, device, dtype, ceilings, check, seed + i, progress):
             records.append(record)
-            if not record.get("skipped"):
+            if "median_ms" in record:
                 timed.append((record, case, name, seed + i))
     if device.type == "cuda" and timed:
         progress(f"kernel times of the {len(timed)} timed calls, after every other measurement")
@@ -158,21 +158,24 @@ def _time_case(case: Case, names: list[str], device: torch.device, dtype: torch.
                   "in_features": case.in_features, "out_features": case.out_features, "tau": case.tau,
                   "weighting": case.weighting, "provider": name, "dtype": str(dtype).removeprefix("torch."),
                   "target_ms": case.target_ms}
-        reason = providers.unavailable(name, str(device), dtype)
-        if reason:
-            progress(f"  {case.name:<40} {name:<14} skipped: {reason}")
-            yield {**record, "skipped": reason}, name
+        # skipped: this machine cannot run it; failed: it should and does not (providers.readiness)
+        reason, fault = providers.readiness(name, str(device), dtype)
+        if reason or fault:
+            progress(f"  {case.name:<40} {name:<14} {'skipped' if reason else 'FAILED'}: {reason or fault}")
+            yield ({**record, "skipped": reason} if reason else {**record, "failed": fault}), name
             continue
         progress(f"  {case.name:<40} {name:<14} ...")
         try:
             layer = make_layer(case, name, device, dtype)
             if check and providers.get(name).exact:
                 record.update({f"rel_err_{k}": v for k, v in relative_errors(layer, x, gy, case.direction).items()})
-            timing = time_callable(timed_call(layer, x, gy, case.direction), device)
+            call = timed_call(layer, x, gy, case.direction)
+            providers.within_budget(name, call)
+            timing = time_callable(call, device)
         except Exception as exc:  # one provider failing must not lose the other records
             reason = failure(exc)
             progress(f"  {case.name:<40} {name:<14} {reason}")
-            yield {**record, "skipped": reason}, name
+            yield {**record, ("skipped" if providers.skips(exc) else "failed"): reason}, name
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             continue
@@ -189,6 +192,10 @@ def _time_case(case: Case, names: list[str], device: torch.device, dtype: torch.
             # The targets are the Triton kernels' (kernels issue); other providers are shown for scale.
             met_target=None if case.target_ms is None or name != "triton" else timing.median_s * 1e3 <= case.target_ms,
         )
+        if not record["within_tolerance"]:  # timed, and never a pass
+            worst = max((k for k in record if k.startswith("rel_err_")), key=lambda k: record[k])
+            record["failed"] = (f"float64 check: relative error of {worst.removeprefix('rel_err_')} "
+                                f"{record[worst]:.2g} is above the {record['dtype']} tolerance {TOLERANCE[dtype]:g}")
         if name == "triton":
             from mfbench.kernels.lookup import last_config
 

@@ -194,6 +194,8 @@ def measure_item(item: Item, cfg: ModelConfig, run: Run, device: torch.device, c
     def add(metric: str, value: float, unit: str, **kw) -> None:
         rows.append(run.row(item.benchmark, params, item.provider, metric, value, unit, **kw))
 
+    if item.benchmark == "layer":  # the budget is per call of the provider: a layer's call is one
+        providers.within_budget(item.provider, fn)
     before = GpuState.read(device) if gpu else None
     timing = time_callable(fn, device)
     graph, why_not = graph_seconds(item, cfg, device) if gpu else (None, "")
@@ -323,8 +325,9 @@ def ceiling_rows(run: Run, ceilings: Ceilings) -> list[dict]:
 
 def run_matrix(items: Iterable[Item], cfg: ModelConfig, run: Run, device: torch.device, ceilings: Ceilings,
                energy_seconds: float, progress: Callable[[str], None] = print) -> Iterator[dict]:
-    """Measure every item, yielding rows as they come; unavailable or failing providers become a
-    ``skipped`` row with the reason instead of stopping the run."""
+    """Measure every item, yielding rows as they come; a provider that cannot run here becomes a ``skipped``
+    row with the reason, one that should and fails (``providers.readiness``) a ``failed`` row, instead of
+    stopping the run."""
     yield from ceiling_rows(run, ceilings)
     meter, rapl = EnergyMeter(device), RaplMeter()
     idle = None
@@ -341,21 +344,24 @@ def run_matrix(items: Iterable[Item], cfg: ModelConfig, run: Run, device: torch.
     with input_checks(False):
         for i, item in enumerate(items, 1):
             head = f"[{i}/{total}] {item.label}"
-            reason = providers.unavailable(item.provider, str(device), item.dtype)
-            if reason is None:
+            # skipped: this machine cannot run it; failed: it should and does not (raises, wrong shape,
+            # dtype or values, over its time budget), which fails the run
+            reason, fault = providers.readiness(item.provider, str(device), item.dtype)
+            if reason is None and fault is None:
                 try:
                     rows = measure_item(item, cfg, run, device, ceilings, meter, idle, energy_seconds, rapl)
                 except Exception as exc:  # one failure must not lose the rest of the run
-                    reason = failure(exc)
+                    reason, fault = (failure(exc), None) if providers.skips(exc) else (None, failure(exc))
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
-            if reason is not None:
-                progress(f"{head}  skipped ({reason})")
-                if (item.provider, reason) not in warned:  # on stderr too (once), so a skip never goes unseen
-                    warned.add((item.provider, reason))
-                    print(f"mfbench: {item.provider} skipped: {reason}", file=sys.stderr, flush=True)
-                yield run.row(item.benchmark, item.params(cfg), item.provider, "skipped", float("nan"), "",
-                              flags=[reason.replace(",", ";")])
+            if reason is not None or fault is not None:
+                metric, why = ("skipped", reason) if fault is None else ("failed", fault)
+                progress(f"{head}  {metric} ({why})")
+                if (item.provider, why) not in warned:  # on stderr too (once), so a skip never goes unseen
+                    warned.add((item.provider, why))
+                    print(f"mfbench: {item.provider} {metric}: {why}", file=sys.stderr, flush=True)
+                yield run.row(item.benchmark, item.params(cfg), item.provider, metric, float("nan"), "",
+                              flags=[why.replace(",", ";")])
                 continue
             t = next(r["value"] for r in rows if r["metric"] == "time")
             energy = next((r["value"] for r in rows if r["metric"] == "energy_per_token"), float("nan"))

@@ -151,13 +151,28 @@ class ProviderAccuracy:
     bucket_agreement: float | None = None  # share of hash indices identical to reference's
     skipped: str | None = None  # this machine cannot run the provider at all (no GPU, no Triton)
     failed: str | None = None  # it should run here and did not: never a pass
+    # an exact provider off the float64 reference on a tiny layer (providers.trial): never a pass either,
+    # even where the task's accuracy happens to come out the same
+    mismatch: str | None = None
 
     def agrees_with(self, reference: "ProviderAccuracy", tolerance: float = ACCURACY_TOLERANCE) -> bool:
-        if self.failed or reference.failed:
+        if self.failed or reference.failed or self.mismatch:
             return False
+        return not self.differs_from(reference, tolerance)
+
+    def differs_from(self, reference: "ProviderAccuracy", tolerance: float = ACCURACY_TOLERANCE) -> bool:
         if self.accuracy is None or reference.accuracy is None:
-            return True  # skipped: this machine cannot run it, nothing to disagree with
-        return abs(self.accuracy - reference.accuracy) <= tolerance
+            return False  # skipped: this machine cannot run it, nothing to disagree with
+        return abs(self.accuracy - reference.accuracy) > tolerance
+
+    def verdict(self, reference: "ProviderAccuracy", tolerance: float = ACCURACY_TOLERANCE) -> str:
+        if self.failed:
+            return f"FAILED: {self.failed}"
+        if self.skipped:
+            return f"skipped: {self.skipped}"
+        if self.differs_from(reference, tolerance):
+            return "DISAGREES"
+        return f"FAILED: {self.mismatch}" if self.mismatch else "agrees"
 
 
 class _BucketRecorder:
@@ -227,7 +242,13 @@ def evaluate(snap: Snapshot, names: list[str] | None = None, device: torch.devic
         if name == "reference":
             reference_buckets = buckets
         agreement = float((buckets == reference_buckets).double().mean()) if reference_buckets is not None else None
-        out.append(ProviderAccuracy(name, c / n, c, n, agreement))
+        # a provider that answers in another shape or dtype, over its time budget, or off float64 may still
+        # score the task: the trial on a tiny layer keeps it from passing
+        found = providers.trial(name, str(device), torch.float32)
+        if found.error:
+            out.append(ProviderAccuracy(name, None, 0, 0, failed=found.error))
+            continue
+        out.append(ProviderAccuracy(name, c / n, c, n, agreement, mismatch=found.mismatch))
     return out
 
 
@@ -246,4 +267,6 @@ def rows(snap: Snapshot, measured: list[ProviderAccuracy], run, sequences: int |
         out.append(run.row(bench, params, m.provider, "accuracy", m.accuracy, "fraction", samples=m.scored))
         if m.bucket_agreement is not None:
             out.append(run.row(bench, params, m.provider, "bucket_agreement", m.bucket_agreement, "fraction"))
+        if m.mismatch:
+            out.append(run.row(bench, params, m.provider, "failed", float("nan"), "", flags=[m.mismatch.replace(",", ";")]))
     return out

@@ -7,6 +7,9 @@ methods (time, FLOPs, bytes, energy) is made once per parameter set and kept in 
 the machine and can be narrowed with environment variables:
 
 - ``MFBENCH_ASV_DEVICES`` (default: cuda where present, else cpu),
+- ``MFBENCH_PROVIDER_MODULES`` (files or modules that register providers, ``os.pathsep`` or comma
+  separated; read by ``mfbench.providers`` in every process, so asv's benchmark processes load them too,
+  beside the providers of installed packages' ``mfbench.providers`` entry points),
 - ``MFBENCH_ASV_PROVIDERS`` (default: every registered provider but ``compiled``: asv runs each benchmark
   in a new process, where torch.compile would trace and compile again every time; ``mfbench run`` and
   ``mfbench layers`` measure it in one process; nor ``sharded``, which needs a torchrun process group),
@@ -94,25 +97,31 @@ class Prepared:
             self._check()
 
     def _check(self) -> None:
+        """A set this machine cannot run is skipped (asv: n/a); one whose provider should run and fails its
+        trial (raises, wrong shape, dtype or values, over budget) is failed, which asv reports as failed."""
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise NotImplementedError("no CUDA device")
-        reason = self._probe()
+        reason, fault = self._probe()
         if reason:
             self._store([{"metric": "skipped", "flags": reason, "value": math.nan}])
             raise NotImplementedError(reason)
+        if fault:
+            self._store([{"metric": "failed", "flags": fault, "value": math.nan}])
+            raise RuntimeError(fault)
 
-    def _probe(self) -> str | None:
-        """The registry's availability verdict, made once per provider, device and dtype for the whole run
-        (each benchmark runs in its own process, which would otherwise repeat the trial run)."""
+    def _probe(self) -> tuple[str | None, str | None]:
+        """The registry's verdict (``providers.readiness``), made once per provider, device and dtype for the
+        whole run (each benchmark runs in its own process, which would otherwise repeat the trial run)."""
         root = os.environ.get("MFBENCH_ASV_CACHE")
         key = f"probe-{self.item.provider}-{self.device}-{self.item.dtype}".replace(":", "_").replace(".", "_")
         path = Path(root) / f"{key}.json" if root else None
         if path is not None and path.exists():
-            return json.loads(path.read_text())["reason"]
-        reason = providers.unavailable(self.item.provider, str(self.device), self.item.dtype)
+            found = json.loads(path.read_text())
+            return found["reason"], found.get("fault")
+        reason, fault = providers.readiness(self.item.provider, str(self.device), self.item.dtype)
         if path is not None:
-            _write_json(path, {"reason": reason})
-        return reason
+            _write_json(path, {"reason": reason, "fault": fault})
+        return reason, fault
 
     def prepare_call(self) -> None:
         """Build the module and input and warm the call up (compilation and autotuning stay out)."""

@@ -26,7 +26,7 @@ def test_on_a_gpu_every_case_is_timed_before_any_is_profiled(monkeypatch):
     monkeypatch.setattr(layerbench, "make_layer", lambda case, name, device, dtype: name)
     monkeypatch.setattr(layerbench, "random_input", lambda case, device, dtype, seed: (None, None))
     monkeypatch.setattr(layerbench, "timed_call", lambda layer, x, gy, direction: lambda: layer)
-    monkeypatch.setattr(layerbench.providers, "unavailable", lambda name, device, dtype: None)
+    monkeypatch.setattr(layerbench.providers, "readiness", lambda name, device, dtype: layerbench.providers.Readiness())
     cases = [layerbench.Case("forward", 64, 32, 32), layerbench.Case("backward", 64, 32, 32)]
     progress = []
     records = list(layerbench.run_cases(cases, ["reference", "dense"], "cuda", torch.float16,

@@ -137,7 +137,7 @@ def test_kernel_times_come_after_every_other_measurement_of_the_run(monkeypatch)
 
     monkeypatch.setattr(runner, "measure_item", measure_item)
     monkeypatch.setattr(runner, "kernel_rows", kernel_rows)
-    monkeypatch.setattr(runner.providers, "unavailable", lambda *args: None)
+    monkeypatch.setattr(runner.providers, "readiness", lambda *args: runner.providers.Readiness())
     monkeypatch.setattr(runner, "EnergyMeter", lambda device: type("Off", (), {"available": False})())
     items = [runner.Item("layer", "forward", 64, p, torch.float16) for p in ("triton", "reference", "dense")]
     run = results.Run.start("cpu")
