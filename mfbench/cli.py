@@ -560,7 +560,7 @@ def _show_repro(rows: pd.DataFrame, fmt: str) -> int:
     for (bench, params, provider), group in rows.groupby(["benchmark", "params", "provider"], sort=False):
         command, note = repro_command(bench, json.loads(params), provider, group.iloc[0]["device"])
         lines.append({"run_id": first["run_id"], "commit": first["commit"], "benchmark": bench, "params": params,
-                      "provider": provider, "command": command, **({"note": note} if note else {})})
+                      "provider": provider, "command": command, "note": note})
     table = pd.DataFrame(lines)
     if fmt != "table":
         results.write("repro", table, fmt)
@@ -620,7 +620,8 @@ def repro_command(benchmark: str, params: dict, provider: str, device: str) -> t
     elif origin.startswith("entry point"):
         note = f"the provider comes from an installed package ({origin})"
     elif not known and provider != "-":
-        note = f"provider {provider!r} is not registered here: install or load the package that provides it"
+        note = (f"provider {provider!r} is not registered here: install its package, or give the file or module "
+                "that registers it with --provider-module")
     return "mfbench " + shlex.join(args), note
 
 
@@ -970,6 +971,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir")
     p.add_argument("--repro", metavar="RUN", help="the command line that measures each row of RUN again")
     _format_option(p, "a table, or the rows (the run list without RUN) as json or csv")
+    _provider_module_option(p)  # --repro names the file or module a provider came from
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("compare", help="ratios of a metric (default: time) between two runs, with their spread (RUN: any unique part of "

@@ -45,3 +45,23 @@ def smoke_run(tmp_path_factory):
     code = main(["run", "--preset", "smoke", "--device", "cpu", "--results-dir", str(directory)])
     assert code == 0
     return directory
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory):
+    """examples/mfbench-example-provider, pip-installed (its own pyproject, offline) into a directory of its
+    own that the mfbench processes of a test see through PYTHONPATH: its dist-info carries the entry point,
+    and the shared test environment stays as it was."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    build = tmp_path_factory.mktemp("example-src") / "pkg"
+    # pip builds in place: build/ and *.egg-info land in the copy, not in examples/
+    shutil.copytree(Path(__file__).resolve().parent.parent / "examples" / "mfbench-example-provider", build)
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(target), str(build)], check=True, capture_output=True)
+    assert (next(target.glob("mfbench_example_provider-*.dist-info")) / "entry_points.txt").exists()
+    return target

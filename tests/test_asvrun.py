@@ -91,12 +91,12 @@ def test_accuracy_suite_values_equal_the_rows_behind_them(tmp_path, monkeypatch,
     assert tracked["embedding_bag"] == tracked["reference"] < tracked["dense"]
 
 
-def test_metric_suites_measure_a_class_in_one_setup_cache_and_track_its_rows(tmp_path, monkeypatch, capfd):
-    """suites/layer.py's LayerForwardMetrics under asv: its parameter sets are measured once, in one
-    setup_cache process, and the tracked medians are the runner's rows."""
+def _layer_forward_metrics(tmp_path, monkeypatch, capfd, providers: str) -> tuple[str, dict, list[dict]]:
+    """A quick asv run of suites/layer.py's LayerForwardMetrics on the CPU (micro preset, 64 tokens): asv's
+    output, the tracked medians by provider, and the runner's rows behind them (the suites' cache)."""
     import json
 
-    monkeypatch.setenv("MFBENCH_ASV_PROVIDERS", "reference,dense")
+    monkeypatch.setenv("MFBENCH_ASV_PROVIDERS", providers)
     monkeypatch.setenv("MFBENCH_ASV_DEVICES", "cpu")
     monkeypatch.setenv("MFBENCH_ASV_SEQS", "64")
     monkeypatch.setenv("MFBENCH_ASV_PRESET", "micro")
@@ -104,11 +104,19 @@ def test_metric_suites_measure_a_class_in_one_setup_cache_and_track_its_rows(tmp
     head = asvrun._git("rev-parse", "HEAD")
     asvrun.run_commit(asvrun.ROOT, head, tmp_path / "asv", r"^layer\.LayerForwardMetrics", quick=True)
     out = capfd.readouterr().out
-    assert out.count("Setting up layer:") == 1, out
     tracked = {v.params["provider"]: v.value for v in asvrun.asv_values(tmp_path / "asv", asvrun.machine_name(), head)
                if v.benchmark == "layer.LayerForwardMetrics.track_median_time"}
-    rows = {r["provider"]: r["value"] for p in (tmp_path / "cache").glob("*.json") if not p.name.startswith("probe")
-            for r in json.loads(p.read_text()) if r["metric"] == "time"}
+    cached = [r for p in (tmp_path / "cache").glob("*.json") if not p.name.startswith("probe")
+              for r in json.loads(p.read_text())]
+    return out, tracked, cached
+
+
+def test_metric_suites_measure_a_class_in_one_setup_cache_and_track_its_rows(tmp_path, monkeypatch, capfd):
+    """suites/layer.py's LayerForwardMetrics under asv: its parameter sets are measured once, in one
+    setup_cache process, and the tracked medians are the runner's rows."""
+    out, tracked, cached = _layer_forward_metrics(tmp_path, monkeypatch, capfd, "reference,dense")
+    assert out.count("Setting up layer:") == 1, out
+    rows = {r["provider"]: r["value"] for r in cached if r["metric"] == "time"}
     assert set(tracked) == {"reference", "dense"} and all(v > 0 for v in tracked.values())
     assert tracked == rows
 
@@ -135,3 +143,20 @@ def test_every_tracked_metric_is_better_lower_so_a_drop_in_accuracy_is_a_regress
     _, _, regressions = detect_regressions(detect_steps(error_rate))
     assert regressions and regressions[0][2] == pytest.approx(0.10) and regressions[0][3] == pytest.approx(0.28)
     assert detect_regressions(detect_steps(accuracy))[2] is None  # the raw accuracy would have hidden it
+
+
+def test_the_layer_suite_measures_an_installed_provider_and_fails_broken_ones(installed, tmp_path, monkeypatch, capfd):
+    """A quick asv run of suites/layer.py with the example package installed (found through its entry point)
+    and the broken example named in MFBENCH_PROVIDER_MODULES: the example's tracked medians are the runner's
+    rows; the broken providers' sets fail (no value), and the run goes on."""
+    monkeypatch.setenv("PYTHONPATH", str(installed))
+    monkeypatch.setenv("MFBENCH_PROVIDER_MODULES", str(asvrun.ROOT / "examples" / "broken_provider.py"))
+    out, tracked, cached = _layer_forward_metrics(tmp_path, monkeypatch, capfd,
+                                                  "dense,example_gather,broken_raises,broken_wrong")
+    rows = {r["provider"]: r["value"] for r in cached if r["metric"] == "time"}
+    failed = {r["flags"] for r in cached if r["metric"] == "failed"}
+    assert set(rows) == {"dense", "example_gather"} and tracked["example_gather"] == rows["example_gather"] > 0, out
+    assert tracked["dense"] == rows["dense"]
+    assert tracked["broken_raises"] is None and tracked["broken_wrong"] is None, tracked  # asv: failed
+    assert any("this kernel is broken on purpose" in f for f in failed), failed
+    assert any("float64 check: relative error of y" in f for f in failed), failed
