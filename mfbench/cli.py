@@ -244,7 +244,7 @@ def layer_rows(records: list[dict], run) -> list[dict]:
             if rec.get(metric):
                 rows.append(run.row("layer-kernel", params, rec["provider"], metric, float("nan"), "",
                                     flags=[rec[metric].replace(",", ";")]))
-        if "median_ms" not in rec:
+        if "median_s" not in rec:  # skipped, or failed before it was timed
             continue
         extra = [f"floor:{rec['floor_bound']}"]
         if rec.get("kernel_config"):
