@@ -869,8 +869,11 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         print(f"wrote {len(rows)} rows to {path} (run {run.run_id})")
     if failed:
-        print(f"accuracy regression: {', '.join(failed)} failed or differ from reference by more than {tolerance:g}",
-              file=sys.stderr)
+        broken = [m.provider for m in measured if m.failed and m.provider in failed]
+        differ = [name for name in failed if name not in broken]
+        said = ([f"{', '.join(differ)} differ from reference by more than {tolerance:g}"] if differ else []) + \
+            ([f"{', '.join(broken)} failed to run"] if broken else [])
+        print(f"accuracy regression: {'; '.join(said)}", file=sys.stderr)
         return 1
     return 0
 

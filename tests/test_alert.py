@@ -266,4 +266,4 @@ def test_snapshot_eval_fails_an_exact_provider_that_should_run_and_raises(monkey
     out = capsys.readouterr()
     assert code == 1, out.out + out.err
     assert "FAILED: failed: RuntimeError: embedding_bag is broken" in out.out and "skipped" not in out.out
-    assert "embedding_bag failed or differ" in out.err
+    assert "accuracy regression: embedding_bag failed to run" in out.err
