@@ -162,19 +162,31 @@ def cmd_layers(args: argparse.Namespace) -> int:
     say(f"ceilings: copy {ceil.copy_bytes_per_s / 1e9:.1f} GB/s, matmul "
         f"{ceil.matmul_flops_per_s / 1e12:.1f} TFLOP/s ({ceil.matmul_dtype}), on-chip {onchip}")
     cases = with_weighting(CASES[args.cases], args.weighting)
-    records = list(run_cases(cases, names, device, DTYPES[args.dtype], ceil, check=not args.no_check, progress=say))
+    records, stopped_by = [], 0
+    try:
+        for record in run_cases(cases, names, device, DTYPES[args.dtype], ceil, check=not args.no_check, progress=say):
+            records.append(record)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: keep what was measured, flagged partial
+        stopped_by = getattr(exc, "signum", signal.SIGINT)
+        _ignore_signals()
+        say(f"interrupted by {signal.Signals(stopped_by).name}: keeping the {len(records)} records measured so far, "
+            f"flagged {results.PARTIAL}")
     frame = pd.DataFrame(records)
     if args.csv:
         frame.to_csv(args.csv, index=False)
         say(f"wrote {len(frame)} records to {args.csv}")
     rows = layer_rows(records, results.Run.start(str(device)))
-    if not args.no_save:
+    if stopped_by:
+        results.mark_partial(rows, f"interrupted:{signal.Signals(stopped_by).name}")
+    if not args.no_save and rows:
         path = _append(rows, args.results_dir)
         say(f"wrote {len(rows)} rows to {path}")
     if args.format == "table":
         print(summary(frame))
     else:
         results.write("rows", pd.DataFrame(rows, columns=results.COLUMNS), args.format)
+    if stopped_by:
+        return 128 + stopped_by
     return _failed_exit([r["provider"] for r in records if r.get("failed")])
 
 

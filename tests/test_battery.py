@@ -376,3 +376,4 @@ def test_damaged_snapshot_weights_are_a_one_line_error_not_an_accuracy_failure(t
     assert code == 2, (out, err)  # 2: the input is damaged; 1 would claim an accuracy regression
     assert "cannot be loaded" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert table.same()
+

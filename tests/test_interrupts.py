@@ -1,0 +1,36 @@
+"""`mfbench layers` stopped by a signal keeps what it measured, flagged partial, and exits 128 + the signal."""
+
+import os
+import signal
+
+import pytest
+
+from mfbench import cli, results
+
+
+def _cli(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_layers_run_keeps_its_records_partial_and_exits_non_zero(signum, tmp_path, monkeypatch, capsys):
+    from mfbench import layerbench
+
+    real = layerbench.run_cases
+
+    def stopping(*args, **kwargs):
+        for i, record in enumerate(real(*args, **kwargs)):
+            if i == 1:
+                os.kill(os.getpid(), signum)
+            yield record
+
+    monkeypatch.setattr(layerbench, "run_cases", stopping)
+    code, out, err = _cli(capsys, "layers", "--cases", "smoke", "--device", "cpu", "--providers", "dense",
+                          "--results-dir", tmp_path)
+    assert code == 128 + signum, (out, err)
+    assert f"interrupted by {signal.Signals(signum).name}: keeping the 1 records" in out
+    new = results.load(tmp_path)
+    assert len(new) > 0 and new["flags"].str.contains(results.PARTIAL).all()
+    assert new["flags"].str.contains(f"interrupted:{signal.Signals(signum).name}").all()
