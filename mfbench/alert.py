@@ -41,7 +41,7 @@ from mfbench.kernelprobe import default_seqs, set_key
 from mfbench.results import short_direction
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNEL_GLOBS = providers.source_globs()
+KERNEL_GLOBS = providers.source_globs(plugins=False)  # the built-ins': what the workflows' path filters list
 REPORT_SCHEMA = "mfbench-alert-report/1"
 SCHEMA_FILE = Path(__file__).with_name("alert-report.schema.json")
 
@@ -379,7 +379,7 @@ class Options:
 def alert(opts: Options) -> int:
     started = time.monotonic()
     base, head = commit_of(opts.base), commit_of(opts.head)
-    files = changed_files(base, head)
+    files = changed_files(base, head, providers.source_globs())  # plugins registered since import included
     js = opts.json_report or opts.report.with_suffix(".json")
     report = {"schema": REPORT_SCHEMA, "base": base, "head": head, "files": files, "rule": asdict(opts.rule),
               "device": "", "providers": [], "rounds": 0, "seconds": 0.0, "sets": [],

@@ -105,6 +105,14 @@ def register(provider: Provider) -> Provider:
     return provider
 
 
+def unregister(name: str) -> None:
+    """Remove a provider registered at run time (a test's, or a plugin replacing its own); built-ins stay."""
+    provider = _REGISTRY.get(name)
+    if provider is not None and provider.origin == "built-in":
+        raise ValueError(f"provider {name!r} is built in and cannot be unregistered")
+    _REGISTRY.pop(name, None)
+
+
 def register_provider(name: str, fn: LookupFn, *, description: str = "", exact: bool = True,
                       devices: tuple[str, ...] | list[str] = (), dtypes: tuple[torch.dtype, ...] | list = (),
                       probe: Callable[[], str | None] | None = None,
@@ -291,12 +299,17 @@ def touched_by(files: list[str]) -> list[str]:
 
     if REGISTRY_FILE in files:
         return names()
+    _discover()
     return [n for n, p in _REGISTRY.items() if any(fnmatch.fnmatch(f, g) for f in files for g in p.sources)]
 
 
-def source_globs() -> tuple[str, ...]:
-    """Every provider's sources and the registry: what the kernel alert watches."""
-    return tuple(dict.fromkeys([g for p in _REGISTRY.values() for g in p.sources] + [REGISTRY_FILE]))
+def source_globs(plugins: bool = True) -> tuple[str, ...]:
+    """Every provider's sources (installed plugins' too, or only the built-ins') and the registry: what the
+    kernel alert watches."""
+    if plugins:
+        _discover()
+    chosen = [p for p in _REGISTRY.values() if plugins or p.origin == "built-in"]
+    return tuple(dict.fromkeys([g for p in chosen for g in p.sources] + [REGISTRY_FILE]))
 
 
 def one_process(name: str) -> bool:

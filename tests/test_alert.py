@@ -267,3 +267,15 @@ def test_snapshot_eval_fails_an_exact_provider_that_should_run_and_raises(monkey
     assert code == 1, out.out + out.err
     assert "FAILED: failed: RuntimeError: embedding_bag is broken" in out.out and "skipped" not in out.out
     assert "accuracy regression: embedding_bag failed to run" in out.err
+
+
+def test_a_plugin_that_declares_its_sources_is_watched_by_the_alert():
+    name = "alert_watched_plugin"
+    provider = providers.register_provider(name, providers.get("reference").fn, sources=("plugins/my_kernel.py",))
+    try:
+        assert "plugins/my_kernel.py" in providers.source_globs()
+        assert "plugins/my_kernel.py" not in providers.source_globs(plugins=False)  # the workflows' built-in paths
+        assert providers.touched_by(["plugins/my_kernel.py"]) == [name] and provider.origin != "built-in"
+    finally:
+        providers.unregister(name)
+    assert name not in providers.names()
