@@ -38,11 +38,11 @@ def machine_name() -> str:
     """Names the accelerator, so H100, H200 and CPU results never share an asv machine."""
     import torch
 
-    from mfbench.measure.fingerprint import _cpu_model, device_name
+    from mfbench.measure.fingerprint import cpu_model, device_name
 
     if torch.cuda.is_available():
         return device_name("cuda")
-    cpu = "".join(c if c.isalnum() else "-" for c in _cpu_model()).strip("-")[:40]
+    cpu = "".join(c if c.isalnum() else "-" for c in cpu_model()).strip("-")[:40]
     return f"{device_name('cpu')}-{cpu}"
 
 

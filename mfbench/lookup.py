@@ -134,7 +134,7 @@ def chunk_tokens(num_chunks: int, out_features: int, dtype: torch.dtype, max_byt
     return max(1, max_bytes // per_token)
 
 
-def _lookup_block(z: torch.Tensor, tables: torch.Tensor, spec: LookupSpec) -> torch.Tensor:
+def lookup_block(z: torch.Tensor, tables: torch.Tensor, spec: LookupSpec) -> torch.Tensor:
     """Eq. 11 for a block of tokens: y = sum_k p(z_k) * T_k[h(z_k)], summed in ``compute_dtype``."""
     k = torch.arange(tables.shape[0], device=tables.device)
     rows = tables[k, sign_hash(z)]  # (tokens, K, h): the gather the memory budget bounds
@@ -159,7 +159,7 @@ def reference_lookup(
     for start in range(0, z.shape[0], step):
         zb = z[start : start + step]
         if needs_grad:
-            blocks.append(checkpoint(_lookup_block, zb, tables, spec, use_reentrant=False))
+            blocks.append(checkpoint(lookup_block, zb, tables, spec, use_reentrant=False))
         else:
-            blocks.append(_lookup_block(zb, tables, spec))
+            blocks.append(lookup_block(zb, tables, spec))
     return torch.cat(blocks).to(x.dtype)

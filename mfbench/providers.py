@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from mfbench.lookup import _lookup_block, bucket_weight, reference_lookup, sign_hash, split_chunks
+from mfbench.lookup import lookup_block, bucket_weight, reference_lookup, sign_hash, split_chunks
 
 if TYPE_CHECKING:
     from mfbench.model import MemoryLayer
@@ -540,7 +540,7 @@ class _RecompileLimitWatch(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if "recompile_limit" in message and _lookup_block.__name__ in message:
+        if "recompile_limit" in message and lookup_block.__name__ in message:
             _RecompileLimitWatch.hit = True
 
 
@@ -567,7 +567,7 @@ def _compiled_block() -> Callable:
     functorch_config.donated_buffer = False
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, COMPILED_RECOMPILE_LIMIT)
     logging.getLogger("torch._dynamo.convert_frame").addHandler(_RecompileLimitWatch(logging.WARNING))
-    return torch.compile(_lookup_block, dynamic=None)
+    return torch.compile(lookup_block, dynamic=None)
 
 
 def _compiled(layer: "MemoryLayer", x: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ import torch
 import mfbench
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or the platform's processor string."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -101,7 +102,7 @@ def fingerprint(device: torch.device | str = "cpu") -> dict:
     info = {
         "machine": socket.gethostname(),
         "device": device_name(device),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         # CPU threads this process may use: torchrun ranks get fewer, and that changes CPU-side figures
         "torch_threads": torch.get_num_threads(),
