@@ -56,7 +56,7 @@ def test_smoke_matrix_on_two_gloo_ranks_is_one_run_with_the_single_rank_rows(smo
 
 
 def test_two_nodes_meet_in_torchruns_c10d_rendezvous_and_write_one_run(smoke_run, tmp_path):
-    """The README's several-hosts command, as two one-rank "nodes" on this host: each agent is started
+    """The several-hosts command of docs/scaleout.md, as two one-rank "nodes" on this host: each agent is started
     alone, they meet in the c10d rendezvous, and rank 0 writes one run with the single-process rows."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_port()}", "--rdzv-id", "mfbench-test",
