@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mfbench import providers
+from mfbench.asvrun import tree_pythonpath
 from mfbench.kernelprobe import SCHEMA as PROBE_SCHEMA
 from mfbench.kernelprobe import default_seqs, set_key
 from mfbench.results import short_direction
@@ -132,17 +133,13 @@ class SetRecord:
     head: list[dict] = field(default_factory=list)
     log_ratios: list[float] = field(default_factory=list)
 
-    @property
-    def key(self) -> str:
-        return set_key(self.provider, self.direction, self.seq)
 
-
-def probe(tree: Path, args: list[str], out: Path, timeout_s: float) -> tuple[list[dict] | None, str]:
-    """Run ``tree``'s kernel probe with ``tree``'s own mfbench: (its sets, or None, and why not). Its
+def probe(tree: Path, args: list[str], out: Path, timeout_s: float) -> tuple[dict | None, str]:
+    """Run ``tree``'s kernel probe with ``tree``'s own mfbench: (its report, or None, and why not). Its
     progress goes on to stderr as it comes."""
     import threading
 
-    env = {**os.environ, "PYTHONPATH": _pythonpath(tree)}
+    env = {**os.environ, "PYTHONPATH": tree_pythonpath(tree)}
     cmd = [sys.executable, "-m", "mfbench.kernelprobe", *args, "--out", str(out)]
     tail: list[str] = []
 
@@ -170,12 +167,7 @@ def probe(tree: Path, args: list[str], out: Path, timeout_s: float) -> tuple[lis
     report = json.loads(out.read_text())
     if report.get("schema") != PROBE_SCHEMA:
         return None, f"the probe writes {report.get('schema')!r}, this alert reads {PROBE_SCHEMA!r}"
-    return report["sets"], ""
-
-
-def _pythonpath(tree: Path) -> str:
-    """PYTHONPATH with ``tree`` first, so Python imports that checkout's mfbench."""
-    return os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return report, ""
 
 
 def record(records: dict[str, SetRecord], side: str, sets: list[dict] | None, why: str, wanted: list[str]) -> None:
@@ -187,7 +179,8 @@ def record(records: dict[str, SetRecord], side: str, sets: list[dict] | None, wh
         if entry["status"] == "ok" and not entry["samples_s"]:
             entry = {**entry, "status": "failed", "reason": "no samples"}
         getattr(records[key], side).append({k: entry.get(k) for k in ("status", "reason", "method", "samples_s")})
-        records[key].dtype = entry.get("dtype", records[key].dtype) or records[key].dtype
+        if entry.get("dtype"):
+            records[key].dtype = entry["dtype"]
 
 
 def outcome(rec: SetRecord, rule: Rule) -> tuple[str, str, Judgement | None]:
@@ -210,20 +203,22 @@ def outcome(rec: SetRecord, rule: Rule) -> tuple[str, str, Judgement | None]:
 
 
 def run_rounds(trees: dict[str, Path], base: str, head: str, probe_args: list[str], keys: list[str], rule: Rule,
-               work: Path, timeout_s: float) -> tuple[dict[str, SetRecord], int]:
+               work: Path, timeout_s: float) -> tuple[dict[str, SetRecord], int, str]:
+    """(every set's record, the rounds run, the device the probes named)."""
     records: dict[str, SetRecord] = {}
     for key in keys:
         provider, direction, seq = key.split("/")
         records[key] = SetRecord(provider, direction, int(seq))
-    wanted, done = list(keys), 0
+    wanted, done, device = list(keys), 0, ""
     for r in range(rule.max_rounds):
         order = [(base, "base"), (head, "head")] if r % 2 == 0 else [(head, "head"), (base, "base")]
         for sha, side in order:
             print(f"round {r + 1} (at least {rule.min_rounds}, at most {rule.max_rounds}): {side} {sha[:10]}, "
                   f"{len(wanted)} set(s)", file=sys.stderr, flush=True)
             out = work / f"probe-{side}-{r}.json"
-            sets, why = probe(trees[sha], [*probe_args, "--only", ",".join(wanted)], out, timeout_s)
-            record(records, side, sets, why, wanted)
+            report, why = probe(trees[sha], [*probe_args, "--only", ",".join(wanted)], out, timeout_s)
+            device = device or (report or {}).get("device", "")
+            record(records, side, report and report["sets"], why, wanted)
         for key in wanted:
             rec = records[key]
             b, h = rec.base[-1], rec.head[-1]
@@ -237,7 +232,7 @@ def run_rounds(trees: dict[str, Path], base: str, head: str, probe_args: list[st
         if done >= rule.min_rounds:
             print(f"after {done} rounds, {len(wanted)} set(s) not yet clear of x{rule.factor:g}: "
                   + "; ".join(f"{k} x{verdicts[k][2].ratio:.3f}" for k in wanted[:6]), file=sys.stderr, flush=True)
-    return records, done
+    return records, done, device
 
 
 def still_open(verdicts: dict[str, tuple[str, str, Judgement | None]], done: int, rule: Rule) -> list[str]:
@@ -265,7 +260,7 @@ def accuracy_check(tree: Path, names: list[str], device: str, sequences: int | N
             "--device", device, "--providers", ",".join(["reference", *[n for n in names if n != "reference"]])]
     if sequences:
         args += ["--sequences", str(sequences)]
-    env = {**os.environ, "PYTHONPATH": _pythonpath(tree)}
+    env = {**os.environ, "PYTHONPATH": tree_pythonpath(tree)}
     result = subprocess.run(args, cwd=tree, env=env, capture_output=True, text=True)
     return result.returncode, (result.stdout + result.stderr).strip()
 
@@ -403,7 +398,8 @@ def alert(opts: Options) -> int:
                 raise AlertError(f"{sha[:10]} has no kernel probe (mfbench/kernelprobe.py): compare with a base "
                                  "that has one")
         keys = _keys(names, opts.directions, opts.seqs, device)
-        records, rounds = run_rounds(trees, base, head, probe_args, keys, opts.rule, work, opts.probe_timeout_s)
+        records, rounds, measured_on = run_rounds(trees, base, head, probe_args, keys, opts.rule, work,
+                                                  opts.probe_timeout_s)
         if opts.probes_dir:
             opts.probes_dir.mkdir(parents=True, exist_ok=True)
             for path in work.glob("probe-*.json"):
@@ -422,7 +418,7 @@ def alert(opts: Options) -> int:
         subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
     rows = summary(records, opts.rule)
     verdict = overall(rows, report["accuracy"]["exit_code"])
-    report.update(device=_probe_device(work), providers=names, rounds=rounds, seconds=time.monotonic() - started,
+    report.update(device=measured_on, providers=names, rounds=rounds, seconds=time.monotonic() - started,
                   sets=rows, verdict=verdict, exit_code=0 if verdict == "pass" else 1)
     write_reports(report, opts.report, js)
     shutil.rmtree(work, ignore_errors=True)
@@ -435,12 +431,6 @@ def _keys(names: list[str], directions: str, seqs: str | None, device: str) -> l
     """Every set the alert measures, named as the probe names them."""
     lengths = [int(s) for s in (seqs.split(",") if seqs else default_seqs(device))]
     return [set_key(p, d, s) for d in directions.split(",") for s in lengths for p in names]
-
-
-def _probe_device(work: Path) -> str:
-    for path in sorted(work.glob("probe-*.json")):
-        return json.loads(path.read_text()).get("device", "")
-    return ""
 
 
 def _default_device() -> str:

@@ -75,7 +75,7 @@ def _asv(conf: Path, *args: str, env: dict | None = None, cwd: Path | None = Non
     return subprocess.run(cmd, env=env, cwd=cwd)
 
 
-def _tree_pythonpath(tree: Path) -> str:
+def tree_pythonpath(tree: Path) -> str:
     """PYTHONPATH with ``tree`` first, so Python imports that checkout's mfbench."""
     return os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
@@ -85,7 +85,7 @@ def run_commit(tree: Path, commit: str, results_dir: Path, bench: str | None, qu
     """Run the suites of ``tree`` (a checkout of ``commit``) in this Python; returns the asv results dir."""
     conf = _conf_for(tree, results_dir, results_dir.parent / "html")
     name = machine_name()
-    path = _tree_pythonpath(tree)
+    path = tree_pythonpath(tree)
     # asv drops PYTHONPATH in benchmark processes unless it comes as ASV_PYTHONPATH; without it the
     # suites would import whichever mfbench is installed instead of this commit's.
     # asv's forkserver imports the suites once and forks per benchmark; CUDA must not be initialised
