@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from mfbench import providers
 from mfbench.layerbench import CASES, DTYPES, Case, make_layer, random_input, timed_call
 from mfbench.measure.counters import CallCounters, CounterError, aggregate, ncu_command, ncu_path, parse
 from mfbench.measure.traffic import layer_traffic
@@ -95,7 +96,7 @@ def _provider_rows(cases: str, name: str, dtype: str, run, progress: Callable[[s
                                 flags=[f"unavailable: {found}".replace(",", ";")]))
             continue
         modelled = layer_traffic(case.tokens, case.in_features, case.out_features, case.tau, elem, case.direction,
-                                 dense=name == "dense").hbm_bytes
+                                 dense=providers.get(name).baseline).hbm_bytes
         progress(f"  {case.name} {name}: {found.kernels} kernels, DRAM {found.dram_bytes / 1e6:.1f} MB "
                  f"(modelled {modelled / 1e6:.1f} MB), L2 {found.l2_bytes / 1e6:.1f} MB, L1 hit {found.l1_hit_rate:.1f}%")
         values = found.as_dict()
