@@ -448,10 +448,6 @@ def trial_failure(name: str, device: str = "cpu", dtype: torch.dtype = torch.flo
     return found.skip or found.error or found.mismatch
 
 
-# ``trial`` holds the one cache of trial runs; clearing either name clears it
-trial_failure.cache_clear = trial.cache_clear  # type: ignore[attr-defined]
-
-
 class Readiness(NamedTuple):
     skip: str | None = None  # this machine cannot run it: a 'skipped' row
     fault: str | None = None  # it should run here and does not: a 'failed' row, never a pass

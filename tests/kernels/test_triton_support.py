@@ -44,10 +44,10 @@ def refusing_triton(monkeypatch):
 
     monkeypatch.setattr(kernels, "_hash_kernel", Refusing())
     providers.unavailable.cache_clear()
-    providers.trial_failure.cache_clear()
+    providers.trial.cache_clear()  # the one cache of trial runs
     yield
     providers.unavailable.cache_clear()
-    providers.trial_failure.cache_clear()
+    providers.trial.cache_clear()  # the one cache of trial runs
 
 
 def _why_triton_fails() -> str:
