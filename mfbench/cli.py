@@ -167,8 +167,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
         for record in run_cases(cases, names, device, DTYPES[args.dtype], ceil, check=not args.no_check, progress=say):
             records.append(record)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: keep what was measured, flagged partial
-        stopped_by = getattr(exc, "signum", signal.SIGINT)
-        _ignore_signals()
+        stopped_by = _stopped(exc)
         say(f"interrupted by {signal.Signals(stopped_by).name}: keeping the {len(records)} records measured so far, "
             f"flagged {results.PARTIAL}")
     frame = pd.DataFrame(records)
@@ -391,8 +390,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                          progress=lambda msg: print(tag + msg, flush=True)):
                 rows.append(row)
     except KeyboardInterrupt as exc:
-        stopped_by = getattr(exc, "signum", signal.SIGINT)
-        _ignore_signals()  # a second Ctrl-C must not cost the rows being written
+        stopped_by = _stopped(exc)
         name = signal.Signals(stopped_by).name
         results.mark_partial(rows, f"interrupted:{name}")
         print(f"{tag}interrupted by {name}: keeping the {len(rows)} rows measured so far, flagged "
@@ -1107,6 +1105,13 @@ def _catch_signals() -> dict:
         return {}
     return {signal.SIGINT: signal.getsignal(signal.SIGINT),
             signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_terminated)}
+
+
+def _stopped(exc: KeyboardInterrupt) -> int:
+    """The signal that stopped a measuring command (SIGINT, or SIGTERM through ``Terminated``); from now on
+    both are ignored, so a second Ctrl-C must not cost the rows being written."""
+    _ignore_signals()
+    return getattr(exc, "signum", signal.SIGINT)
 
 
 def _ignore_signals() -> None:
