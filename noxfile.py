@@ -118,7 +118,7 @@ def bench(session: nox.Session) -> None:
     """Run the asv suites for HEAD here, append the result tables, draw the plots, publish the dashboard."""
     install(session)
     run(session, "-m", "mfbench", "info")
-    run(session, "-m", "mfbench.asvrun", "bench", *session.posargs)
+    run(session, "-m", "mfbench.shells.asvrun", "bench", *session.posargs)
     run(session, "-m", "mfbench.plots")
     _publish(session)
 
@@ -146,4 +146,4 @@ def plots(session: nox.Session) -> None:
 def alert(session: nox.Session) -> None:
     """If kernel files changed since --base REF: time both commits' kernels, re-score the snapshot; fail on a regression."""
     install(session)
-    run(session, "-m", "mfbench.alert", *session.posargs)
+    run(session, "-m", "mfbench.shells.alert", *session.posargs)

@@ -7,7 +7,7 @@ import time
 import torch
 
 import mfbench
-from mfbench.lookup import reference_lookup
+from mfbench.core.lookup import reference_lookup
 
 
 def raises(layer, x):

@@ -24,7 +24,7 @@ PUBLIC = {"Provider", "register_provider", "ProviderUnavailable"}
 
 def __getattr__(name: str):
     if name in PUBLIC:
-        from mfbench import providers
+        from mfbench.core import providers
 
         return getattr(providers, name)
     raise AttributeError(f"module 'mfbench' has no attribute {name!r}")

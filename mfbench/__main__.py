@@ -1,3 +1,3 @@
-from mfbench.cli import main
+from mfbench.shells.cli import main
 
 raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 For each case (direction, tokens, in/out features, tau) and provider this checks the output against a
 float64 reference on fresh random input, then times the call (median, spread) and sets the time beside
-the floor implied by the machine's measured ceilings (``mfbench.measure.traffic``). The suites, the CLI
+the floor implied by the machine's measured ceilings (``mfbench.cost.traffic``). The suites, the CLI
 (``mfbench layers``) and the GPU scripts all run through ``run_cases``.
 """
 
@@ -13,14 +13,14 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from mfbench import providers
-from mfbench.results import short_direction
-from mfbench.lookup import reference_lookup
-from mfbench.measure.ceilings import Ceilings
-from mfbench.measure.timing import kernel_seconds, time_callable
-from mfbench.measure.traffic import floor_seconds, layer_traffic
-from mfbench.model import MemoryLayer
-from mfbench.runner import failure
+from mfbench.core import providers
+from mfbench.store.results import short_direction
+from mfbench.core.lookup import reference_lookup
+from mfbench.instruments.ceilings import Ceilings
+from mfbench.instruments.timing import kernel_seconds, time_callable
+from mfbench.cost.traffic import floor_seconds, layer_traffic
+from mfbench.core.model import MemoryLayer
+from mfbench.bench.runner import failure
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # ||out - ref|| / ||ref|| allowed against float64, by the dtype of inputs and outputs.

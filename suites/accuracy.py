@@ -1,7 +1,7 @@
 """Accuracy of the committed snapshots through every provider: a kernel that is fast but answers
 differently shows here as a step in a provider's line."""
 
-from mfbench.suite import ACCURACY_PARAMS, SnapshotCase, evaluate_all
+from mfbench.shells.suite import ACCURACY_PARAMS, SnapshotCase, evaluate_all
 
 
 class SnapshotAccuracy:

@@ -1,6 +1,6 @@
 """A MemoryFormer block against the dense (Pythia) block; provider 'dense' is the dense block."""
 
-from mfbench.suite import BLOCK_PARAMS
+from mfbench.shells.suite import BLOCK_PARAMS
 
 from .layer import _Metrics, _Timed
 

@@ -1,6 +1,6 @@
 """One Memory Layer (d -> d, d from the preset) against the nn.Linear it replaces (provider 'dense')."""
 
-from mfbench.suite import PARAM_NAMES, PARAMS, TIMER, Prepared, measure_all
+from mfbench.shells.suite import PARAM_NAMES, PARAMS, TIMER, Prepared, measure_all
 
 
 class _Timed:
@@ -22,7 +22,7 @@ class _Timed:
     def time_call(self, *params):
         """One call and a device sync, host included: what a user's loop pays. On a GPU the host's issue
         time can be most of it, so kernel alerts decide on the kernels' own time (track_kernel_time here,
-        CUDA-graph replays in mfbench.alert), not on this."""
+        CUDA-graph replays in mfbench.shells.alert), not on this."""
         self.case.call()
 
 

@@ -1,6 +1,6 @@
 """Whole language models, MemoryFormer vs dense: a forward pass and one AdamW training step."""
 
-from mfbench.suite import MODEL_PARAMS
+from mfbench.shells.suite import MODEL_PARAMS
 
 from .layer import _Metrics, _Timed
 

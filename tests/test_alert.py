@@ -1,4 +1,4 @@
-"""The kernel alert (mfbench.alert): its decision rule, fail-closed outcomes and reports without a
+"""The kernel alert (mfbench.shells.alert): its decision rule, fail-closed outcomes and reports without a
 benchmark run, then whole alerts on the CPU: the Triton kernels under the interpreter, micro preset, 64
 tokens, forward only, CPU time per call (the GPU figures are in README "Alerts", from an H200).
 
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mfbench import alert, providers
+from mfbench.shells import alert
+from mfbench.core import providers
 
 from .plant import plant_slowdown
 
@@ -115,10 +116,10 @@ def test_rounds_stop_once_the_answer_is_known():
 
 def test_the_alert_measures_the_providers_a_change_touches():
     assert providers.touched_by(["mfbench/kernels/lookup.py"]) == ["triton"]
-    assert set(providers.touched_by(["mfbench/lookup.py"])) == set(providers.names()) - {"dense"}
-    assert providers.touched_by(["mfbench/providers.py"]) == providers.names()
+    assert set(providers.touched_by(["mfbench/core/lookup.py"])) == set(providers.names()) - {"dense"}
+    assert providers.touched_by(["mfbench/core/providers.py"]) == providers.names()
     assert providers.touched_by(["README.md"]) == []
-    assert set(alert.KERNEL_GLOBS) == {"mfbench/kernels/*", "mfbench/lookup.py", "mfbench/providers.py"}
+    assert set(alert.KERNEL_GLOBS) == {"mfbench/kernels/*", "mfbench/core/lookup.py", "mfbench/core/providers.py"}
 
 
 def _report(rows: list[dict], verdict: str) -> dict:
@@ -208,7 +209,7 @@ def repo(tmp_path_factory) -> Path:
 def run_alert(repo: Path, head: str, tmp: Path, *args: str, **env: str) -> tuple[int, str, dict]:
     full = {**os.environ, **ENV, **ALERT_ENV, **env}
     md, js = tmp / f"{head}.md", tmp / f"{head}.json"
-    result = subprocess.run([sys.executable, "-m", "mfbench.alert", "--base", "alert-base", "--head", head,
+    result = subprocess.run([sys.executable, "-m", "mfbench.shells.alert", "--base", "alert-base", "--head", head,
                              "--report", str(md), *args], cwd=repo, env=full, capture_output=True, text=True)
     assert md.exists() and js.exists(), result.stdout + result.stderr
     report = json.loads(js.read_text())
@@ -256,7 +257,7 @@ def test_snapshot_eval_fails_an_exact_provider_that_should_run_and_raises(monkey
     raises is FAILED and exits 1, never 'skipped'."""
     import torch.nn.functional as F
 
-    from mfbench.cli import main
+    from mfbench.shells.cli import main
 
     def broken(*args, **kwargs):
         raise RuntimeError("embedding_bag is broken")

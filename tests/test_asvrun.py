@@ -4,7 +4,8 @@ import subprocess
 
 import pytest
 
-from mfbench import asvrun, dashboard
+from mfbench.shells import asvrun
+from mfbench import dashboard
 
 
 def _git(repo, *args):
@@ -25,7 +26,7 @@ def repo(tmp_path):
 
 def test_bench_rows_name_the_tree_as_it_was_before_asv_wrote_its_files(repo, monkeypatch):
     """asv rewrites results/asv/benchmarks.json, a tracked file; the rows must still call a clean tree clean."""
-    from mfbench.measure.fingerprint import git_commit
+    from mfbench.instruments.fingerprint import git_commit
 
     monkeypatch.setattr(asvrun, "ROOT", repo)
     for name in ("MFBENCH_COMMIT", "MFBENCH_DIRTY", "MFBENCH_ASV_CACHE"):  # main() sets them
@@ -132,7 +133,7 @@ def test_every_tracked_metric_is_better_lower_so_a_drop_in_accuracy_is_a_regress
     import suites.block
     import suites.layer
     import suites.model
-    from mfbench.results import HIGHER_IS_BETTER
+    from mfbench.store.results import HIGHER_IS_BETTER
 
     names = {name.removeprefix("track_") for module in (suites.accuracy, suites.block, suites.layer, suites.model)
              for _, cls in inspect.getmembers(module, inspect.isclass) for name in dir(cls) if name.startswith("track_")}

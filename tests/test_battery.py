@@ -10,9 +10,11 @@ import sys
 
 import pytest
 
-from mfbench import cli, dashboard, results
-from mfbench.lookup import LookupSpec
-from mfbench.model import MemoryLayer, ModelConfig
+from mfbench.shells import cli
+from mfbench import dashboard
+from mfbench.store import results
+from mfbench.core.lookup import LookupSpec
+from mfbench.core.model import MemoryLayer, ModelConfig
 
 
 def _rows(run, n, tag="x"):
@@ -56,8 +58,8 @@ def corrupt(tmp_path):
 @pytest.fixture(autouse=True)
 def _nothing_measured(monkeypatch):
     """Any case that reached measuring would fail here: the checks must come first."""
-    from mfbench import runner
-    from mfbench.measure import ceilings
+    from mfbench.bench import runner
+    from mfbench.instruments import ceilings
 
     def measured(*args, **kwargs):
         raise AssertionError("measured before refusing the input")
@@ -255,7 +257,7 @@ def test_dashboard_without_a_published_site(tmp_path, capsys):
 
 def test_an_alert_base_that_looks_like_an_option_reaches_git_as_a_ref(tmp_path):
     target = tmp_path / "written-by-git"
-    out = subprocess.run([sys.executable, "-m", "mfbench.alert", f"--base=--output={target}"],
+    out = subprocess.run([sys.executable, "-m", "mfbench.shells.alert", f"--base=--output={target}"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--output=" in out.stderr and "Traceback" not in out.stderr
     assert not target.exists()
@@ -277,8 +279,8 @@ def _stopping_matrix(signum):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signalled_run_keeps_its_rows_marks_them_partial_and_exits_non_zero(signum, table, monkeypatch, capsys):
-    from mfbench import runner
-    from mfbench.measure import ceilings
+    from mfbench.bench import runner
+    from mfbench.instruments import ceilings
 
     monkeypatch.setattr(runner, "run_matrix", _stopping_matrix(signum))
     monkeypatch.setattr(ceilings, "ceilings", lambda device, refresh=False: None)
@@ -297,8 +299,8 @@ def test_a_signalled_run_keeps_its_rows_marks_them_partial_and_exits_non_zero(si
 
 
 def test_a_huge_length_is_warned_about_with_an_estimate(table, monkeypatch, capsys):
-    from mfbench import runner
-    from mfbench.measure import ceilings
+    from mfbench.bench import runner
+    from mfbench.instruments import ceilings
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
@@ -338,8 +340,8 @@ def test_a_write_failing_after_measuring_keeps_the_rows_elsewhere_and_the_table_
 
     import pandas as pd
 
-    from mfbench import runner
-    from mfbench.measure import ceilings
+    from mfbench.bench import runner
+    from mfbench.instruments import ceilings
 
     monkeypatch.setattr(runner, "run_matrix", lambda items, cfg, run, *a, **k: iter(_rows(run, 4, "measured")))
     monkeypatch.setattr(ceilings, "ceilings", lambda device, refresh=False: None)
@@ -364,7 +366,7 @@ def test_a_write_failing_after_measuring_keeps_the_rows_elsewhere_and_the_table_
 def test_damaged_snapshot_weights_are_a_one_line_error_not_an_accuracy_failure(tmp_path, table, capsys):
     import shutil
 
-    from mfbench import snapshots
+    from mfbench.store import snapshots
 
     source = snapshots.find("latest", architecture="memoryformer")
     snaps = tmp_path / "snaps"

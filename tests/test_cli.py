@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from mfbench.cli import main
+from mfbench.shells.cli import main
 
 
 def run(*args):
@@ -55,7 +55,7 @@ def test_layers_smoke_runs_and_writes_records(tmp_path, capsys):
     assert (ran["median_ms"] > 0).all() and (ran["samples"] >= 1).all()
     assert ran[ran["provider"] != "dense"]["within_tolerance"].all()
     assert "x dense" in out and "floor ms" in out
-    from mfbench import results
+    from mfbench.store import results
 
     rows = results.load(tmp_path / "results")
     times = rows[rows["metric"] == "time"]
@@ -64,9 +64,9 @@ def test_layers_smoke_runs_and_writes_records(tmp_path, capsys):
 
 
 def test_layer_rows_carry_the_host_issue_time_and_the_host_bound_flag():
-    from mfbench import results
-    from mfbench.cli import layer_rows
-    from mfbench.measure.timing import HOST_METHOD, HOST_UNAVAILABLE, KERNEL_METHOD
+    from mfbench.store import results
+    from mfbench.shells.cli import layer_rows
+    from mfbench.instruments.timing import HOST_METHOD, HOST_UNAVAILABLE, KERNEL_METHOD
 
     base = {"direction": "forward", "tokens": 2048, "in_features": 512, "out_features": 512, "tau": 8,
             "weighting": "paper", "dtype": "float16", "floor_bound": "hbm", "median_s": 1e-4, "q1_s": 0.9e-4,
@@ -88,8 +88,8 @@ def test_layer_rows_carry_the_host_issue_time_and_the_host_bound_flag():
 def test_a_time_below_its_floor_is_flagged_in_rows_and_printout():
     import pandas as pd
 
-    from mfbench import results
-    from mfbench.cli import BELOW_FLOOR, layer_rows, summary
+    from mfbench.store import results
+    from mfbench.shells.cli import BELOW_FLOOR, layer_rows, summary
 
     base = {"case": "c", "direction": "forward", "tokens": 64, "in_features": 64, "out_features": 64, "tau": 8,
             "weighting": "paper", "dtype": "float32", "floor_bound": "compute", "q1_s": 0.9e-4, "q3_s": 1.1e-4,
@@ -105,7 +105,7 @@ def test_a_time_below_its_floor_is_flagged_in_rows_and_printout():
 
 
 def test_layers_dtype_follows_the_device_as_its_help_says(monkeypatch, capsys):
-    from mfbench import cli
+    from mfbench.shells import cli
 
     with pytest.raises(SystemExit):
         cli.main(["layers", "--help"])

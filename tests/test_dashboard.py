@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from mfbench import asvrun, dashboard
+from mfbench.shells import asvrun
+from mfbench import dashboard
 
 needs_chromium = pytest.mark.skipif(dashboard.chromium() is None and not os.environ.get("CI"),
                                     reason="Chromium is not installed (CI installs the Debian package)")

@@ -8,8 +8,10 @@ import subprocess
 import sys
 
 
-from mfbench import cli, distributed, results, runner, snapshots
-from mfbench.model import ModelConfig
+from mfbench.shells import cli, distributed
+from mfbench.store import results, snapshots
+from mfbench.bench import runner
+from mfbench.core.model import ModelConfig
 
 
 def _port() -> str:
@@ -77,7 +79,7 @@ def test_two_nodes_meet_in_torchruns_c10d_rendezvous_and_write_one_run(smoke_run
 
 
 def test_sharded_provider_matches_reference_on_two_ranks():
-    out = torchrun("-m", "mfbench.sharded")
+    out = torchrun("-m", "mfbench.core.sharded")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     checks = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert {c["rank"] for c in checks} == {0, 1} and len(checks) == 4

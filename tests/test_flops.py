@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from mfbench import flops
-from mfbench.model import DenseBlock, MemoryFormerBlock, ModelConfig
+from mfbench.cost import flops
+from mfbench.core.model import DenseBlock, MemoryFormerBlock, ModelConfig
 
 
 def test_table1_agrees_with_print_except_the_flagged_row():

@@ -5,7 +5,8 @@ import signal
 
 import pytest
 
-from mfbench import cli, results
+from mfbench.shells import cli
+from mfbench.store import results
 
 
 def _cli(capsys, *args):

@@ -3,8 +3,8 @@
 import torch
 
 from mfbench import layerbench
-from mfbench.measure.ceilings import Ceilings
-from mfbench.measure.timing import Timing
+from mfbench.instruments.ceilings import Ceilings
+from mfbench.instruments.timing import Timing
 
 
 def test_on_a_gpu_every_case_is_timed_before_any_is_profiled(monkeypatch):

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mfbench.lookup import (LookupSpec, bucket_weight, chunk_tokens, input_checks, reference_lookup, sign_hash,
+from mfbench.core.lookup import (LookupSpec, bucket_weight, chunk_tokens, input_checks, reference_lookup, sign_hash,
                             split_chunks)
 
 
@@ -113,8 +113,8 @@ def test_chunk_tokens_respects_budget():
 
 _RSS_SCRIPT = textwrap.dedent("""
     import sys, torch
-    from mfbench.lookup import LookupSpec, reference_lookup
-    from mfbench.measure.memory import peak_rss_bytes, reset_peak_rss
+    from mfbench.core.lookup import LookupSpec, reference_lookup
+    from mfbench.instruments.memory import peak_rss_bytes, reset_peak_rss
     torch.set_num_threads(1)
     budget, grad = int(sys.argv[1]), sys.argv[2] == "1"
     x = torch.randn(8192, 512)
@@ -154,7 +154,7 @@ def test_peak_memory_bounded_by_chunk_budget():
 
 
 def test_input_checks_can_be_disabled():
-    from mfbench.lookup import check_input
+    from mfbench.core.lookup import check_input
 
     bad = torch.tensor([[float("nan")] * 8])
     with pytest.raises(ValueError, match="NaN"):

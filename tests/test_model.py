@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mfbench.model import (PRESETS, DenseTransformerLM, MemoryBlock, MemoryFormerBlock, MemoryFormerLM, MemoryLayer,
+from mfbench.core.model import (PRESETS, DenseTransformerLM, MemoryBlock, MemoryFormerBlock, MemoryFormerLM, MemoryLayer,
                            ModelConfig, build)
 
 
@@ -143,7 +143,7 @@ def test_lm_bad_tokens(idx, error, match):
 
 def test_benchmarks_switch_off_the_token_range_scan(monkeypatch):
     # the scan reads token values, a device sync inside every timed call of a model on a GPU
-    from mfbench.lookup import input_checks
+    from mfbench.core.lookup import input_checks
 
     model, idx = MemoryFormerLM(ModelConfig.preset("micro")), torch.randint(0, 256, (1, 8))
     read = []

@@ -1,4 +1,4 @@
-"""Machine-readable output (issue 22): --format json validates against mfbench/results.schema.json, csv
+"""Machine-readable output (issue 22): --format json validates against mfbench/store/results.schema.json, csv
 holds the same records, and the schema is where the result tables' columns are documented."""
 
 import io
@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from mfbench import results
-from mfbench.cli import main
+from mfbench.store import results
+from mfbench.shells.cli import main
 
 
 @pytest.fixture

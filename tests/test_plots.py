@@ -2,7 +2,8 @@
 
 import pandas as pd
 
-from mfbench import plots, results
+from mfbench import plots
+from mfbench.store import results
 
 
 def _rows(run, device_rows):
@@ -80,8 +81,8 @@ def test_empty_tables_give_labelled_placeholders(tmp_path):
 def test_accuracy_and_training_plots(tmp_path):
     import torch
 
-    from mfbench import snapshots
-    from mfbench.model import MemoryFormerLM, ModelConfig
+    from mfbench.store import snapshots
+    from mfbench.core.model import MemoryFormerLM, ModelConfig
     from mfbench.tasks.synthetic import MQAR
 
     cfg = ModelConfig.preset("micro", vocab_size=MQAR().vocab_size)

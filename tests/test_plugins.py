@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mfbench import providers, results
+from mfbench.core import providers
+from mfbench.store import results
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKEN = ROOT / "examples" / "broken_provider.py"
@@ -105,7 +106,7 @@ def test_a_plugin_that_cannot_be_loaded_is_a_failed_row_not_a_crash(tmp_path):
     dist = tmp_path / "site" / "gone_plugin-1.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gone-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[mfbench.providers]\ngone = gone_plugin_module:register\n")
+    (dist / "entry_points.txt").write_text("[mfbench.core.providers]\ngone = gone_plugin_module:register\n")
     listed = mfbench(tmp_path / "site", "info")
     assert listed.returncode == 0 and "gone" in listed.stdout.splitlines()[-1], listed.stderr
     done = mfbench(tmp_path / "site", "run", "--preset", "smoke", "--device", "cpu", "--benchmarks", "layer",
@@ -125,7 +126,7 @@ def test_a_plugin_that_cannot_be_loaded_is_a_failed_row_not_a_crash(tmp_path):
     ("json", "provider module json registered no provider (call mfbench.register_provider in it)"),
 ])
 def test_a_bad_provider_module_is_a_one_line_usage_error(module, message, capsys):
-    from mfbench.cli import main
+    from mfbench.shells.cli import main
 
     assert main(["run", "--preset", "smoke", "--provider-module", module, "--device", "cpu"]) == 2
     err = capsys.readouterr().err
@@ -177,6 +178,6 @@ def test_an_approximate_provider_is_checked_for_shape_and_dtype_but_not_values(m
 
 
 def test_importing_mfbench_loads_neither_torch_nor_plugins():
-    code = ("import sys, mfbench; assert 'torch' not in sys.modules and 'mfbench.providers' not in sys.modules; "
-            "assert mfbench.register_provider is __import__('mfbench.providers').providers.register_provider")
+    code = ("import sys, mfbench; assert 'torch' not in sys.modules and 'mfbench.core.providers' not in sys.modules; "
+            "assert mfbench.register_provider is __import__('mfbench.core.providers').providers.register_provider")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

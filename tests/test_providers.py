@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from mfbench import providers
-from mfbench.lookup import reference_lookup
-from mfbench.model import MemoryLayer
+from mfbench.core import providers
+from mfbench.core.lookup import reference_lookup
+from mfbench.core.model import MemoryLayer
 
 
 def test_registry_lists_the_required_providers():

@@ -10,7 +10,7 @@ import time
 import pandas as pd
 import pytest
 
-from mfbench import results
+from mfbench.store import results
 
 
 def _rows(run, n, tag="x"):
@@ -86,7 +86,7 @@ def test_corrupt_and_foreign_files_are_refused_and_kept(tmp_path, run):
 
 _WRITER = textwrap.dedent("""
     import sys
-    from mfbench import results
+    from mfbench.store import results
     directory, tag, batches, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     run = results.Run.start("cpu")
     for b in range(batches):

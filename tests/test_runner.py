@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-from mfbench import providers, results, runner
-from mfbench.cli import main
+from mfbench.core import providers
+from mfbench.store import results
+from mfbench.bench import runner
+from mfbench.shells.cli import main
 
 
 def test_smoke_run_rows(smoke_run):
@@ -65,7 +67,7 @@ def test_compare_sets_kernel_time_beside_a_host_bound_time(tmp_path, capsys):
 def test_run_summary_shows_kernel_time_only_where_measured():
     import pandas as pd
 
-    from mfbench.cli import run_summary
+    from mfbench.shells.cli import run_summary
 
     run = results.Run("R", "t", "c", False, "m", "H100", "{}")
     params = {"direction": "forward", "seq": 2048}
@@ -101,7 +103,7 @@ def test_run_refuses_a_corrupt_table_before_measuring(tmp_path, capsys):
 
 
 def test_sanity_flag_on_impossible_bandwidth(monkeypatch, tmp_path):
-    from mfbench.measure import ceilings as ceil_mod
+    from mfbench.instruments import ceilings as ceil_mod
 
     tiny = ceil_mod.Ceilings("cpu", copy_bytes_per_s=1.0, matmul_flops_per_s=1e12, matmul_dtype="float32",
                              onchip_bytes_per_s=None, onchip_how="", measured_utc="", torch="")
@@ -121,7 +123,7 @@ def test_kernel_times_come_after_every_other_measurement_of_the_run(monkeypatch)
     item first and profiles them last; an item failing in that pass loses its kernel time only."""
     import torch
 
-    from mfbench.model import ModelConfig
+    from mfbench.core.model import ModelConfig
 
     order = []
 

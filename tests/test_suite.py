@@ -1,11 +1,11 @@
-"""The asv suites' shared machinery (mfbench/suite.py): one process measures a class's parameter sets."""
+"""The asv suites' shared machinery (mfbench/shells/suite.py): one process measures a class's parameter sets."""
 
 import json
 import math
 
 import pytest
 
-from mfbench import suite
+from mfbench.shells import suite
 
 
 def test_measure_all_measures_each_set_once_and_marks_the_sets_that_cannot_run(monkeypatch):
@@ -80,7 +80,7 @@ def test_measure_all_reads_a_warm_cache_without_measuring_or_adding_kernel_rows_
 
 
 def test_evaluate_all_keeps_going_past_a_provider_that_fails(monkeypatch, tmp_path):
-    from mfbench import snapshots
+    from mfbench.store import snapshots
 
     real = snapshots.evaluate
 

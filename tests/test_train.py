@@ -8,7 +8,10 @@ import time
 import pytest
 import torch
 
-from mfbench import cli, providers, results, snapshots, train
+from mfbench.shells import cli
+from mfbench.core import providers
+from mfbench.store import results, snapshots
+from mfbench.bench import train
 from mfbench.tasks.synthetic import MQAR
 
 # Chance on the default mqar task is 1/8 (a guess among the values shown); the micro MemoryFormer has
@@ -114,7 +117,7 @@ def test_choice_scoring_needs_a_byte_vocabulary(trained, tmp_path, capsys):
 
 def test_choice_scoring_through_a_snapshot(tmp_path, capsys):
     torch.manual_seed(0)
-    from mfbench.model import MemoryFormerLM, ModelConfig
+    from mfbench.core.model import MemoryFormerLM, ModelConfig
 
     cfg = ModelConfig.preset("micro")
     snap = snapshots.save(MemoryFormerLM(cfg), "memoryformer", cfg, MQAR(), {"eval": {"sequences": 4, "seed": 7},
@@ -140,7 +143,7 @@ def test_timed_training_steps_do_not_scan_inputs(monkeypatch):
     rec = train.recipe("micro", steps=2)
     train.train("memoryformer", rec, synthetic.make("mqar"), torch.device("cpu"), "embedding_bag")
     assert scans == []
-    from mfbench.model import MemoryFormerLM
+    from mfbench.core.model import MemoryFormerLM
 
     MemoryFormerLM(train.model_config(rec, synthetic.make("mqar"), "embedding_bag"))(torch.zeros(1, 4, dtype=torch.long))
     assert "isfinite" in scans and "max" in scans  # outside training the scans are on

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mfbench import alert
+from mfbench.shells import alert
 
 from .plant import plant_slowdown
 from .test_alert import ALERT_ENV, ENV, _git

@@ -3,7 +3,7 @@
     python docs/ci/alert_replay.py results/alert/h200-trace.json [--trials 1000]
 
 A replayed alert draws distinct recorded processes of the base build and of the head build, one of each
-per round and set (a set draws from the processes that measured it: later rounds measure only open sets), forms each round's paired log-ratio per set exactly as ``mfbench.alert`` does, and applies the
+per round and set (a set draws from the processes that measured it: later rounds measure only open sets), forms each round's paired log-ratio per set exactly as ``mfbench.shells.alert`` does, and applies the
 alert's judgement (``alert.judge``) and stopping rule (``alert.still_open``). It is caught when any set
 ends regressed. Besides the recorded builds (planted 20%, planted 5%, comment-only), a synthetic head
 multiplies a base process's samples by a known factor: the detection rate against the true slowdown.
@@ -16,7 +16,7 @@ import json
 import random
 from pathlib import Path
 
-from mfbench import alert
+from mfbench.shells import alert
 
 
 def replay_one(base: list[dict], head: list[dict], rng: random.Random, rule: alert.Rule,

@@ -5,7 +5,7 @@ comment-only kernel change (and on a planted 5% slowdown), and a trace of the pr
 
 It copies the working tree into a scratch git repository with four commits: ``base`` (the tree as it is),
 ``planted`` (tests/plant.py, share 0.2), ``planted5`` (share 0.05) and ``unchanged`` (a comment added to
-the kernel file). Then it alternates whole alerts (``python -m mfbench.alert``, timed from process start
+the kernel file). Then it alternates whole alerts (``python -m mfbench.shells.alert``, timed from process start
 to exit, accuracy check included) on ``planted`` and ``unchanged``, keeping every probe process's samples,
 and spends what is left of the budget on extra probe processes of base, planted and planted5. Everything
 goes to $OUT/alert-validation.json, rewritten after each step, so a run cut short keeps what it measured.
@@ -94,7 +94,7 @@ def main() -> int:
         shutil.rmtree(folder, ignore_errors=True)
         report = (OUT if i < 2 else args.repo.parent) / f"alert-{head}-{i}.md"  # $OUT takes 8 files
         t0 = time.monotonic()
-        run = subprocess.run([sys.executable, "-m", "mfbench.alert", "--base", commits["base"], "--head", commits[head],
+        run = subprocess.run([sys.executable, "-m", "mfbench.shells.alert", "--base", commits["base"], "--head", commits[head],
                               "--report", str(report), "--json", str(args.repo.parent / f"alert-{i}.json"),
                               "--probes-dir", str(folder)],
                              cwd=args.repo, env=env, capture_output=True, text=True)
@@ -115,7 +115,7 @@ def main() -> int:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=args.repo, capture_output=True)
         sh("git", "worktree", "add", "-q", "--detach", str(tree), commits[build], cwd=args.repo)
         out = args.repo.parent / f"extra-{extra}.json"
-        probe = subprocess.run([sys.executable, "-m", "mfbench.kernelprobe", "--providers", "triton", "--out", str(out)],
+        probe = subprocess.run([sys.executable, "-m", "mfbench.shells.kernelprobe", "--providers", "triton", "--out", str(out)],
                                cwd=tree, env={**env, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
         if probe.returncode == 0:
             result["probes"].append({"alert": None, "file": f"extra-{build}", "build": build,

@@ -3,7 +3,7 @@
 Builds a few launch-bound items of the default matrix, times each three times, runs ``kernel_seconds``
 (torch.profiler) on one of them, and times them all again. It does that in two fresh processes: with
 Kineto's default (CUPTI stays attached after the profile) and with ``TEARDOWN_CUPTI=1``. mfbench takes
-its kernel times last for this reason (``mfbench.measure.timing``); this script is the A/B on one GPU.
+its kernel times last for this reason (``mfbench.instruments.timing``); this script is the A/B on one GPU.
 
     python docs/measure/profiler_aftereffect.py          # needs a CUDA device
 """
@@ -22,9 +22,9 @@ ITEMS = [("layer", "forward", 8192, "reference"), ("layer", "forward", 8192, "tr
 
 
 def measure() -> None:
-    from mfbench.measure.timing import kernel_seconds, time_callable
-    from mfbench.model import ModelConfig
-    from mfbench.runner import Item, build, callable_for
+    from mfbench.instruments.timing import kernel_seconds, time_callable
+    from mfbench.core.model import ModelConfig
+    from mfbench.bench.runner import Item, build, callable_for
 
     cfg, device = ModelConfig.preset("tiny"), torch.device("cuda")
     calls = []

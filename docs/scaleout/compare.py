@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from mfbench import results
+from mfbench.store import results
 
 WROTE = re.compile(r"wrote \d+ rows to .* \(run (\S+?)[,)]")
 

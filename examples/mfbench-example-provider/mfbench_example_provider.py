@@ -11,7 +11,7 @@ import functools
 import torch
 
 import mfbench
-from mfbench.lookup import bucket_weight, sign_hash, split_chunks
+from mfbench.core.lookup import bucket_weight, sign_hash, split_chunks
 
 
 def gather_sum(layer, x: torch.Tensor) -> torch.Tensor:

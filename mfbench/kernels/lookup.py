@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mfbench.lookup import LookupSpec
+from mfbench.core.lookup import LookupSpec
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 _WEIGHTING_CODE = {"paper": 0, "released": 1}

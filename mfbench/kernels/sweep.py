@@ -13,7 +13,7 @@ import torch
 import triton.testing
 
 from mfbench.kernels import lookup as K
-from mfbench.lookup import LookupSpec
+from mfbench.core.lookup import LookupSpec
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mfbench.kernels import lookup as kernels
 from mfbench.layerbench import CASES, TOLERANCE, make_layer, random_input, relative_error, relative_errors
-from mfbench.lookup import LookupSpec, bucket_weight, reference_lookup, sign_hash, split_chunks
+from mfbench.core.lookup import LookupSpec, bucket_weight, reference_lookup, sign_hash, split_chunks
 
 interpreted = pytest.mark.skipif(not kernels.INTERPRETING, reason="runs under TRITON_INTERPRET=1")
 
@@ -191,7 +191,7 @@ def test_float64_is_computed_in_float64_on_gpu(poisoned, weighting, temperature)
 
 @pytest.mark.gpu
 def test_model_end_to_end_triton_matches_reference_on_gpu():
-    from mfbench.model import MemoryFormerLM, ModelConfig
+    from mfbench.core.model import MemoryFormerLM, ModelConfig
 
     cfg = ModelConfig.preset("tiny")
     model = MemoryFormerLM(cfg).cuda()

@@ -10,10 +10,12 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 from triton.runtime.errors import InterpreterError
 
-from mfbench import providers, results, runner
+from mfbench.core import providers
+from mfbench.store import results
+from mfbench.bench import runner
 from mfbench.kernels import lookup as kernels
-from mfbench.lookup import LookupSpec
-from mfbench.model import ModelConfig
+from mfbench.core.lookup import LookupSpec
+from mfbench.core.model import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 # What Triton 3.9's interpreter raised for every launch before the kernels built their masks as blocks.

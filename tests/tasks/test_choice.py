@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from mfbench.model import MemoryFormerLM, ModelConfig
+from mfbench.core.model import MemoryFormerLM, ModelConfig
 from mfbench.tasks import choice
 
 

@@ -1,0 +1,164 @@
+"""What a run measures: items of (benchmark x direction x sequence length x provider x dtype), planned
+from a preset.
+
+Benchmarks: ``layer`` (one Memory Layer module d -> d, or the nn.Linear it replaces), ``block``
+(MemoryFormerBlock or the dense block), ``model`` (the whole LM) and ``layer-kernel`` (a provider's own
+call on a Memory Layer of a given shape, no module around it: the kernels at the shapes of their targets,
+what ``mfbench layers`` measures). For blocks and models the baseline provider means the dense
+architecture; every other provider runs the MemoryFormer with its Memory Layers on that provider.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterable
+
+import torch
+
+from mfbench.core.model import ModelConfig
+from mfbench.store.results import short_direction
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+BENCHMARKS = ("layer", "block", "model")  # what `mfbench run --benchmarks` chooses from
+KERNEL = "layer-kernel"
+
+
+@dataclass(frozen=True)
+class Case:
+    """A Memory Layer's shape and direction, for ``layer-kernel`` items (``target_ms``: the kernels' goal)."""
+
+    direction: str
+    tokens: int
+    in_features: int
+    out_features: int
+    tau: int = 8
+    weighting: str = "paper"
+    target_ms: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{short_direction(self.direction)} s={self.tokens} d={self.in_features} h={self.out_features} tau={self.tau}"
+
+
+CASES: dict[str, list[Case]] = {
+    # The GPU targets of the kernels issue (fp16, tau = 8), plus the size where torch's own lookups OOM.
+    "gpu": [
+        Case("forward", 2048, 2048, 2048, target_ms=0.14),
+        Case("forward", 8192, 2048, 2048, target_ms=0.35),
+        Case("forward", 32768, 512, 512, target_ms=0.10),
+        Case("forward", 32768, 2048, 2048),
+        Case("backward", 2048, 2048, 2048, target_ms=0.5),
+        Case("backward", 32768, 512, 512, target_ms=0.3),
+    ],
+    # MemoryFormer-base's own layers at s = 2048: Q/K/V (d -> 3d, hashed once), Memory Block 1 and 2.
+    "paper": [
+        Case("forward", 2048, 1024, 3072), Case("forward", 2048, 1024, 1280),
+        Case("forward", 2048, 1280, 1024, tau=10),
+        Case("backward", 2048, 1024, 3072), Case("backward", 2048, 1280, 1024, tau=10),
+    ],
+    "cpu": [
+        Case("forward", 2048, 512, 512), Case("backward", 2048, 512, 512),
+    ],
+    "smoke": [Case("forward", 256, 64, 64), Case("backward", 256, 64, 64)],
+}
+
+
+def with_weighting(cases: Iterable[Case], weighting: str) -> list[Case]:
+    return [replace(c, weighting=weighting) for c in cases]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One entry of a run's matrix: the one type every measuring path (run, layers, asv, probe) takes.
+
+    ``cfg`` is the model config of layer, block and model items; ``case`` the shape of a layer-kernel item,
+    whose ``seed`` draws its input."""
+
+    benchmark: str
+    direction: str  # forward, backward, or train (one optimiser step of a model)
+    seq: int
+    provider: str
+    dtype: torch.dtype
+    cfg: ModelConfig | None = None
+    case: Case | None = None
+    seed: int = 0
+
+    @classmethod
+    def kernel(cls, case: Case, provider: str, dtype: torch.dtype, seed: int = 0) -> "Item":
+        return cls(KERNEL, case.direction, case.tokens, provider, dtype, case=case, seed=seed)
+
+    @property
+    def label(self) -> str:
+        if self.case is not None:
+            return f"{self.case.name:<40} {self.provider}"
+        return f"{self.benchmark:<5} {short_direction(self.direction)} s={self.seq:<6} {self.provider}"
+
+    @property
+    def shape(self) -> tuple[int, int, int, str]:
+        """(in_features, out_features, tau, weighting) of the item's Memory Layer, or of each of its layers."""
+        if self.case is not None:
+            return self.case.in_features, self.case.out_features, self.case.tau, self.case.weighting
+        return self.cfg.d_model, self.cfg.d_model, self.cfg.tau, self.cfg.weighting
+
+    def params(self) -> dict:
+        """The row parameters: a layer-kernel item's shape, or the model config's."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        if self.case is not None:
+            c = self.case
+            return {"direction": c.direction, "tokens": c.tokens, "in_features": c.in_features,
+                    "out_features": c.out_features, "tau": c.tau, "weighting": c.weighting, "dtype": dtype,
+                    **({"target_ms": c.target_ms} if c.target_ms is not None else {})}
+        cfg = self.cfg
+        return {"preset": cfg.name, "d": cfg.d_model, "tau": cfg.tau, "weighting": cfg.weighting, "seq": self.seq,
+                "batch": 1, "direction": self.direction, "dtype": dtype}
+
+
+@dataclass(frozen=True)
+class Preset:
+    model: str
+    seqs: dict[str, tuple[int, ...]]  # by device type
+    items: tuple[tuple[str, str], ...]  # (benchmark, direction)
+    energy_seconds: float = 1.0  # the energy window of each item; 0: no energy figures
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset("micro", {"cpu": (64,), "cuda": (256,)},
+                    (("layer", "forward"), ("layer", "backward"), ("block", "forward"), ("model", "forward")), 0.5),
+    "default": Preset("tiny", {"cpu": (256, 1024), "cuda": (2048, 8192)},
+                      (("layer", "forward"), ("layer", "backward"), ("block", "forward"), ("block", "backward"),
+                       ("model", "forward"))),
+    "paper": Preset("base", {"cpu": (2048,), "cuda": (2048,)},
+                    (("layer", "forward"), ("layer", "backward"), ("block", "forward"), ("block", "backward"),
+                     ("model", "forward"))),
+}
+
+
+def plan(preset: Preset, device: torch.device, names: Iterable[str], seqs: Iterable[int] | None,
+         dtype: torch.dtype, benchmarks: Iterable[str] | None = None, weighting: str = "paper") -> list[Item]:
+    """A preset's items for ``device``, at its own lengths or ``seqs``."""
+    cfg = ModelConfig.preset(preset.model, weighting=weighting)
+    seqs = tuple(seqs) if seqs else preset.seqs["cuda" if device.type == "cuda" else "cpu"]
+    wanted = set(benchmarks or BENCHMARKS)
+    return [Item(b, d, s, p, dtype, cfg=cfg) for b, d in preset.items if b in wanted for s in seqs for p in names]
+
+
+def kernel_plan(cases: Iterable[Case], names: Iterable[str], dtype: torch.dtype, seed: int = 0) -> list[Item]:
+    """Layer-kernel items, case by case: every provider of a case draws the same input (seed + case index)."""
+    names = list(names)
+    return [Item.kernel(case, name, dtype, seed + i) for i, case in enumerate(cases) for name in names]
+
+
+# Relative cost of a provider per unit of work, for balancing shards of a distributed run: rough factors
+# from the runs in results/ (the CPU interpreter runs Triton a program at a time; torch.compile compiles
+# afresh for every shape).
+PROVIDER_COST = {"cpu": {"triton": 30.0, "compiled": 10.0}, "cuda": {"compiled": 8.0}}
+BENCHMARK_COST = {"layer": 1.0, "block": 4.0, "model": 24.0, KERNEL: 1.0}
+
+
+def cost_estimate(item: Item, device: torch.device) -> float:
+    """A rough, deterministic cost of measuring ``item`` (only ever compared with other items' costs)."""
+    factor = PROVIDER_COST.get(device.type, {}).get(item.provider, 1.0)
+    # Mostly a fixed part per item (build, warm-up, timing, a 1 s energy window, a memory pass), plus a
+    # smaller part that grows with the work.
+    work = BENCHMARK_COST[item.benchmark] * (3.0 if item.direction == "backward" else 1.0) * item.seq / 2048
+    return factor * (1.0 + 0.05 * work)

@@ -1,0 +1,1 @@
+"""What a call should cost on paper: FLOPs, bytes moved, and the floors they set on a machine."""

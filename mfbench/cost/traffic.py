@@ -1,0 +1,61 @@
+"""The fewest bytes and operations a Memory Layer (or its dense twin) must move and do, and the floor
+time those imply on a machine's measured ceilings.
+
+Lookup providers: the tables, x and y once each through device memory, plus the gather itself on chip
+(tokens x K rows of width out, read from on-chip memory). Backward: tables, x and dL/dy read once, dL/dx
+and the table gradient written once; on chip, each token's rows are read (input gradient) and written
+(table gradient). The dense layer: weight, x and y once each, and 2 FLOPs per multiply-add.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mfbench.cost import flops
+from mfbench.instruments.ceilings import Ceilings
+
+DIRECTIONS = ("forward", "backward")
+
+
+@dataclass(frozen=True)
+class Traffic:
+    hbm_bytes: int
+    onchip_bytes: int
+    flops: int  # 2 per multiply-add
+
+    @property
+    def intensity(self) -> float:
+        """FLOPs per byte of device memory traffic, the roofline's x axis."""
+        return self.flops / self.hbm_bytes
+
+
+def layer_traffic(tokens: int, in_features: int, out_features: int, tau: int, elem_bytes: int,
+                  direction: str = "forward", dense: bool = False) -> Traffic:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    x, y = tokens * in_features * elem_bytes, tokens * out_features * elem_bytes
+    backward = direction == "backward"
+    if dense:
+        w = in_features * out_features * elem_bytes
+        mac = flops.linear(tokens, in_features, out_features).flops("2mac")
+        if backward:  # dL/dx = dL/dy W and dL/dW = dL/dy^T x
+            return Traffic(2 * w + 2 * x + y, 0, 2 * mac)
+        return Traffic(w + x + y, 0, mac)
+    k = in_features // tau
+    tables = k * 2**tau * out_features * elem_bytes
+    gather = tokens * k * out_features * elem_bytes
+    ops = flops.memory_layer(tokens, in_features, out_features, tau).flops("2mac")
+    if backward:
+        return Traffic(2 * tables + 2 * x + y, 2 * gather, 2 * ops)
+    return Traffic(tables + x + y, gather, ops)
+
+
+def floor_seconds(traffic: Traffic, ceilings: Ceilings) -> tuple[float, str]:
+    """(floor time, which ceiling sets it): the largest of bytes/copy bandwidth, on-chip bytes/on-chip
+    bandwidth (where known) and FLOPs/matmul rate."""
+    terms = {"hbm": traffic.hbm_bytes / ceilings.copy_bytes_per_s,
+             "compute": traffic.flops / ceilings.matmul_flops_per_s}
+    if ceilings.onchip_bytes_per_s:
+        terms["onchip"] = traffic.onchip_bytes / ceilings.onchip_bytes_per_s
+    bound = max(terms, key=terms.get)
+    return terms[bound], bound

@@ -1,1 +1,0 @@
-"""Measurement windows: each module measures one quantity and returns a small result object."""

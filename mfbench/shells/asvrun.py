@@ -1,0 +1,232 @@
+"""Driving asv for mfbench: run the suites for a commit in the host environment (asv's ``existing``
+environment, ``asv run --set-commit-hash``) and bring asv's values into the result tables.
+
+    python -m mfbench.shells.asvrun bench  [--bench REGEX] [--quick]
+
+The kernel alert on pull requests is ``mfbench.shells.alert``: it times the kernels themselves, which asv's
+process-per-benchmark timing of a whole call does not do on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "asv.conf.json"
+
+
+class AsvRunError(Exception):
+    """A problem with the run (no git, asv failed); reported in one line."""
+
+
+def _git(*args: str, cwd: Path | None = None) -> str:
+    out = subprocess.run(["git", *args], cwd=cwd or ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise AsvRunError(f"git {' '.join(args)}: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout.strip()
+
+
+def machine_name() -> str:
+    """Names the accelerator, so H100, H200 and CPU results never share an asv machine."""
+    import torch
+
+    from mfbench.instruments.fingerprint import cpu_model, device_name
+
+    if torch.cuda.is_available():
+        return device_name("cuda")
+    cpu = "".join(c if c.isalnum() else "-" for c in cpu_model()).strip("-")[:40]
+    return f"{device_name('cpu')}-{cpu}"
+
+
+def _machine_known(name: str) -> bool:
+    """Whether asv's machine file already describes ``name`` (so `asv machine` need not run again)."""
+    from asv.machine import MachineCollection
+    from asv.util import UserError
+
+    try:
+        MachineCollection.load(name)
+    except (UserError, OSError, ValueError):
+        return False
+    return True
+
+
+def _conf_for(tree: Path, results_dir: Path, html_dir: Path) -> Path:
+    """A copy of asv.conf.json that benchmarks ``tree`` and writes under ``results_dir``/``html_dir``."""
+    text = "\n".join(line for line in CONF.read_text().splitlines() if not line.strip().startswith("//"))
+    conf = json.loads(text)
+    conf.update(repo=str(tree), benchmark_dir=str(tree / "suites"), results_dir=str(results_dir),
+                html_dir=str(html_dir))
+    path = Path(tempfile.mkdtemp(prefix="mfbench-asv-")) / "asv.conf.json"
+    path.write_text(json.dumps(conf, indent=1))
+    return path
+
+
+def _asv(conf: Path, *args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "asv", "--config", str(conf), *args]
+    print("+ asv " + " ".join(args), flush=True)
+    return subprocess.run(cmd, env=env, cwd=cwd)
+
+
+def tree_pythonpath(tree: Path) -> str:
+    """PYTHONPATH with ``tree`` first, so Python imports that checkout's mfbench."""
+    return os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+
+
+def run_commit(tree: Path, commit: str, results_dir: Path, bench: str | None, quick: bool,
+               attributes: tuple[str, ...] = (), append: bool = False) -> Path:
+    """Run the suites of ``tree`` (a checkout of ``commit``) in this Python; returns the asv results dir."""
+    conf = _conf_for(tree, results_dir, results_dir.parent / "html")
+    name = machine_name()
+    path = tree_pythonpath(tree)
+    # asv drops PYTHONPATH in benchmark processes unless it comes as ASV_PYTHONPATH; without it the
+    # suites would import whichever mfbench is installed instead of this commit's.
+    # asv's forkserver imports the suites once and forks per benchmark; CUDA must not be initialised
+    # before the fork, so torch answers is_available() from NVML instead of the driver.
+    env = {**os.environ, "PYTHONPATH": path, "ASV_PYTHONPATH": path, "MFBENCH_COMMIT": commit,
+           "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+    env.setdefault("MFBENCH_ASV_CACHE", tempfile.mkdtemp(prefix="mfbench-asv-cache-"))
+    # asv's forkserver listens on a Unix socket under TMPDIR, and such a path may not exceed 107 bytes;
+    # nox points TMPDIR into the session folder (<checkout>/.nox/alert/tmp), which in a deep checkout is
+    # too long and asv stops with "Failed to start server thread" (seen in CI).
+    if len(os.path.join(tempfile.gettempdir(), "asv-forkserver-xxxxxxxx", "socket")) > 100 and os.path.isdir("/tmp"):
+        env["TMPDIR"] = "/tmp"
+    if not _machine_known(name):
+        _asv(conf, "machine", "--machine", name, "--yes", env=env, cwd=tree)
+    args = ["run", "--set-commit-hash", commit, "--machine", name, "-E", f"existing:{sys.executable}",
+            "--show-stderr", "--durations", "all", "--record-samples"]
+    if bench:
+        args += ["--bench", bench]
+    if quick:
+        args.append("--quick")
+    if append:
+        args.append("--append-samples")
+    for attribute in attributes:
+        args += ["-a", attribute]
+    result = _asv(conf, *args, env=env, cwd=tree)
+    if result.returncode not in (0, 2):  # 2: some benchmarks failed; their rows say so
+        raise AsvRunError(f"asv run failed for {commit[:10]} (exit {result.returncode})")
+    return results_dir
+
+
+# --- asv results -> result rows ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AsvValue:
+    benchmark: str
+    params: dict
+    value: float | None
+    unit: str
+    q25: float | None
+    q75: float | None
+    samples: int | None
+    stats: tuple
+    selector: str = ""  # what asv's --bench matches for exactly this parameter set
+
+
+def asv_values(results_dir: Path, machine: str, commit: str) -> list[AsvValue]:
+    """Every value asv recorded for ``commit`` on ``machine``, one per benchmark and parameter set."""
+    from asv.results import iter_results_for_machine_and_hash
+
+    bench_meta = json.loads((results_dir / "benchmarks.json").read_text())
+    out = []
+    for result in iter_results_for_machine_and_hash(str(results_dir), machine, commit):
+        for key in result.get_all_result_keys():
+            meta = bench_meta.get(key, {})
+            params = result.get_result_params(key)
+            names = meta.get("param_names", [])
+            values = result.get_result_value(key, params)
+            stats = result.get_result_stats(key, params)
+            samples = result.get_result_samples(key, params)
+            combos = list(itertools.product(*params)) if params else [()]
+            if not params:
+                values, stats, samples = [values], [stats], [samples]
+            for combo, value, stat, sample in zip(combos, values, stats, samples):
+                labelled = {n: _unrepr(v) for n, v in zip(names, combo)}
+                stat = stat or {}
+                selector = f"{key}({', '.join(combo)})" if params else key
+                out.append(AsvValue(key, labelled, value, meta.get("unit", ""), stat.get("q_25"), stat.get("q_75"),
+                                    len(sample) if sample else None, (stat, sample), selector))
+    return out
+
+
+def _unrepr(text: str):
+    try:
+        return json.loads(text.replace("'", '"'))
+    except ValueError:
+        return text
+
+
+def import_to_tables(results_dir: Path, commit: str, directory: Path | None = None,
+                     cache: Path | None = None) -> int:
+    """Append to the result tables, as one run: asv's values for ``commit`` on this machine (benchmark
+    'asv:NAME', so every number the dashboard shows is a row) and the runner's rows behind the track_
+    benchmarks, from the suites' cache."""
+    from mfbench.store import results
+
+    from mfbench.instruments.ceilings import ceilings
+    from mfbench.bench.runner import ceiling_rows
+
+    device = "cuda" if _has_cuda() else "cpu"
+    run = results.Run.start(device)
+    rows = ceiling_rows(run, ceilings(device))
+    for path in sorted(cache.glob("*.json")) if cache else []:
+        if path.name.startswith("probe-"):  # availability verdicts, not measurements
+            continue
+        for row in json.loads(path.read_text()):
+            if "schema_version" not in row:  # a 'skipped' marker, not a measurement
+                continue
+            rows.append({**row, **{k: getattr(run, k) for k in ("run_id", "time_utc", "commit", "dirty")}})
+    for v in asv_values(results_dir, machine_name(), commit):
+        value = float("nan") if v.value is None else float(v.value)
+        flags = [] if v.value is not None else ["failed-or-skipped"]
+        rows.append(run.row(f"asv:{v.benchmark}", v.params, str(v.params.get("provider", "-")), "asv_value", value,
+                            v.unit, spread_low=v.q25, spread_high=v.q75, spread_kind="iqr" if v.q25 is not None else "",
+                            samples=v.samples, flags=flags))
+    results.append(rows, directory or results.project_dir())
+    return len(rows)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mfbench.shells.asvrun", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="run the suites for HEAD and append asv's values to the result tables")
+    b.add_argument("--bench", help="regular expression of benchmarks to run (default: all)")
+    b.add_argument("--quick", action="store_true", help="one sample per benchmark (smoke runs)")
+    b.add_argument("--results-dir", type=Path, help="result tables (default: the project's)")
+    args = parser.parse_args(argv)
+    try:
+        head = _git("rev-parse", "HEAD")
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+        results_dir = ROOT / "results" / "asv"
+        # The rows name the tree as it was before asv ran: asv rewrites results/asv/benchmarks.json, a
+        # tracked file, so a git status taken when the rows are built would call every new run dirty.
+        os.environ.setdefault("MFBENCH_DIRTY", "1" if dirty else "0")
+        os.environ.setdefault("MFBENCH_COMMIT", head)
+        cache = Path(tempfile.mkdtemp(prefix="mfbench-asv-cache-"))
+        os.environ["MFBENCH_ASV_CACHE"] = str(cache)
+        run_commit(ROOT, head, results_dir, args.bench, args.quick)
+        count = import_to_tables(results_dir, head, args.results_dir, cache)
+        print(f"appended {count} rows (asv values and the measurements behind them) to the result tables")
+        return 0
+    except AsvRunError as exc:
+        print(f"mfbench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

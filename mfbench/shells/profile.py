@@ -1,0 +1,157 @@
+"""``mfbench profile``: Nsight Compute's counters for each provider's call at the layer cases, as rows.
+
+For every (case, provider) it runs ``python -m mfbench.shells.profile target ...`` under ncu: the target builds
+the layer and its input, makes three warm-up calls (compilation, autotuning, allocation) and profiles
+exactly one call. The call's kernels are summed (``measure.counters``) into rows beside the modelled
+bytes: ``measured_dram_bytes`` next to the bytes the floor model assumes, ``measured_l2_bytes`` for the
+gather traffic that stays on chip. Where ncu is missing, not permitted or fails, the rows say
+``unavailable: REASON`` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from typing import Callable, Iterator
+
+import torch
+
+from mfbench.core import providers
+from mfbench.layerbench import CASES, DTYPES, Case, make_layer, random_input, timed_call
+from mfbench.instruments.counters import CallCounters, CounterError, aggregate, ncu_command, ncu_path, parse
+from mfbench.cost.traffic import layer_traffic
+
+WARMUP_CALLS = 3
+METHOD = "ncu --clock-control none, one call after 3 warm-ups"
+ROWS = (  # CallCounters field -> (metric, unit)
+    ("dram_bytes", "measured_dram_bytes", "B"), ("dram_read_bytes", "measured_dram_read_bytes", "B"),
+    ("dram_write_bytes", "measured_dram_write_bytes", "B"), ("l2_bytes", "measured_l2_bytes", "B"),
+    ("l1_hit_rate", "measured_l1_hit_rate", "%"), ("sm_throughput", "measured_sm_throughput", "%"),
+    ("memory_throughput", "measured_memory_throughput", "%"), ("occupancy", "measured_occupancy", "%"),
+    ("kernels", "measured_kernels", "count"), ("duration_s", "measured_kernel_time", "s"),
+)
+
+
+def target(case: Case, provider: str, dtype: torch.dtype) -> None:
+    """Build, warm up, and run one call between cudaProfilerStart and cudaProfilerStop."""
+    device = torch.device("cuda")
+    layer = make_layer(case, provider, device, dtype)
+    x, gy = random_input(case, device, dtype, seed=0)
+    fn = timed_call(layer, x, gy, case.direction)
+    for _ in range(WARMUP_CALLS):
+        fn()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+
+def profile_one(cases: str, index: int, provider: str, dtype: str, timeout_s: float = 900) -> CallCounters | str:
+    """The counters of one case's call through ``provider``, or why there are none."""
+    ncu = ncu_path()
+    if ncu is None:
+        return "ncu (Nsight Compute) is not on PATH"
+    cmd = ncu_command([sys.executable, "-m", "mfbench.shells.profile", "target", "--cases", cases, "--index", str(index),
+                       "--provider", provider, "--dtype", dtype], ncu)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"ncu ran past {timeout_s:g} s"
+    try:
+        return aggregate(parse(out.stdout))
+    except CounterError as exc:
+        tail = (out.stderr.strip().splitlines() or [""])[-1]
+        return f"ncu exit {out.returncode}: {exc}" + (f" ({tail})" if tail and out.returncode else "")
+
+
+def case_params(case: Case, dtype: str) -> dict:
+    """The params of the case's ``layer-kernel`` rows, so counters sit beside its times."""
+    return {"direction": case.direction, "tokens": case.tokens, "in_features": case.in_features,
+            "out_features": case.out_features, "tau": case.tau, "weighting": case.weighting, "dtype": dtype,
+            **({"target_ms": case.target_ms} if case.target_ms is not None else {})}
+
+
+def profile_rows(cases: str, names: list[str], dtype: str, run, progress: Callable[[str], None] = print) -> list[dict]:
+    return [row for batch in profile_batches(cases, names, dtype, run, progress) for row in batch]
+
+
+def profile_batches(cases: str, names: list[str], dtype: str, run,
+                    progress: Callable[[str], None] = print) -> Iterator[list[dict]]:
+    """The rows a provider at a time, in the order of ``names``, so a caller can keep each as it comes."""
+    for name in names:
+        yield _provider_rows(cases, name, dtype, run, progress)
+
+
+def _provider_rows(cases: str, name: str, dtype: str, run, progress: Callable[[str], None]) -> list[dict]:
+    rows = []
+    elem = torch.finfo(DTYPES[dtype]).bits // 8
+    for index, case in enumerate(CASES[cases]):
+        params = case_params(case, dtype)
+        found = profile_one(cases, index, name, dtype)
+        if isinstance(found, str):
+            progress(f"  {case.name} {name}: unavailable: {found}")
+            rows.append(run.row("layer-kernel", params, name, "measured_dram_bytes", float("nan"), "B",
+                                flags=[f"unavailable: {found}".replace(",", ";")]))
+            continue
+        modelled = layer_traffic(case.tokens, case.in_features, case.out_features, case.tau, elem, case.direction,
+                                 dense=providers.get(name).baseline).hbm_bytes
+        progress(f"  {case.name} {name}: {found.kernels} kernels, DRAM {found.dram_bytes / 1e6:.1f} MB "
+                 f"(modelled {modelled / 1e6:.1f} MB), L2 {found.l2_bytes / 1e6:.1f} MB, L1 hit {found.l1_hit_rate:.1f}%")
+        values = found.as_dict()
+        rows += [run.row("layer-kernel", params, name, metric, values[field], unit, flags=[METHOD])
+                 for field, metric, unit in ROWS]
+        rows.append(run.row("layer-kernel", params, name, "modelled_dram_bytes", modelled, "B", flags=["measure.traffic"]))
+    return rows
+
+
+def counters_table(frame) -> str:
+    """Markdown of the newest counters per case and provider in a result table (``results.load``): what
+    ``results/kernels.md`` shows, so its figures are the rows'."""
+    import json
+
+    from mfbench.store.results import short_direction
+
+    rows = frame[(frame["benchmark"] == "layer-kernel") & frame["metric"].str.startswith(("measured_", "modelled_"))]
+    rows = rows[rows["value"] == rows["value"]].sort_values("time_utc").drop_duplicates(["params", "provider", "metric"], keep="last")
+    lines = ["| case | provider | kernels | DRAM MB (modelled) | L2 MB | L1 hit | SM % | memory % | occupancy % | run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (params, provider), group in rows.groupby(["params", "provider"], sort=False):
+        v = dict(zip(group["metric"], group["value"]))
+        if "measured_dram_bytes" not in v:
+            continue
+        p = json.loads(params)
+        case = f"{short_direction(p['direction'])} s={p['tokens']} d={p['in_features']}"
+        lines.append(f"| {case} | {provider} | {v['measured_kernels']:.0f} | {v['measured_dram_bytes'] / 1e6:.1f} "
+                     f"({v.get('modelled_dram_bytes', float('nan')) / 1e6:.1f}) | {v['measured_l2_bytes'] / 1e6:.0f} | "
+                     f"{v['measured_l1_hit_rate']:.1f}% | {v['measured_sm_throughput']:.0f} | "
+                     f"{v['measured_memory_throughput']:.0f} | {v['measured_occupancy']:.0f} | "
+                     f"{group['run_id'].iloc[-1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``target``: the profiled call, started by ``profile_one`` under ncu; ``table``: the counters in the
+    result tables as markdown."""
+    parser = argparse.ArgumentParser(prog="python -m mfbench.shells.profile")
+    sub = parser.add_subparsers(dest="command", required=True)
+    table = sub.add_parser("table")
+    table.add_argument("--results-dir", default=None)
+    t = sub.add_parser("target")
+    t.add_argument("--cases", choices=sorted(CASES), required=True)
+    t.add_argument("--index", type=int, required=True)
+    t.add_argument("--provider", required=True)
+    t.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
+    args = parser.parse_args(argv)
+    if args.command == "table":
+        from mfbench.store import results
+
+        print(counters_table(results.load(args.results_dir or results.project_dir())), end="")
+        return 0
+    target(CASES[args.cases][args.index], args.provider, DTYPES[args.dtype])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,317 @@
+"""What the asv suites under ``suites/`` measure with: one prepared call per parameter set, from the
+same runner (``mfbench.bench.runner``) that ``mfbench run`` uses.
+
+asv runs every benchmark method in a fresh process, so the expensive measurement behind the ``track_``
+methods (time, FLOPs, bytes, energy) is made once per parameter set and kept in a JSON cache under
+``MFBENCH_ASV_CACHE`` (the ``bench`` and ``alert`` nox sessions set it per run). The matrix adapts to
+the machine and can be narrowed with environment variables:
+
+- ``MFBENCH_ASV_DEVICES`` (default: cuda where present, else cpu),
+- ``MFBENCH_PROVIDER_MODULES`` (files or modules that register providers, ``os.pathsep`` or comma
+  separated; read by ``mfbench.core.providers`` in every process, so asv's benchmark processes load them too,
+  beside the providers of installed packages' ``mfbench.providers`` entry points),
+- ``MFBENCH_ASV_PROVIDERS`` (default: every registered provider but ``compiled``: asv runs each benchmark
+  in a new process, where torch.compile would trace and compile again every time; ``mfbench run`` and
+  ``mfbench layers`` measure it in one process; nor ``sharded``, which needs a torchrun process group),
+- ``MFBENCH_ASV_SEQS`` (default: 2048,8192,32768 on a GPU; 128,512,2048 on the CPU; blocks take
+  those from 512 to 8192, and so do whole models on a GPU; on the CPU models take the shortest),
+- ``MFBENCH_ASV_PRESET`` (model config, default ``tiny``; ``micro`` for quick runs),
+- ``MFBENCH_ASV_TASKS`` (tasks whose committed snapshots ``suites/accuracy.py`` evaluates, default mqar),
+- ``MFBENCH_ASV_TIMER`` (``wall``, the default, or ``process``: the process's CPU time, which another
+  program on a small shared CPU machine cannot inflate; CPU-only, and what the CPU alert test uses).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import time
+import timeit
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mfbench.core import providers
+from mfbench.layerbench import DTYPES
+from mfbench.core.lookup import input_checks
+from mfbench.core.model import ModelConfig
+from mfbench.bench.runner import Item, build, callable_for, failure, kernel_pass, measure_item
+
+
+def _env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    return [v.strip() for v in value.split(",") if v.strip()] if value else default
+
+
+GPU = torch.cuda.is_available()
+DEVICES = _env_list("MFBENCH_ASV_DEVICES", ["cuda"] if GPU else ["cpu"])
+PROVIDERS = _env_list("MFBENCH_ASV_PROVIDERS", [p for p in providers.names() if providers.one_process(p)])
+SEQS = [int(s) for s in _env_list("MFBENCH_ASV_SEQS", ["2048", "8192", "32768"] if GPU else ["128", "512", "2048"])]
+DTYPES_FOR = {"cuda": "float16", "cpu": "float32"}
+DTYPE_PARAMS = sorted({DTYPES_FOR[d.split(":")[0]] for d in DEVICES})
+PRESET = os.environ.get("MFBENCH_ASV_PRESET", "tiny")
+PARAMS = (DEVICES, PROVIDERS, SEQS, DTYPE_PARAMS)
+_TIMERS = {"wall": timeit.default_timer, "process": time.process_time}
+TIMER = _TIMERS.get(os.environ.get("MFBENCH_ASV_TIMER", "wall"))
+if TIMER is None:
+    raise ValueError(f"MFBENCH_ASV_TIMER must be one of {', '.join(_TIMERS)}")
+if TIMER is time.process_time and "cuda" in DEVICES:
+    raise ValueError("MFBENCH_ASV_TIMER=process measures CPU time: it cannot time GPU work")
+# Blocks and models at the middle lengths; on the CPU a tiny-model training step at 2048 tokens takes
+# 35 s a call (reference provider), so whole models run at the shortest length there.
+BLOCK_SEQS = [s for s in SEQS if 512 <= s <= 8192] or SEQS[:1]
+BLOCK_PARAMS = (DEVICES, PROVIDERS, BLOCK_SEQS, DTYPE_PARAMS)
+MODEL_PARAMS = BLOCK_PARAMS if GPU else (DEVICES, PROVIDERS, SEQS[:1], DTYPE_PARAMS)
+PARAM_NAMES = ["device", "provider", "seq", "dtype"]
+
+
+class Prepared:
+    """One benchmark call, built and warmed up; ``metric(name)`` gives the runner's measurement of it."""
+
+    def __init__(self, benchmark: str, direction: str, device: str, provider: str, seq: int, dtype: str,
+                 probe: bool = True, measured: dict[str, list[dict]] | None = None) -> None:
+        self._key = _case_key(benchmark, direction, device, provider, seq, dtype)
+        self._measured = measured if measured is not None else {}
+        dev = torch.device(device)
+        if DTYPES_FOR[dev.type] != dtype:
+            raise NotImplementedError(f"{dtype} is not benchmarked on {dev.type}")
+        self.cfg = ModelConfig.preset(PRESET)
+        self.item = Item(benchmark, direction, seq, provider, DTYPES[dtype])
+        self.device = dev
+        self._fn: Callable[[], object] | None = None
+        # asv runs every parameter set of every method in a new process. With a cached measurement a
+        # track_ method needs neither CUDA nor a trial run, which keeps the whole matrix in minutes.
+        cached = self._cached()
+        if cached is not None:
+            skipped = [r for r in cached if r["metric"] == "skipped"]
+            if skipped:
+                raise NotImplementedError(skipped[0]["flags"])
+            failed = [r for r in cached if r["metric"] == "failed"]
+            if failed:
+                raise RuntimeError(failed[0]["flags"])
+        elif probe or self._cache_file() is not None:
+            self._check()
+
+    def _check(self) -> None:
+        """A set this machine cannot run is skipped (asv: n/a); one whose provider should run and fails its
+        trial (raises, wrong shape, dtype or values, over budget) is failed, which asv reports as failed."""
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise NotImplementedError("no CUDA device")
+        reason, fault = self._probe()
+        if reason:
+            self._store([{"metric": "skipped", "flags": reason, "value": math.nan}])
+            raise NotImplementedError(reason)
+        if fault:
+            self._store([{"metric": "failed", "flags": fault, "value": math.nan}])
+            raise RuntimeError(fault)
+
+    def _probe(self) -> tuple[str | None, str | None]:
+        """The registry's verdict (``providers.readiness``), made once per provider, device and dtype for the
+        whole run (each benchmark runs in its own process, which would otherwise repeat the trial run)."""
+        root = os.environ.get("MFBENCH_ASV_CACHE")
+        key = f"probe-{self.item.provider}-{self.device}-{self.item.dtype}".replace(":", "_").replace(".", "_")
+        path = Path(root) / f"{key}.json" if root else None
+        if path is not None and path.exists():
+            found = json.loads(path.read_text())
+            return found["reason"], found.get("fault")
+        reason, fault = providers.readiness(self.item.provider, str(self.device), self.item.dtype)
+        if path is not None:
+            _write_json(path, {"reason": reason, "fault": fault})
+        return reason, fault
+
+    def prepare_call(self) -> None:
+        """Build the module and input and warm the call up (compilation and autotuning stay out)."""
+        module, x = build(self.item, self.cfg, self.device)
+        if self.item.direction == "train":
+            optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+
+            def step() -> None:
+                logits = module(x)
+                loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten())
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            self._fn = step
+        else:
+            self._fn = callable_for(self.item, module, x)
+        with input_checks(False):
+            self.call()
+
+    def call(self) -> None:
+        with input_checks(False):
+            self._fn()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _cache_file(self) -> Path | None:
+        return _cache_file(self._key)
+
+    def _cached(self) -> list[dict] | None:
+        return self._measured.get(self._key) or _cached(self._key)
+
+    def _store(self, rows: list[dict]) -> None:
+        _store(self._key, rows)
+
+    def rows(self, kernels: bool = True) -> list[dict]:
+        """The runner's rows for this parameter set: measured once, then read from the cache. Without
+        ``kernels`` the kernel time is left to the caller's kernel pass (``measure_all``)."""
+        cached = self._cached()
+        if cached is not None:
+            return cached
+        from mfbench.instruments.ceilings import ceilings
+        from mfbench.instruments.energy import EnergyMeter
+        from mfbench.store.results import Run
+
+        run = Run.start(str(self.device))
+        with input_checks(False):
+            rows = measure_item(self.item, self.cfg, run, self.device, ceilings(self.device),
+                                EnergyMeter(self.device), None, 1.0)
+            if kernels:
+                rows += [row for _, found in kernel_pass([self.item], self.cfg, run, self.device, _quiet)
+                         for row in found]
+        self._store(rows)
+        return rows
+
+    def metric(self, name: str) -> float:
+        """A metric's value, or NaN where it was not measured (never 0 for 'unknown')."""
+        return _metric(self.rows(), name)
+
+
+def _case_key(benchmark: str, direction: str, device: str, provider: str, seq: int, dtype: str) -> str:
+    return json.dumps([benchmark, direction, device, provider, seq, dtype, PRESET])
+
+
+def measure_all(benchmark: str, direction: str, params: tuple) -> dict[str, list[dict]]:
+    """Every parameter set's rows, measured one after another in this one process, keyed as ``Prepared``
+    keys them (a set that cannot run gets its 'skipped' marker). For asv's ``setup_cache``: a process per
+    parameter set paid CUDA, profiler and Triton start-up every time, which made the metric suites the
+    longest part of ``nox -s bench``; ``mfbench run`` measures its matrix in one process the same way."""
+    from mfbench.store.results import Run
+
+    measured: dict[str, list[dict]] = {}
+    cases: list[Prepared] = []
+    for combo in itertools.product(*params):
+        key = _case_key(benchmark, direction, *combo)
+        try:
+            case = Prepared(benchmark, direction, *combo)
+            fresh = case._cached() is None  # cached rows already went through a kernel pass
+            measured[key] = case.rows(kernels=False)
+            cases += [case] if fresh else []
+        except NotImplementedError as exc:
+            measured[key] = [{"metric": "skipped", "flags": str(exc), "value": math.nan}]
+        except Exception as exc:  # one set failing must not lose the class's others; asv reports it failed
+            measured[key] = [{"metric": "failed", "flags": failure(exc), "value": math.nan}]
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    # Kernel times last, a device at a time: the profiler would slow every launch measured after it.
+    for device in dict.fromkeys(case.device for case in cases):
+        mine = {case.item: case for case in cases if case.device == device}
+        with input_checks(False):
+            for item, rows in kernel_pass(list(mine), cases[0].cfg, Run.start(str(device)), device, _quiet):
+                case = mine[item]
+                measured[case._key] = measured[case._key] + rows
+                case._store(measured[case._key])
+    return measured
+
+
+def _quiet(message: str) -> None:
+    """Progress that asv's setup_cache keeps to itself (its output would land in the benchmark log)."""
+
+
+def _metric(rows: list[dict], name: str) -> float:
+    for row in rows:
+        if row["metric"] == name:
+            return row["value"] if row["value"] == row["value"] else math.nan
+    return math.nan
+
+
+def _cache_file(key: str) -> Path | None:
+    root = os.environ.get("MFBENCH_ASV_CACHE")
+    if not root:
+        return None
+    return Path(root) / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".json")
+
+
+def _cached(key: str) -> list[dict] | None:
+    path = _cache_file(key)
+    return json.loads(path.read_text()) if path is not None and path.exists() else None
+
+
+def _store(key: str, rows: list[dict]) -> None:
+    path = _cache_file(key)
+    if path is not None:
+        _write_json(path, rows)
+
+
+# Snapshot accuracy: the tasks of the committed MemoryFormer snapshots, through every provider ('dense' is
+# the dense baseline's own snapshot on the same task).
+ACCURACY_TASKS = _env_list("MFBENCH_ASV_TASKS", ["mqar"])
+ACCURACY_PARAMS = (DEVICES, PROVIDERS, ACCURACY_TASKS)
+
+
+class SnapshotCase:
+    """The newest committed snapshot of a task, evaluated through one provider once per run (cached)."""
+
+    def __init__(self, device: str, provider: str, task: str, measured: dict[str, list[dict]] | None = None) -> None:
+        from mfbench.store import snapshots
+
+        architecture = "dense" if provider == "dense" else "memoryformer"
+        try:
+            self.snapshot = snapshots.find("latest", architecture=architecture, task=task)
+        except snapshots.SnapshotError as exc:
+            raise NotImplementedError(str(exc)) from None
+        self.device, self.provider = torch.device(device), provider
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise NotImplementedError("no CUDA device")
+        self._key = json.dumps(["accuracy", device, provider, task, self.snapshot.id])
+        self._measured = measured if measured is not None else {}
+        rows = self.rows()
+        if rows and rows[0]["metric"] == "skipped":
+            raise NotImplementedError(rows[0]["flags"])
+        if rows and rows[0]["metric"] == "failed":
+            raise RuntimeError(rows[0]["flags"])
+
+    def rows(self) -> list[dict]:
+        cached = self._measured.get(self._key) or _cached(self._key)
+        if cached is not None:
+            return cached
+        from mfbench.store import snapshots
+        from mfbench.store.results import Run
+
+        names = [] if self.provider == "dense" else [self.provider]
+        try:
+            measured = [m for m in snapshots.evaluate(self.snapshot, names, self.device) if m.provider == self.provider]
+            rows = snapshots.rows(self.snapshot, measured, Run.start(str(self.device)))
+        except Exception as exc:  # kept as an answer, so a shared evaluation goes on to the other sets
+            rows = [{"metric": "failed", "flags": failure(exc), "value": math.nan}]
+        _store(self._key, rows)
+        self._measured[self._key] = rows
+        return rows
+
+    def metric(self, name: str) -> float:
+        return _metric(self.rows(), name)
+
+
+def evaluate_all(params: tuple) -> dict[str, list[dict]]:
+    """Every (device, provider, task) set's rows, evaluated one after another in this one process, for
+    asv's ``setup_cache`` (a process per set paid start-up and snapshot loading each time). A set that
+    cannot run is left out: ``SnapshotCase`` in asv's setup meets the same answer for it at once."""
+    measured: dict[str, list[dict]] = {}
+    for combo in itertools.product(*params):
+        try:
+            SnapshotCase(*combo, measured=measured)
+        except (NotImplementedError, RuntimeError):
+            pass
+    return measured
+
+
+def _write_json(path: Path, data: object) -> None:
+    """Write atomically: a benchmark killed by asv's timeout must not leave half a cache file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""What is kept: the result tables (``results``) and trained snapshots (``snapshots``)."""

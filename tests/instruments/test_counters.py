@@ -1,0 +1,97 @@
+"""Nsight Compute counters: the raw CSV parsed and summed per call, and `mfbench profile`'s answers where
+ncu is missing or fails (CI has no GPU; a fake ncu stands in for the real one)."""
+
+import math
+import os
+import stat
+
+import pytest
+
+from mfbench.shells import profile
+from mfbench.store import results
+from mfbench.instruments import counters
+
+HEADER = ['"ID"', '"Process ID"', '"Process Name"', '"Kernel Name"'] + [f'"{m}"' for m in counters.METRICS]
+UNITS = ['""'] * 4 + ['"byte"', '"byte"', '"byte"', '"%"', '"%"', '"%"', '"%"', '"nsecond"']
+KERNELS = [  # read, write, L2, L1 hit %, SM %, memory %, occupancy %, ns
+    ["0", "77", "python3", "_hash_kernel", "1,000,000", "500000", "2000000", "10", "20", "40", "50", "1000"],
+    ["1", "77", "python3", "_forward_kernel", "3000000", "1500000", "30000000", "50", "60", "80", "70", "3000"],
+]
+RAW = "\n".join(["==PROF== Connected to process 77", ",".join(HEADER), ",".join(UNITS),
+                 *(",".join(f'"{v}"' for v in k) for k in KERNELS), "==PROF== Disconnected from process 77"])
+
+
+def test_a_call_is_the_sum_of_its_kernels():
+    call = counters.aggregate(counters.parse(RAW))
+    assert call.kernels == 2
+    assert (call.dram_read_bytes, call.dram_write_bytes, call.l2_bytes) == (4e6, 2e6, 32e6)
+    assert call.dram_bytes == 6e6 and call.duration_s == pytest.approx(4e-6)
+    assert call.l1_hit_rate == pytest.approx((10 * 1000 + 50 * 3000) / 4000)  # weighted by duration
+    assert call.occupancy == pytest.approx((50 * 1000 + 70 * 3000) / 4000)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("==ERROR== ERR_NVGPUCTRPERM - The user does not have permission to access NVIDIA GPU Performance Counters",
+     "ERR_NVGPUCTRPERM"),
+    ("==PROF== Connected to process 1\n==PROF== Disconnected from process 1", "no counter table"),
+    (",".join(HEADER) + "\n" + ",".join(UNITS), "profiled no kernel"),
+])
+def test_no_counters_is_an_error_that_says_why(text, message):
+    with pytest.raises(counters.CounterError, match=message):
+        counters.parse(text)
+
+
+def test_the_command_leaves_the_clocks_alone_and_profiles_only_the_marked_call():
+    cmd = counters.ncu_command(["python", "x.py"])
+    assert cmd[cmd.index("--clock-control") + 1] == "none"
+    assert cmd[cmd.index("--profile-from-start") + 1] == "off" and cmd[-2:] == ["python", "x.py"]
+
+
+def _fake_ncu(tmp_path, monkeypatch, script: str):
+    path = tmp_path / "ncu"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_profile_rows_from_a_fake_ncu(tmp_path, monkeypatch):
+    (tmp_path / "raw.csv").write_text(RAW)
+    _fake_ncu(tmp_path, monkeypatch, f"cat {tmp_path / 'raw.csv'}\n")
+    run = results.Run("R", "t", "c", False, "m", "H200", "{}")
+    rows = profile.profile_rows("smoke", ["triton"], "float16", run, progress=lambda m: None)
+    got = {(r["params"], r["metric"]): r for r in rows}
+    metrics = {m for _, m in got}
+    assert {"measured_dram_bytes", "measured_l2_bytes", "measured_l1_hit_rate", "measured_sm_throughput",
+            "measured_memory_throughput", "measured_occupancy", "measured_kernels", "modelled_dram_bytes"} <= metrics
+    dram = [r for r in rows if r["metric"] == "measured_dram_bytes"]
+    assert len(dram) == 2 and all(r["value"] == 6e6 and r["flags"] == profile.METHOD for r in dram)
+
+
+def test_profile_without_ncu_or_with_a_failing_one_says_unavailable(tmp_path, monkeypatch):
+    run = results.Run("R", "t", "c", False, "m", "H200", "{}")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ncu anywhere
+    (row, _) = profile.profile_rows("smoke", ["triton"], "float16", run, progress=lambda m: None)
+    assert row["metric"] == "measured_dram_bytes" and math.isnan(row["value"])
+    assert row["flags"] == "unavailable: ncu (Nsight Compute) is not on PATH"
+    _fake_ncu(tmp_path, monkeypatch, "echo '==ERROR== ERR_NVGPUCTRPERM - no permission'\nexit 1\n")
+    assert "ERR_NVGPUCTRPERM" in profile.profile_one("smoke", 0, "triton", "float16")
+
+
+def test_profile_needs_a_gpu(capsys):
+    import torch
+
+    from mfbench.shells.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["profile", "--cases", "smoke"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no CUDA device" in err
+
+
+def test_kernels_md_shows_the_counter_rows_of_the_result_tables():
+    """results/kernels.md's counter table is rendered from the committed rows, never copied by hand."""
+    text = (results.project_dir() / "kernels.md").read_text()
+    block = text.split("<!-- counters:begin -->\n")[1].split("<!-- counters:end -->")[0]
+    assert block == profile.counters_table(results.load(results.project_dir()))
+    assert block.count("| triton |") >= 6 and block.count("| dense |") >= 6
