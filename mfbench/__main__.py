@@ -1,3 +1,3 @@
-from mfbench.shells.cli import main
+from mfbench.shells.cli.main import main
 
 raise SystemExit(main())

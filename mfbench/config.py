@@ -6,7 +6,8 @@ cannot be used keeps the default, and where that would hide a mistake (``MFBENCH
 values that travel between processes (the commit asv runs) are passed to the child's environment by the
 code that starts it.
 
-Variables read outside the package (tests, nox, CI) are listed in docs/architecture.md.
+docs/architecture.md lists them with the modules that read them, and those read outside the package
+(tests, nox, CI).
 """
 
 from __future__ import annotations
@@ -71,10 +72,6 @@ class Settings:
     device: str | None = None  # MFBENCH_DEVICE=cpu: check on the CPU where a GPU is present
     # Values that were set but cannot be used, as one-line reasons, for the code that needs them.
     problems: tuple[str, ...] = field(default=(), compare=False)
-
-    @property
-    def asv_seq_problem(self) -> str | None:
-        return next((p for p in self.problems if p.startswith("MFBENCH_ASV_SEQS")), None)
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:

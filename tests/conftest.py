@@ -39,7 +39,7 @@ def _seed():
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """One single-process `mfbench run --preset smoke` on the CPU, shared by the runner and distributed tests."""
-    from mfbench.shells.cli import main
+    from mfbench.shells.cli.main import main
 
     directory = tmp_path_factory.mktemp("results")
     code = main(["run", "--preset", "smoke", "--device", "cpu", "--results-dir", str(directory)])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mfbench.shells import alert
+from mfbench.shells import alert, alert_rule
 from mfbench.core import providers
 
 from .plant import plant_slowdown
@@ -60,19 +60,19 @@ def _git(repo: Path, *args: str) -> str:
     ([1.08, 1.08, 1.08], "same", False),  # within the floor of the standard error of x1.1
 ])
 def test_judge(ratios, verdict, settled):
-    j = alert.judge([math.log(r) for r in ratios], alert.Rule())
+    j = alert_rule.judge([math.log(r) for r in ratios], alert_rule.Rule())
     assert (j.verdict, j.settled) == (verdict, settled)
     assert j.low <= j.ratio <= j.high and j.ratio == pytest.approx(math.exp(sum(map(math.log, ratios)) / len(ratios)))
 
 
 def test_a_round_pairs_the_medians():
-    assert alert.paired_log_ratio([1.0, 1.0, 5.0], [1.2, 1.2, 0.1]) == pytest.approx(math.log(1.2))
+    assert alert_rule.paired_log_ratio([1.0, 1.0, 5.0], [1.2, 1.2, 0.1]) == pytest.approx(math.log(1.2))
 
 
-def _rec(base: list[tuple[str, str]], head: list[tuple[str, str]], ratios=()) -> alert.SetRecord:
+def _rec(base: list[tuple[str, str]], head: list[tuple[str, str]], ratios=()) -> alert_rule.SetRecord:
     side = lambda runs: [{"status": s, "reason": f"{s} here", "method": m, "samples_s": [1.0] if s == "ok" else []}
                          for s, m in runs]
-    return alert.SetRecord("triton", "forward", 64, "float32", side(base), side(head), list(ratios))
+    return alert_rule.SetRecord("triton", "forward", 64, "float32", side(base), side(head), list(ratios))
 
 
 G = "cuda-graph-replay"
@@ -89,37 +89,39 @@ G = "cuda-graph-replay"
     (_rec([("ok", G)] * 2, [("ok", G)] * 2, [math.log(1.3)] * 2), "regressed"),
 ])
 def test_outcome_fails_closed(rec, verdict):
-    assert alert.outcome(rec, alert.Rule())[0] == verdict
+    assert alert_rule.outcome(rec, alert_rule.Rule())[0] == verdict
 
 
 def test_overall_verdict_and_exit():
-    assert alert.overall([{"verdict": "same"}, {"verdict": "broken"}, {"verdict": "regressed"}], 0) == "broken"
-    assert alert.overall([{"verdict": "same"}, {"verdict": "regressed"}], 0) == "regression"
-    assert alert.overall([{"verdict": "same"}], 1) == "accuracy"
+    assert alert_rule.overall([{"verdict": "same"}, {"verdict": "broken"}, {"verdict": "regressed"}], 0) == "broken"
+    assert alert_rule.overall([{"verdict": "same"}, {"verdict": "regressed"}], 0) == "regression"
+    assert alert_rule.overall([{"verdict": "same"}], 1) == "accuracy"
     # nothing compared at both commits: nothing passes
-    assert alert.overall([{"verdict": "unavailable"}, {"verdict": "new-at-head"}], 0) == "unmeasured"
-    assert alert.overall([], 0) == "unmeasured"
-    assert alert.overall([{"verdict": "improved"}, {"verdict": "unavailable"}], 0) == "pass"
+    assert alert_rule.overall([{"verdict": "unavailable"}, {"verdict": "new-at-head"}], 0) == "unmeasured"
+    assert alert_rule.overall([], 0) == "unmeasured"
+    assert alert_rule.overall([{"verdict": "improved"}, {"verdict": "unavailable"}], 0) == "pass"
 
 
 def test_rounds_stop_once_the_answer_is_known():
-    rule = alert.Rule()
-    settled = ("same", "", alert.judge([0.0, 0.0], rule))
-    open_ = ("same", "", alert.judge([0.09, 0.1], rule))
-    regressed = ("regressed", "", alert.judge([0.3, 0.3], rule))
-    assert alert.still_open({"a": settled, "b": open_}, 1, rule) == ["a", "b"]  # before min_rounds: all
-    assert alert.still_open({"a": settled, "b": open_}, 2, rule) == ["b"]
-    assert alert.still_open({"a": regressed, "b": open_}, 2, rule) == []  # a settled regression: fail now
-    assert alert.still_open({"a": ("broken", "x", None), "b": open_}, 2, rule) == []
-    assert alert.still_open({"b": open_}, rule.max_rounds, rule) == []
+    rule = alert_rule.Rule()
+    settled = ("same", "", alert_rule.judge([0.0, 0.0], rule))
+    open_ = ("same", "", alert_rule.judge([0.09, 0.1], rule))
+    regressed = ("regressed", "", alert_rule.judge([0.3, 0.3], rule))
+    assert alert_rule.still_open({"a": settled, "b": open_}, 1, rule) == ["a", "b"]  # before min_rounds: all
+    assert alert_rule.still_open({"a": settled, "b": open_}, 2, rule) == ["b"]
+    assert alert_rule.still_open({"a": regressed, "b": open_}, 2, rule) == []  # a settled regression: fail now
+    assert alert_rule.still_open({"a": ("broken", "x", None), "b": open_}, 2, rule) == []
+    assert alert_rule.still_open({"b": open_}, rule.max_rounds, rule) == []
 
 
 def test_the_alert_measures_the_providers_a_change_touches():
     assert providers.touched_by(["mfbench/kernels/lookup.py"]) == ["triton"]
     assert set(providers.touched_by(["mfbench/core/lookup.py"])) == set(providers.names()) - {"dense"}
-    assert providers.touched_by(["mfbench/core/providers.py"]) == providers.names()
+    assert providers.touched_by(["mfbench/core/registry.py"]) == providers.names()
+    assert providers.touched_by(["mfbench/core/builtins.py"]) == providers.names()
     assert providers.touched_by(["README.md"]) == []
-    assert set(alert.KERNEL_GLOBS) == {"mfbench/kernels/*", "mfbench/core/lookup.py", "mfbench/core/providers.py"}
+    assert set(alert.KERNEL_GLOBS) == {"mfbench/kernels/*", "mfbench/core/lookup.py", "mfbench/core/registry.py",
+                                       "mfbench/core/builtins.py"}
 
 
 def _report(rows: list[dict], verdict: str) -> dict:
@@ -133,8 +135,8 @@ def test_reports_list_broken_and_regressed_sets_first_and_the_json_validates(tmp
     records = {"a": _rec([("ok", G)] * 2, [("ok", G)] * 2, [0.0, 0.01]),
                "b": _rec([("ok", G)] * 2, [("ok", G)] * 2, [math.log(1.3), math.log(1.31)]),
                "c": _rec([("ok", G)], [("failed", "")])}
-    rows = alert.summary(records, alert.Rule())
-    report = _report(rows, alert.overall(rows, 0))
+    rows = alert.summary(records, alert_rule.Rule())
+    report = _report(rows, alert_rule.overall(rows, 0))
     md, js = tmp_path / "r.md", tmp_path / "r.json"
     alert.write_reports(report, md, js)
     validate(json.loads(js.read_text()))
@@ -197,7 +199,7 @@ def repo(tmp_path_factory) -> Path:
     assert source.count(head) == 1, "lookup_forward moved; update this test"
     body = source.index(":\n", source.index(head)) + 2
     child("raises", kernel, source[:body] + '    raise RuntimeError("the new kernel is broken")\n' + source[body:])
-    registry = path / "mfbench" / "providers.py"
+    registry = path / "mfbench" / "core" / "builtins.py"
     text = registry.read_text()
     line = "    flat = layer.tables.reshape(num_chunks * rows, out_features)\n"
     assert line in text, "the embedding_bag provider changed; update this test"
@@ -257,7 +259,7 @@ def test_snapshot_eval_fails_an_exact_provider_that_should_run_and_raises(monkey
     raises is FAILED and exits 1, never 'skipped'."""
     import torch.nn.functional as F
 
-    from mfbench.shells.cli import main
+    from mfbench.shells.cli.main import main
 
     def broken(*args, **kwargs):
         raise RuntimeError("embedding_bag is broken")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from mfbench.shells import cli
+from mfbench.shells.cli import main as cli
 from mfbench import dashboard
 from mfbench.store import results
 from mfbench.core.lookup import LookupSpec
@@ -267,23 +267,26 @@ def test_an_alert_base_that_looks_like_an_option_reaches_git_as_a_ref(tmp_path):
 
 
 def _stopping_matrix(signum):
-    """run_matrix that yields two rows and is then stopped by a real signal to this process."""
+    """run_matrix that yields two measurements (a row each) and is then stopped by a real signal to this
+    process."""
+    from mfbench.bench.measurement import Measurement
 
-    def run_matrix(items, cfg, run, *args, **kwargs):
-        yield from _rows(run, 2, "before the signal")
+    def run_matrix(items, bench, *args, **kwargs):
+        yield from (Measurement(item, skipped="before the signal") for item in items[:2])
         os.kill(os.getpid(), signum)
-        yield from _rows(run, 1, "never reached")
+        yield Measurement(items[2], skipped="never reached")
 
     return run_matrix
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signalled_run_keeps_its_rows_marks_them_partial_and_exits_non_zero(signum, table, monkeypatch, capsys):
-    from mfbench.bench import runner
+    from mfbench.bench import measure, runner
     from mfbench.instruments import ceilings
 
     monkeypatch.setattr(runner, "run_matrix", _stopping_matrix(signum))
     monkeypatch.setattr(ceilings, "ceilings", lambda device, refresh=False: None)
+    monkeypatch.setattr(measure.Bench, "machine_rows", lambda self, run: [])  # the two measured rows alone
     previous = signal.getsignal(signal.SIGTERM)
     code, out, err = _cli(capsys, "run", "--preset", "smoke", "--device", "cpu", "--providers", "dense",
                           "--results-dir", table.path)
@@ -299,7 +302,7 @@ def test_a_signalled_run_keeps_its_rows_marks_them_partial_and_exits_non_zero(si
 
 
 def test_a_huge_length_is_warned_about_with_an_estimate(table, monkeypatch, capsys):
-    from mfbench.bench import runner
+    from mfbench.bench import cases, measure, runner
     from mfbench.instruments import ceilings
 
     def stop(*args, **kwargs):
@@ -308,10 +311,11 @@ def test_a_huge_length_is_warned_about_with_an_estimate(table, monkeypatch, caps
 
     monkeypatch.setattr(runner, "run_matrix", stop)
     monkeypatch.setattr(ceilings, "ceilings", lambda device, refresh=False: None)
+    monkeypatch.setattr(measure.Bench, "machine_rows", lambda self, run: [])
     code, _, err = _cli(capsys, "run", "--preset", "smoke", "--device", "cpu", "--providers", "dense",
                         "--seq", "1000000", "--results-dir", table.path)
     assert code == 130 and table.same()  # nothing measured, nothing written
-    longest = max(runner.PRESETS["smoke"].seqs["cpu"])
+    longest = max(cases.PRESETS["smoke"].seqs["cpu"])
     assert f"warning: --seq 1000000 is {1000000 / longest:.0f}x the longest length" in err
     assert "estimated at" in err
 
@@ -340,11 +344,14 @@ def test_a_write_failing_after_measuring_keeps_the_rows_elsewhere_and_the_table_
 
     import pandas as pd
 
-    from mfbench.bench import runner
+    from mfbench.bench import measure, runner
+    from mfbench.bench.measurement import Measurement
     from mfbench.instruments import ceilings
 
-    monkeypatch.setattr(runner, "run_matrix", lambda items, cfg, run, *a, **k: iter(_rows(run, 4, "measured")))
+    monkeypatch.setattr(runner, "run_matrix", lambda items, bench, *a, **k: (
+        Measurement(item, skipped="measured") for item in items[:4]))
     monkeypatch.setattr(ceilings, "ceilings", lambda device, refresh=False: None)
+    monkeypatch.setattr(measure.Bench, "machine_rows", lambda self, run: [])
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -357,7 +364,7 @@ def test_a_write_failing_after_measuring_keeps_the_rows_elsewhere_and_the_table_
     assert table.same()
     rescue = err.split("rows measured are in ")[1].split(":")[0]
     saved = results.load(rescue)
-    assert len(saved) == 4 and set(saved["params"].map(lambda p: "measured" in p)) == {True}
+    assert len(saved) == 4 and set(saved["flags"]) == {"measured"}
     results.append(saved, table.path)  # the command the message gives
     assert len(results.load(table.path)) == 10
     os.unlink(rescue)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from mfbench.shells.cli import main
+from mfbench.shells.cli.main import main
 
 
 def run(*args):
@@ -63,18 +63,29 @@ def test_layers_smoke_runs_and_writes_records(tmp_path, capsys):
     assert sorted(times["value"] * 1e3) == pytest.approx(sorted(ran["median_ms"]))
 
 
-def test_layer_rows_carry_the_host_issue_time_and_the_host_bound_flag():
-    from mfbench.store import results
-    from mfbench.shells.cli import layer_rows
-    from mfbench.instruments.timing import HOST_METHOD, HOST_UNAVAILABLE, KERNEL_METHOD
+def _kernel_measurement(provider, timing, **kw):
+    import torch
 
-    base = {"direction": "forward", "tokens": 2048, "in_features": 512, "out_features": 512, "tau": 8,
-            "weighting": "paper", "dtype": "float16", "floor_bound": "hbm", "median_s": 1e-4, "q1_s": 0.9e-4,
-            "q3_s": 1.1e-4, "min_s": 0.8e-4, "max_s": 1.2e-4, "samples": 50, "method": "triton.testing.do_bench"}
-    records = [{**base, "provider": "triton", "host_s": 0.9e-4, "host_bound": True, "kernel_s": 0.4e-4},
-               {**base, "provider": "dense", "host_s": 1e-5, "host_bound": False},
-               {**base, "provider": "compiled", "host_s": None, "host_bound": False}]
-    rows = layer_rows(records, results.Run.start("cpu"))
+    from mfbench.bench.cases import Case, Item
+    from mfbench.bench.measurement import Measurement
+
+    return Measurement(Item.kernel(Case("forward", 2048, 512, 512), provider, torch.float16), timing=timing, **kw)
+
+
+def test_layer_rows_carry_the_host_issue_time_and_the_host_bound_flag():
+    from mfbench.bench.measurement import HOST_BOUND, merge, to_rows
+    from mfbench.instruments.timing import HOST_METHOD, HOST_UNAVAILABLE, KERNEL_METHOD, Timing
+    from mfbench.store import results
+
+    def timing(host_s):
+        return Timing(1e-4, 0.9e-4, 1.1e-4, 0.8e-4, 1.2e-4, 50, "triton.testing.do_bench", host_s=host_s)
+
+    kernel = _kernel_measurement("triton", None)
+    kernel.add("kernel_time", 0.4e-4, "s", [KERNEL_METHOD])  # the kernel pass's, made last
+    measured = [_kernel_measurement("triton", timing(0.9e-4), time_flags=(HOST_BOUND,)),
+                _kernel_measurement("dense", timing(1e-5)), _kernel_measurement("compiled", timing(None)), kernel]
+    run = results.Run.start("cpu")
+    rows = [row for m in measured for row in to_rows(m, run)]
     by = {(r["provider"], r["metric"]): r for r in rows}
     assert by["triton", "host_issue_time"]["value"] == 0.9e-4 and by["triton", "host_issue_time"]["flags"] == HOST_METHOD
     assert "host-bound" in by["triton", "time"]["flags"].split(",")
@@ -83,37 +94,40 @@ def test_layer_rows_carry_the_host_issue_time_and_the_host_bound_flag():
     assert "host-bound" not in by["dense", "time"]["flags"].split(",") and by["dense", "host_issue_time"]["value"] == 1e-5
     unavailable = by["compiled", "host_issue_time"]
     assert unavailable["value"] != unavailable["value"] and unavailable["flags"] == HOST_UNAVAILABLE
+    assert [m.value("kernel_time") for m in merge(measured)][0] == 0.4e-4  # the record sees the kernel pass's figure
 
 
 def test_a_time_below_its_floor_is_flagged_in_rows_and_printout():
     import pandas as pd
 
+    from mfbench.bench.measurement import BELOW_FLOOR, record, to_rows
+    from mfbench.instruments.timing import Timing
+    from mfbench.report.summaries import layers_summary
     from mfbench.store import results
-    from mfbench.shells.cli import BELOW_FLOOR, layer_rows, summary
 
-    base = {"case": "c", "direction": "forward", "tokens": 64, "in_features": 64, "out_features": 64, "tau": 8,
-            "weighting": "paper", "dtype": "float32", "floor_bound": "compute", "q1_s": 0.9e-4, "q3_s": 1.1e-4,
-            "min_s": 0.8e-4, "max_s": 1.2e-4, "samples": 5, "method": "x", "target_ms": None, "met_target": None}
-    records = [{**base, "provider": "dense", "median_s": 1e-4, "median_ms": 0.1, "floor_ms": 0.19,
-                "fraction_of_floor": 1.9},
-               {**base, "provider": "reference", "median_s": 1e-3, "median_ms": 1.0, "floor_ms": 0.19,
-                "fraction_of_floor": 0.19}]
-    rows = {r["provider"]: r for r in layer_rows(records, results.Run.start("cpu")) if r["metric"] == "time"}
+    def timing(median):
+        return Timing(median, 0.9 * median, 1.1 * median, 0.8 * median, 1.2 * median, 5, "x")
+
+    measured = [_kernel_measurement("dense", timing(1e-4), floor=(1.9e-4, "compute")),
+                _kernel_measurement("reference", timing(1e-3), floor=(1.9e-4, "compute"))]
+    run = results.Run.start("cpu")
+    rows = {r["provider"]: r for m in measured for r in to_rows(m, run) if r["metric"] == "time"}
     assert BELOW_FLOOR in rows["dense"]["flags"].split(",") and BELOW_FLOOR not in rows["reference"]["flags"]
-    text = summary(pd.DataFrame(records))
+    text = layers_summary(pd.DataFrame([record(m) for m in measured]))
     assert "190% IMPOSSIBLE" in text and "19%" in text and "--refresh-ceilings" in text
 
 
 def test_layers_dtype_follows_the_device_as_its_help_says(monkeypatch, capsys):
-    from mfbench.shells import cli
+    from mfbench.shells.cli import common, measuring
+    from mfbench.shells.cli import main as cli
 
     with pytest.raises(SystemExit):
         cli.main(["layers", "--help"])
     assert "default float16 on a GPU, float32 on the CPU" in " ".join(capsys.readouterr().out.split())
     seen = {}
-    monkeypatch.setattr(cli, "cmd_layers", lambda args: seen.setdefault("dtype", args.dtype) and 0)
+    monkeypatch.setattr(measuring, "cmd_layers", lambda args: seen.setdefault("dtype", args.dtype) and 0)
     assert cli.build_parser().parse_args(["layers"]).dtype is None
-    monkeypatch.setattr(cli, "_default_device", lambda: "cuda")
+    monkeypatch.setattr(common, "default_device", lambda: "cuda")
     cli.main(["layers"])
     assert seen.pop("dtype") == "float16"
     cli.main(["layers", "--device", "cpu"])

@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 
-from mfbench.shells import cli, distributed
+from mfbench.shells import distributed
+from mfbench.shells.cli import main as cli
 from mfbench.store import results, snapshots
-from mfbench.bench import runner
-from mfbench.core.model import ModelConfig
+from mfbench.bench import cases
 
 
 def _port() -> str:
@@ -27,7 +27,7 @@ def torchrun(*args: str, ranks: int = 2, timeout: int = 900) -> subprocess.Compl
 
 
 def _keys(frame):
-    measured = frame[frame["benchmark"].isin(runner.BENCHMARKS)]
+    measured = frame[frame["benchmark"].isin(cases.BENCHMARKS)]
     return set(zip(measured["benchmark"], measured["params"], measured["provider"], measured["metric"]))
 
 
@@ -38,7 +38,7 @@ def test_smoke_matrix_on_two_gloo_ranks_is_one_run_with_the_single_rank_rows(smo
     frame, single = results.load(tmp_path), results.load(smoke_run)
     assert frame["run_id"].nunique() == 1
     assert _keys(frame) == _keys(single)
-    measured = frame[frame["benchmark"].isin(runner.BENCHMARKS) & (frame["metric"] != "skipped")]
+    measured = frame[frame["benchmark"].isin(cases.BENCHMARKS) & (frame["metric"] != "skipped")]
     ranks = measured["flags"].str.extract(r"rank=(\d)/2")[0]
     assert ranks.notna().all() and set(ranks) == {"0", "1"}  # both ranks measured, each row says which
     prints = [json.loads(f) for f in frame["fingerprint"]]
@@ -79,7 +79,7 @@ def test_two_nodes_meet_in_torchruns_c10d_rendezvous_and_write_one_run(smoke_run
 
 
 def test_sharded_provider_matches_reference_on_two_ranks():
-    out = torchrun("-m", "mfbench.core.sharded")
+    out = torchrun("-m", "mfbench.shells.sharded_check")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     checks = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert {c["rank"] for c in checks} == {0, 1} and len(checks) == 4
@@ -107,12 +107,11 @@ def test_ddp_training_gives_the_single_process_accuracy(tmp_path):
 
 
 def test_shards_are_disjoint_complete_and_balanced():
-    cfg = ModelConfig.preset("tiny")
     import torch
 
-    items = runner.plan(runner.PRESETS["default"], torch.device("cuda"), ["reference", "embedding_bag", "compiled",
+    items = cases.plan(cases.PRESETS["default"], torch.device("cuda"), ["reference", "embedding_bag", "compiled",
                                                                          "triton", "dense"], None, torch.float16)
-    cost = lambda item: runner.cost_estimate(item, cfg, torch.device("cuda"))  # noqa: E731
+    cost = lambda item: cases.cost_estimate(item, torch.device("cuda"))  # noqa: E731
     for world in (1, 2, 3, 8):
         shards = distributed.shard(items, cost, world)
         flat = [i for s in shards for i in s]
@@ -144,13 +143,13 @@ def _simulate_claims(items, cost, world, seconds, startup, group):
 def test_claimed_items_go_once_each_and_a_providers_start_up_is_paid_once():
     import torch
 
-    cfg, device = ModelConfig.preset("tiny"), torch.device("cuda")
+    device = torch.device("cuda")
     names = ["reference", "embedding_bag", "compiled", "triton", "dense"]
-    items = runner.plan(runner.PRESETS["default"], device, names, None, torch.float16)
-    cost = lambda item: runner.cost_estimate(item, cfg, device)  # noqa: E731
+    items = cases.plan(cases.PRESETS["default"], device, names, None, torch.float16)
+    cost = lambda item: cases.cost_estimate(item, device)  # noqa: E731
     # per-item times and first-use start-up as measured on an H200 with warm caches (items 1.2-2.5 s,
     # the first torch.compile of a process 3.4 s, the first Triton launch 0.13 s); the estimates differ
-    seconds = lambda item: 1.2 + 0.1 * item.seq / 2048 * runner.BENCHMARK_COST[item.benchmark] / 4  # noqa: E731
+    seconds = lambda item: 1.2 + 0.1 * item.seq / 2048 * cases.BENCHMARK_COST[item.benchmark] / 4  # noqa: E731
     startup = lambda provider: {"compiled": 3.4, "triton": 0.13}.get(provider, 0.0)  # noqa: E731
     for world in (1, 2, 3, 5, 8, 64):
         got, clock = _simulate_claims(items, cost, world, seconds, startup, group=lambda item: item.provider)

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from mfbench.store import results
-from mfbench.shells.cli import main
+from mfbench.store import documents, results
+from mfbench.shells.cli.main import main
 
 
 @pytest.fixture
@@ -33,27 +33,27 @@ def _json(capsys, *argv):
 
 def test_every_json_output_validates_against_the_documented_schema(two_runs, capsys):
     jsonschema = pytest.importorskip("jsonschema")
-    schema = results.schema()
+    schema = documents.schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     where = ("--results-dir", str(two_runs), "--format", "json")
-    documents = {"runs": _json(capsys, "show", *where), "rows": _json(capsys, "show", "latest", *where),
+    docs = {"runs": _json(capsys, "show", *where), "rows": _json(capsys, "show", "latest", *where),
                  "comparison": _json(capsys, "compare", "aaaaaa", "bbbbbb", *where),
                  "repro": _json(capsys, "show", "--repro", "aaaaaa", *where)}
-    for kind, doc in documents.items():
+    for kind, doc in docs.items():
         jsonschema.validate(doc, schema)
         assert doc["kind"] == kind and doc["rows"], kind
-    assert [r["run_id"] for r in documents["runs"]["rows"]] == ["20260101T000000Z-aaaaaa", "20260102T000000Z-bbbbbb"]
-    rows = documents["rows"]["rows"]
+    assert [r["run_id"] for r in docs["runs"]["rows"]] == ["20260101T000000Z-aaaaaa", "20260102T000000Z-bbbbbb"]
+    rows = docs["rows"]["rows"]
     assert {r["metric"] for r in rows} == {"time", "energy_per_token", "failed"}
     assert next(r for r in rows if r["metric"] == "energy_per_token")["value"] is None  # NaN is null, not 0
     assert next(r for r in rows if r["metric"] == "time")["params"]["seq"] == 64
-    (compared,) = documents["comparison"]["rows"]
+    (compared,) = docs["comparison"]["rows"]
     assert compared["ratio"] == pytest.approx(1.3) and compared["verdict"] == "slower"
-    commands = {r["provider"]: r["command"] for r in documents["repro"]["rows"]}
+    commands = {r["provider"]: r["command"] for r in docs["repro"]["rows"]}
     assert commands["reference"] == ("mfbench run --preset smoke --device cpu --providers reference --seq 64 "
                                      "--benchmarks layer --dtype float32 --weighting paper")
     # a document that breaks the schema is caught: a row without its value
-    broken = json.loads(json.dumps(documents["rows"]))
+    broken = json.loads(json.dumps(docs["rows"]))
     del broken["rows"][0]["value"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
@@ -69,9 +69,9 @@ def test_csv_holds_the_same_records_as_json(two_runs, capsys):
 
 
 def test_the_schema_documents_every_column_of_load():
-    docs = results.column_docs()
+    docs = documents.column_docs()
     assert list(docs) == results.COLUMNS and all(len(text) > 10 for text in docs.values())
-    row = results.schema()["$defs"]["row"]
+    row = documents.schema()["$defs"]["row"]
     assert row["required"] == results.COLUMNS and set(row["properties"]) == set(results.COLUMNS)
     assert list(results.load(results.project_dir()).columns) == results.COLUMNS
 
@@ -83,7 +83,7 @@ def test_layers_prints_its_rows_as_json_with_progress_on_stderr(capsys):
     out = capsys.readouterr()
     assert code == 0, out.err
     doc = json.loads(out.out)  # nothing but the document on stdout
-    jsonschema.validate(doc, results.schema())
+    jsonschema.validate(doc, documents.schema())
     times = [r for r in doc["rows"] if r["metric"] == "time"]
     assert {(r["provider"], r["params"]["direction"]) for r in times} == {
         (p, d) for p in ("reference", "dense") for d in ("forward", "backward")}

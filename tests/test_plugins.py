@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from mfbench.core import providers
+from mfbench.core import providers, registry
+from mfbench.core.lookup import reference_lookup
 from mfbench.store import results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +106,7 @@ def test_a_plugin_that_cannot_be_loaded_is_a_failed_row_not_a_crash(tmp_path):
     dist = tmp_path / "site" / "gone_plugin-1.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: gone-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[mfbench.core.providers]\ngone = gone_plugin_module:register\n")
+    (dist / "entry_points.txt").write_text("[mfbench.providers]\ngone = gone_plugin_module:register\n")
     listed = mfbench(tmp_path / "site", "info")
     assert listed.returncode == 0 and "gone" in listed.stdout.splitlines()[-1], listed.stderr
     done = mfbench(tmp_path / "site", "run", "--preset", "smoke", "--device", "cpu", "--benchmarks", "layer",
@@ -126,7 +126,7 @@ def test_a_plugin_that_cannot_be_loaded_is_a_failed_row_not_a_crash(tmp_path):
     ("json", "provider module json registered no provider (call mfbench.register_provider in it)"),
 ])
 def test_a_bad_provider_module_is_a_one_line_usage_error(module, message, capsys):
-    from mfbench.shells.cli import main
+    from mfbench.shells.cli.main import main
 
     assert main(["run", "--preset", "smoke", "--provider-module", module, "--device", "cpu"]) == 2
     err = capsys.readouterr().err
@@ -152,7 +152,7 @@ def test_declared_devices_dtypes_and_probe_are_skips_a_raising_probe_too(monkeyp
                           ("only_f64", {"dtypes": (torch.float64,)}, "takes float64 only"),
                           ("probe_says", {"probe": lambda: "needs libfoo"}, "needs libfoo"),
                           ("probe_raises", {"probe": lambda: 1 / 0}, "its probe raised ZeroDivisionError")):
-        monkeypatch.setitem(providers._REGISTRY, name, providers.Provider(name, "test", lambda layer, x: x, **kw))
+        monkeypatch.setitem(registry._REGISTRY, name, providers.Provider(name, "test", lambda layer, x: x, **kw))
         assert providers.readiness(name, "cpu", torch.float32) == providers.Readiness(skip=providers.requirement_unmet(
             name, "cpu", torch.float32))
         assert why in providers.readiness(name, "cpu", torch.float32).skip
@@ -161,13 +161,11 @@ def test_declared_devices_dtypes_and_probe_are_skips_a_raising_probe_too(monkeyp
 
 
 def test_an_approximate_provider_is_checked_for_shape_and_dtype_but_not_values(monkeypatch):
-    import torch
-
     def scaled(layer, x):
-        return providers.reference_lookup(x, layer.tables, layer.spec) * 0.5
+        return reference_lookup(x, layer.tables, layer.spec) * 0.5
 
-    monkeypatch.setitem(providers._REGISTRY, "approx", providers.Provider("approx", "test", scaled, exact=False))
-    monkeypatch.setitem(providers._REGISTRY, "exact_off", providers.Provider("exact_off", "test", scaled))
+    monkeypatch.setitem(registry._REGISTRY, "approx", providers.Provider("approx", "test", scaled, exact=False))
+    monkeypatch.setitem(registry._REGISTRY, "exact_off", providers.Provider("exact_off", "test", scaled))
     try:
         assert providers.readiness("approx") == providers.Readiness()
         assert providers.readiness("exact_off").fault.startswith("float64 check: relative error of y 0.5")
@@ -179,5 +177,5 @@ def test_an_approximate_provider_is_checked_for_shape_and_dtype_but_not_values(m
 
 def test_importing_mfbench_loads_neither_torch_nor_plugins():
     code = ("import sys, mfbench; assert 'torch' not in sys.modules and 'mfbench.core.providers' not in sys.modules; "
-            "assert mfbench.register_provider is __import__('mfbench.core.providers').providers.register_provider")
+            "assert mfbench.register_provider is __import__('mfbench.core.providers').core.providers.register_provider")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

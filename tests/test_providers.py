@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mfbench.core import providers
+from mfbench.core import builtins, providers, registry
 from mfbench.core.lookup import reference_lookup
 from mfbench.core.model import MemoryLayer
 
@@ -49,18 +49,18 @@ def test_compiled_provider_matches_reference():
 def test_compiled_raises_dynamos_recompile_limit_and_a_fallback_is_noticed(monkeypatch):
     import torch._dynamo
 
-    monkeypatch.setattr(providers._RecompileLimitWatch, "hit", False)
-    providers._compiled_block()
-    assert torch._dynamo.config.recompile_limit >= providers.COMPILED_RECOMPILE_LIMIT
+    monkeypatch.setattr(builtins.RecompileLimitWatch, "hit", False)
+    builtins.compiled_block()
+    assert torch._dynamo.config.recompile_limit >= builtins.COMPILED_RECOMPILE_LIMIT
     torch._dynamo.reset()
     try:
         with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=1):
             MemoryLayer(16, 12, tau=8, provider="compiled")(torch.randn(9, 16))
-            assert not providers.compiled_fell_back()
+            assert not builtins.compiled_fell_back()
             # new table shapes: over a limit of one, dynamo runs the lookup eagerly and warns once
             MemoryLayer(16, 20, tau=8, provider="compiled")(torch.randn(9, 16))
             MemoryLayer(24, 12, tau=8, provider="compiled")(torch.randn(9, 24))
-        assert providers.compiled_fell_back()
+        assert builtins.compiled_fell_back()
     finally:
         torch._dynamo.reset()  # later tests compile afresh, under the raised limit
 
@@ -76,7 +76,7 @@ def test_dense_provider_is_the_replaced_linear():
 def test_unavailable_says_why_instead_of_crashing(monkeypatch):
     assert "CUDA" in (providers.unavailable("reference", "cuda") or "CUDA") or torch.cuda.is_available()
     bad = providers.Provider("broken", "always fails", lambda layer, x: 1 / 0)
-    monkeypatch.setitem(providers._REGISTRY, "broken", bad)
+    monkeypatch.setitem(registry._REGISTRY, "broken", bad)
     providers.unavailable.cache_clear()
     assert providers.unavailable("broken").startswith("ZeroDivisionError")
     providers.unavailable.cache_clear()

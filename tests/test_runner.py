@@ -6,14 +6,16 @@ import pytest
 
 from mfbench.core import providers
 from mfbench.store import results
-from mfbench.bench import runner
-from mfbench.shells.cli import main
+from mfbench.bench import cases, runner
+from mfbench.instruments.ceilings import Ceilings
+from mfbench.instruments.timing import Timing
+from mfbench.shells.cli.main import main
 
 
 def test_smoke_run_rows(smoke_run):
     frame = results.load(smoke_run)
     assert frame["run_id"].nunique() == 1
-    expected = {(b, d) for b, d in runner.PRESETS["smoke"].items}
+    expected = {(b, d) for b, d in cases.PRESETS["smoke"].items}
     times = frame[frame["metric"] == "time"]
     seen = {(b, json.loads(p)["direction"]) for b, p in zip(times["benchmark"], times["params"])}
     assert seen == expected
@@ -67,7 +69,7 @@ def test_compare_sets_kernel_time_beside_a_host_bound_time(tmp_path, capsys):
 def test_run_summary_shows_kernel_time_only_where_measured():
     import pandas as pd
 
-    from mfbench.shells.cli import run_summary
+    from mfbench.report.summaries import run_summary
 
     run = results.Run("R", "t", "c", False, "m", "H100", "{}")
     params = {"direction": "forward", "seq": 2048}
@@ -118,40 +120,55 @@ def test_sanity_flag_on_impossible_bandwidth(monkeypatch, tmp_path):
     assert len(roof) and (roof["value"] > 100).all() and roof["flags"].str.contains("above-roofline").all()
 
 
-def test_kernel_times_come_after_every_other_measurement_of_the_run(monkeypatch):
-    """The profiler stays attached to a process after kernel_seconds, so on a GPU the run times every
-    item first and profiles them last; an item failing in that pass loses its kernel time only."""
+def _items(kind, providers_):
     import torch
 
     from mfbench.core.model import ModelConfig
 
+    if kind == "layer":
+        return [cases.Item("layer", "forward", 64, p, torch.float16, cfg=ModelConfig.preset("micro")) for p in providers_]
+    return cases.kernel_plan([cases.Case("forward", 64, 32, 32), cases.Case("backward", 64, 32, 32)], providers_,
+                             torch.float16)
+
+
+@pytest.mark.parametrize("kind", ["layer", "layer-kernel"])  # mfbench run's items, and mfbench layers'
+def test_kernel_times_come_after_every_other_measurement_of_the_run(monkeypatch, kind):
+    """The profiler stays attached to a process after kernel_seconds, so on a GPU the run times every
+    item first and profiles them last; an item failing in that pass loses its kernel time only."""
+    import torch
+
+    from mfbench.bench import measure
+    from mfbench.bench.measurement import Measurement, merge
+
     order = []
 
-    def measure_item(item, cfg, run, *args):
+    def measure_one(item, bench):
         order.append(("time", item.provider))
-        return [run.row(item.benchmark, item.params(cfg), item.provider, "time", 1e-3, "s")]
+        return Measurement(item, timing=Timing(1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 10, "x"))
 
-    def kernel_rows(item, cfg, run, device):
+    def kernel_time(item, device):
         order.append(("kernels", item.provider))
         if item.provider == "reference":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
-        return [run.row(item.benchmark, item.params(cfg), item.provider, "kernel_time", 1e-4, "s")]
+        m = Measurement(item)
+        m.add("kernel_time", 1e-4, "s")
+        return m
 
-    monkeypatch.setattr(runner, "measure_item", measure_item)
-    monkeypatch.setattr(runner, "kernel_rows", kernel_rows)
+    monkeypatch.setattr(runner, "measure", measure_one)
+    monkeypatch.setattr(measure, "kernel_time", kernel_time)
     monkeypatch.setattr(runner.providers, "readiness", lambda *args: runner.providers.Readiness())
-    monkeypatch.setattr(runner, "EnergyMeter", lambda device: type("Off", (), {"available": False})())
-    items = [runner.Item("layer", "forward", 64, p, torch.float16) for p in ("triton", "reference", "dense")]
-    run = results.Run.start("cpu")
+    items = _items(kind, ("triton", "reference", "dense"))
+    bench = measure.Bench(torch.device("cuda"), Ceilings("cuda", 1e12, 1e14, "float16", None, "-", "-", "-"), 0.0)
     progress = []
-    rows = list(runner.run_matrix(items, ModelConfig.preset("micro"), run, torch.device("cuda"),
-                                  runner.Ceilings("cuda", 1e12, 1e14, "float16", None, "-", "-", "-"), 0.0, progress.append))
+    got = list(runner.run_matrix(items, bench, progress.append))
 
-    assert order == [("time", "triton"), ("time", "reference"), ("time", "dense"),
-                     ("kernels", "triton"), ("kernels", "reference"), ("kernels", "dense")]
-    assert [(r["provider"], r["metric"]) for r in rows if r["metric"] in ("time", "kernel_time")] == [
-        ("triton", "time"), ("reference", "time"), ("dense", "time"), ("triton", "kernel_time"), ("dense", "kernel_time")]
-    assert any("reference  no kernel time (out of memory: OutOfMemoryError" in line for line in progress), progress
+    assert order == [("time", item.provider) for item in items] + [("kernels", item.provider) for item in items]
+    assert [(m.item.provider, m.value("kernel_time")) for m in got[len(items):]] == [
+        (item.provider, 1e-4) for item in items if item.provider != "reference"]
+    kernel = {m.item: m.value("kernel_time") for m in merge(got)}
+    assert all((kernel[item] == 1e-4) == (item.provider != "reference") for item in items)
+    failed = [line for line in progress if "reference" in line and "no kernel time (out of memory: OutOfMemoryError" in line]
+    assert len(failed) == len(items) // 3, progress
 
 
 @pytest.mark.parametrize("metric, a, b, verdict", [

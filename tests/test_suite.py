@@ -5,17 +5,24 @@ import math
 
 import pytest
 
+from mfbench.bench.measurement import Measurement
 from mfbench.shells import suite
+
+
+def _measured(item, seconds):
+    m = Measurement(item)
+    m.add("time", seconds, "s")
+    return m
 
 
 def test_measure_all_measures_each_set_once_and_marks_the_sets_that_cannot_run(monkeypatch):
     calls = []
 
-    def measure_item(item, cfg, run, device, *args):
+    def measure(item, bench):
         calls.append((item.provider, item.seq))
-        return [{"metric": "time", "value": 1e-3 * item.seq, "provider": item.provider}]
+        return _measured(item, 1e-3 * item.seq)
 
-    monkeypatch.setattr(suite, "measure_item", measure_item)
+    monkeypatch.setattr(suite, "measure", measure)
     monkeypatch.delenv("MFBENCH_ASV_CACHE", raising=False)
     params = (["cpu"], ["dense", "reference"], [64, 128], ["float32", "float16"])
     measured = suite.measure_all("layer", "forward", params)
@@ -37,18 +44,20 @@ def test_measure_all_measures_each_set_once_and_marks_the_sets_that_cannot_run(m
 def test_measure_all_adds_kernel_times_in_a_last_pass_and_keeps_a_failed_set_apart(monkeypatch, tmp_path):
     order = []
 
-    def measure_item(item, cfg, run, device, *args):
+    def measure(item, bench):
         order.append(("time", item.provider))
         if item.provider == "embedding_bag":
             raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore")
-        return [{"metric": "time", "value": 1e-3, "provider": item.provider}]
+        return _measured(item, 1e-3)
 
-    def kernel_pass(items, cfg, run, device, progress):
+    def kernel_pass(items, device, progress):
         for item in items:
             order.append(("kernels", item.provider))
-            yield item, [{"metric": "kernel_time", "value": 1e-4, "provider": item.provider}]
+            m = Measurement(item)
+            m.add("kernel_time", 1e-4, "s")
+            yield m
 
-    monkeypatch.setattr(suite, "measure_item", measure_item)
+    monkeypatch.setattr(suite, "measure", measure)
     monkeypatch.setattr(suite, "kernel_pass", kernel_pass)
     monkeypatch.setenv("MFBENCH_ASV_CACHE", str(tmp_path))
     params = (["cpu"], ["dense", "embedding_bag", "reference"], [64], ["float32"])
@@ -67,10 +76,15 @@ def test_measure_all_adds_kernel_times_in_a_last_pass_and_keeps_a_failed_set_apa
 
 def test_measure_all_reads_a_warm_cache_without_measuring_or_adding_kernel_rows_again(monkeypatch, tmp_path):
     measured_now = []
-    monkeypatch.setattr(suite, "measure_item", lambda item, *args: measured_now.append(item) or [
-        {"metric": "time", "value": 1e-3, "provider": item.provider}])
-    monkeypatch.setattr(suite, "kernel_pass", lambda items, *args: (
-        (item, [{"metric": "kernel_time", "value": 1e-4, "provider": item.provider}]) for item in items))
+    monkeypatch.setattr(suite, "measure", lambda item, bench: measured_now.append(item) or _measured(item, 1e-3))
+
+    def kernel_pass(items, device, progress):
+        for item in items:
+            m = Measurement(item)
+            m.add("kernel_time", 1e-4, "s")
+            yield m
+
+    monkeypatch.setattr(suite, "kernel_pass", kernel_pass)
     monkeypatch.setenv("MFBENCH_ASV_CACHE", str(tmp_path))
     params = (["cpu"], ["dense"], [64], ["float32"])
     first = suite.measure_all("layer", "forward", params)

@@ -8,8 +8,9 @@ import time
 import pytest
 import torch
 
-from mfbench.shells import cli
-from mfbench.core import providers
+from mfbench.shells.cli import main as cli
+from mfbench.core import providers, registry
+from mfbench.core.lookup import reference_lookup
 from mfbench.store import results, snapshots
 from mfbench.bench import train
 from mfbench.tasks.synthetic import MQAR
@@ -71,9 +72,9 @@ def test_a_provider_that_changes_the_answers_fails_the_eval(trained, monkeypatch
 
     def wrong_bucket(layer, x):  # every lookup reads the neighbouring row: fast, and wrong
         tables = layer.tables.roll(1, dims=1)
-        return providers.reference_lookup(x, tables, layer.spec, layer.max_chunk_bytes)
+        return reference_lookup(x, tables, layer.spec, layer.max_chunk_bytes)
 
-    monkeypatch.setitem(providers._REGISTRY, "planted_wrong",
+    monkeypatch.setitem(registry._REGISTRY, "planted_wrong",
                         providers.Provider("planted_wrong", "test only", wrong_bucket))
     code = cli.main(["snapshot", "eval", "--providers", "planted_wrong,embedding_bag", "--device", "cpu",
                      "--snapshots-dir", str(root / "snapshots"), "--no-save"])
@@ -91,7 +92,7 @@ def test_snapshots_are_content_addressed(trained, tmp_path):
     assert again.id == snap.id
     assert snapshots.find(snap.id[:6], root / "snapshots").id == snap.id
     # the reloaded weights give the stored accuracy
-    c, n, _ = snapshots.task_accuracy(model, snap.task, snap.meta["eval"]["sequences"], train.EVAL_SEED, "cpu")
+    c, n, _ = snapshots.task_accuracy(model, snap.task, snap.meta["eval"]["sequences"], snapshots.EVAL_SEED, "cpu")
     assert c / n == snap.meta["accuracy"]["embedding_bag"]
 
 

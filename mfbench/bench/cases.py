@@ -15,6 +15,7 @@ from typing import Iterable
 
 import torch
 
+from mfbench.core import providers
 from mfbench.core.model import ModelConfig
 from mfbench.store.results import short_direction
 
@@ -148,16 +149,12 @@ def kernel_plan(cases: Iterable[Case], names: Iterable[str], dtype: torch.dtype,
     return [Item.kernel(case, name, dtype, seed + i) for i, case in enumerate(cases) for name in names]
 
 
-# Relative cost of a provider per unit of work, for balancing shards of a distributed run: rough factors
-# from the runs in results/ (the CPU interpreter runs Triton a program at a time; torch.compile compiles
-# afresh for every shape).
-PROVIDER_COST = {"cpu": {"triton": 30.0, "compiled": 10.0}, "cuda": {"compiled": 8.0}}
 BENCHMARK_COST = {"layer": 1.0, "block": 4.0, "model": 24.0, KERNEL: 1.0}
 
 
 def cost_estimate(item: Item, device: torch.device) -> float:
     """A rough, deterministic cost of measuring ``item`` (only ever compared with other items' costs)."""
-    factor = PROVIDER_COST.get(device.type, {}).get(item.provider, 1.0)
+    factor = providers.cost_factor(item.provider, device.type)  # rough factors from the runs in results/
     # Mostly a fixed part per item (build, warm-up, timing, a 1 s energy window, a memory pass), plus a
     # smaller part that grows with the work.
     work = BENCHMARK_COST[item.benchmark] * (3.0 if item.direction == "backward" else 1.0) * item.seq / 2048

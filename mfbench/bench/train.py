@@ -8,7 +8,10 @@ synchronised at its ends only, so the steps inside run as they would in any trai
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -24,9 +27,8 @@ from mfbench.tasks.synthetic import IGNORE, SyntheticTask
 LR_RATIO = 3.0  # MemoryFormer's learning rate over the dense baseline's, as in the paper's training setup
 ARCHITECTURES = ("memoryformer", "dense")
 # Training batches are drawn with seeds from here on and evaluation sets with EVAL_SEED, so the model is
-# never scored on a sequence it was trained on by construction of the seeds.
+# never scored on a sequence it was trained on by construction of the seeds (mfbench.store.snapshots).
 TRAIN_SEED_BASE = 1_000_000
-EVAL_SEED = 7
 
 
 @dataclass(frozen=True)
@@ -168,3 +170,45 @@ def train(architecture: str, rec: Recipe, task: SyntheticTask, device: torch.dev
 
 def recipe_dict(rec: Recipe) -> dict:
     return {**asdict(rec), "lr_ratio_memoryformer": LR_RATIO}
+
+
+def rank_train_rows(run, like: dict, curves: list[dict]) -> list[dict]:
+    """Each rank's own time and energy per step (its device, its fingerprint), and their derived totals."""
+    out, total = [], 0.0
+    params = json.loads(like["params"])
+    for r, info in enumerate(curves):
+        rank_run = dataclasses.replace(run, device=info["device"], fingerprint=info["fingerprint"])
+        p = {**params, "rank": r, "world_size": len(curves)}
+        out.append(rank_run.row(like["benchmark"], p, like["provider"], "rank_time_per_step",
+                                statistics.median(c["seconds_per_step"] for c in info["curve"]), "s", flags=[f"rank={r}/{len(curves)}"]))
+        joules = [c["joules_per_step"] for c in info["curve"] if c["joules_per_step"] is not None]
+        if joules:
+            out.append(rank_run.row(like["benchmark"], p, like["provider"], "rank_energy_per_step",
+                                    statistics.median(joules), "J", flags=[f"rank={r}/{len(curves)}"]))
+            total += statistics.median(joules)
+    if total and len([r for r in out if r["metric"] == "rank_energy_per_step"]) == len(curves):
+        out.append(run.row(like["benchmark"], {**params, "world_size": len(curves)}, like["provider"],
+                           "energy_per_step_all_ranks", total, "J", flags=["derived:sum-of-ranks"]))
+    return out
+
+
+def train_rows(run, arch: str, provider: str, rec, task, trained, acc: float, scored: int,
+               snapshot: str | None) -> list[dict]:
+    """Rows (benchmark 'train:TASK') of one trained model: accuracy, final loss, time, throughput, energy."""
+    params = {"preset": rec.name, "architecture": arch, "steps": rec.steps, "batch": rec.batch, "lr": trained.lr,
+              "seed": rec.seed, "tokens_per_step": trained.tokens_per_step, "snapshot": snapshot,
+              **{f"task_{k}": v for k, v in task.spec().items()}, "chance": task.chance}
+    bench = f"train:{task.name}"
+    per_step = [p["seconds_per_step"] for p in trained.curve]
+    q = statistics.quantiles(per_step, n=4) if len(per_step) > 1 else [per_step[0]] * 3
+    out = [run.row(bench, params, provider, "accuracy", acc, "fraction", samples=scored),
+           run.row(bench, params, provider, "final_loss", trained.curve[-1]["loss"], "nats"),
+           run.row(bench, params, provider, "time_per_step", statistics.median(per_step), "s", spread_low=q[0],
+                   spread_high=q[2], spread_kind="iqr", samples=len(per_step), flags=["per-log-interval"]),
+           run.row(bench, params, provider, "tokens_per_s", statistics.median(p["tokens_per_s"] for p in trained.curve),
+                   "tokens/s")]
+    joules = [p["joules_per_step"] for p in trained.curve if p["joules_per_step"] is not None]
+    if joules:
+        out.append(run.row(bench, params, provider, "energy_per_step", statistics.median(joules), "J",
+                           samples=len(joules), flags=[trained.curve[0]["energy_method"]]))
+    return out

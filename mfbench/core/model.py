@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mfbench.core import providers
+from mfbench.core import registry
 from mfbench.core.lookup import DEFAULT_CHUNK_BYTES, LookupSpec, check_input, check_positive_integer, checks_enabled
 
 # The released code initialises the tables as 0.02 * randn.
@@ -43,7 +43,7 @@ class ModelConfig:
             raise ValueError(f"d_model={self.d_model} is not divisible by tau={self.tau}")
         if not 0.0 <= self.rotary_pct <= 1.0:
             raise ValueError(f"rotary_pct must lie in [0, 1], got {self.rotary_pct!r}")
-        providers.get(self.provider)
+        registry.get(self.provider)
 
     @property
     def num_chunks(self) -> int:
@@ -80,7 +80,7 @@ class MemoryLayer(nn.Module):
     """A hash-table lookup in place of ``nn.Linear(in_features, out_features)`` (Eq. 2-11).
 
     ``tables[k]`` is T_k, with one row of width ``out_features`` per sign pattern of chunk k. The lookup
-    itself is done by the selected provider (``mfbench.core.providers``); ``layer.provider = NAME`` switches.
+    itself is done by the selected provider (``mfbench.core.registry``); ``layer.provider = NAME`` switches.
     """
 
     def __init__(
@@ -114,8 +114,8 @@ class MemoryLayer(nn.Module):
 
     @provider.setter
     def provider(self, name: str) -> None:
-        self._provider = providers.get(name)
-        if name == "dense" and self.dense is None:
+        self._provider = registry.get(name)
+        if self._provider.baseline and self.dense is None:
             # Only the baseline needs a weight matrix; it is a real parameter so it trains too.
             self.dense = nn.Linear(self.in_features, self.out_features, bias=False)
             self.dense.to(device=self.tables.device, dtype=self.tables.dtype)
@@ -260,7 +260,7 @@ class MemoryFormerLM(_LM):
 
     def set_provider(self, name: str) -> None:
         """Route every Memory Layer through provider ``name``."""
-        providers.get(name)
+        registry.get(name)
         for layer in self.memory_layers():
             layer.provider = name
 

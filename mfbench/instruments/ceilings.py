@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from mfbench.config import settings
 from mfbench.instruments.fingerprint import device_name
 from mfbench.instruments.timing import time_callable
 
@@ -61,16 +62,12 @@ class Ceilings:
 
 
 def _max_age_days() -> float:
-    text = os.environ.get("MFBENCH_CEILINGS_MAX_AGE_DAYS")
-    try:
-        return float(text) if text else MAX_AGE_DAYS
-    except ValueError:
-        return MAX_AGE_DAYS
+    days = settings().ceilings_max_age_days
+    return MAX_AGE_DAYS if days is None else days
 
 
 def _cache_path() -> Path:
-    root = os.environ.get("MFBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mfbench")
-    return Path(root) / "ceilings.json"
+    return Path(settings().cache_dir) / "ceilings.json"
 
 
 def _onchip(device: torch.device) -> tuple[float | None, str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 import mfbench
+from mfbench.config import settings
 
 
 def cpu_model() -> str:
@@ -75,8 +76,9 @@ def git_commit(path: str | None = None) -> tuple[str, bool]:
     A copy of a tree without its .git (a lent GPU host, a CI artefact) can name its commit in
     MFBENCH_COMMIT (and MFBENCH_DIRTY=1 if it differs from that commit).
     """
-    if os.environ.get("MFBENCH_COMMIT"):
-        return os.environ["MFBENCH_COMMIT"], os.environ.get("MFBENCH_DIRTY") == "1"
+    env = settings()
+    if env.commit:
+        return env.commit, env.dirty
     root = path or str(Path(mfbench.__file__).resolve().parent.parent)
     try:
         commit = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,

@@ -98,7 +98,7 @@ def state_rows(before: GpuState, after: GpuState) -> list[tuple[str, float, str,
     """(metric, value, unit, flags) of the state around a measurement: the SM clock (the lower reading),
     memory clock, temperature and power (the reading after), each flagged as ``throttle_flags`` says."""
     if after.reason:
-        return [("sm_clock", float("nan"), "MHz", [f"unavailable: {after.reason}".replace(",", ";")])]
+        return [("sm_clock", float("nan"), "MHz", [f"unavailable: {after.reason}"])]
     flags = throttle_flags(before, after)
     clocks = [c for c in (before.sm_clock_mhz, after.sm_clock_mhz) if c]
     out = [("sm_clock", float(min(clocks)) if clocks else float("nan"), "MHz", flags),

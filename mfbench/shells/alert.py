@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
@@ -32,16 +31,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mfbench.config import settings
 from mfbench.core import providers
+from mfbench.shells.alert_rule import Rule, SetRecord, outcome, overall, paired_log_ratio, still_open
 from mfbench.shells.asvrun import tree_pythonpath
 from mfbench.shells.kernelprobe import SCHEMA as PROBE_SCHEMA
 from mfbench.shells.kernelprobe import default_seqs, set_key
 from mfbench.store.results import short_direction
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: mfbench/shells/ is two levels down
 KERNEL_GLOBS = providers.source_globs(plugins=False)  # the built-ins': what the workflows' path filters list
 REPORT_SCHEMA = "mfbench-alert-report/1"
 SCHEMA_FILE = Path(__file__).with_name("alert-report.schema.json")
@@ -49,50 +50,6 @@ SCHEMA_FILE = Path(__file__).with_name("alert-report.schema.json")
 
 class AlertError(Exception):
     """A problem with what was asked (bad ref, no git, a base without the probe); reported in one line."""
-
-
-@dataclass(frozen=True)
-class Rule:
-    factor: float = 1.1
-    z: float = 3.0
-    min_se: float = 0.01  # a floor on the standard error: two rounds that happen to agree prove little
-    min_rounds: int = 2
-    max_rounds: int = 6
-
-
-@dataclass(frozen=True)
-class Judgement:
-    verdict: str  # regressed, same, improved
-    settled: bool
-    ratio: float
-    low: float
-    high: float
-
-
-def judge(log_ratios: list[float], rule: Rule) -> Judgement:
-    """The verdict on one set from its paired log-ratios (head over base), by ``rule``."""
-    n = len(log_ratios)
-    mean, threshold = statistics.fmean(log_ratios), math.log(rule.factor)
-    if n < 2:  # one round has no spread to judge it by
-        return Judgement("regressed" if mean > threshold else "same", False, *[math.exp(mean)] * 3)
-    se = max(statistics.stdev(log_ratios) / math.sqrt(n), rule.min_se)
-    low, high = mean - rule.z * se, mean + rule.z * se
-    if low > threshold:
-        verdict, settled = "regressed", True
-    elif high < -threshold:
-        verdict, settled = "improved", True
-    elif high < threshold:
-        verdict, settled = "same", True
-    else:
-        verdict, settled = ("regressed" if mean > threshold else "same"), False
-    return Judgement(verdict, settled, math.exp(mean), math.exp(low), math.exp(high))
-
-
-def paired_log_ratio(base: list[float], head: list[float]) -> float:
-    return math.log(statistics.median(head) / statistics.median(base))
-
-
-# --- git -----------------------------------------------------------------------------------------
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
@@ -119,19 +76,6 @@ def changed_files(base: str, head: str, globs: tuple[str, ...] = KERNEL_GLOBS) -
 
 
 # --- measuring ------------------------------------------------------------------------------------
-
-
-@dataclass
-class SetRecord:
-    """What the rounds gave one parameter set: per commit, per round, (status, reason, method, samples)."""
-
-    provider: str
-    direction: str
-    seq: int
-    dtype: str = ""
-    base: list[dict] = field(default_factory=list)
-    head: list[dict] = field(default_factory=list)
-    log_ratios: list[float] = field(default_factory=list)
 
 
 def probe(tree: Path, args: list[str], out: Path, timeout_s: float) -> tuple[dict | None, str]:
@@ -183,25 +127,6 @@ def record(records: dict[str, SetRecord], side: str, sets: list[dict] | None, wh
             records[key].dtype = entry["dtype"]
 
 
-def outcome(rec: SetRecord, rule: Rule) -> tuple[str, str, Judgement | None]:
-    """(verdict, reason, judgement) for a set: judged from its ratios, or broken, unavailable, new, failed."""
-    base = {r["status"] for r in rec.base}
-    head = {r["status"] for r in rec.head}
-    bad_head = [r for r in rec.head if r["status"] != "ok"]
-    if base == {"unavailable"} and head == {"unavailable"}:
-        return "unavailable", rec.head[-1]["reason"], None
-    if bad_head and "ok" in base:
-        return "broken", f"ran at base, {bad_head[-1]['status']} at head: {bad_head[-1]['reason']}", None
-    if base != {"ok"}:
-        reason = next(r["reason"] for r in rec.base if r["status"] != "ok")
-        return ("failed-at-both" if bad_head else "new-at-head"), f"base: {reason}", None
-    methods = {r["method"] for r in rec.base} | {r["method"] for r in rec.head}
-    if len(methods) > 1:
-        return "broken", f"measured differently at base and head ({', '.join(sorted(methods))})", None
-    judgement = judge(rec.log_ratios, rule)
-    return judgement.verdict, "" if judgement.settled else "unsettled at the last round: judged by the mean", judgement
-
-
 def run_rounds(trees: dict[str, Path], base: str, head: str, probe_args: list[str], keys: list[str], rule: Rule,
                work: Path, timeout_s: float) -> tuple[dict[str, SetRecord], int, str]:
     """(every set's record, the rounds run, the device the probes named)."""
@@ -235,18 +160,6 @@ def run_rounds(trees: dict[str, Path], base: str, head: str, probe_args: list[st
     return records, done, device
 
 
-def still_open(verdicts: dict[str, tuple[str, str, Judgement | None]], done: int, rule: Rule) -> list[str]:
-    """The sets to measure in the next round (none: stop). Before ``min_rounds`` every set goes on; after
-    it, nothing does once the answer is 'fail' whatever the open sets do (a broken set, a settled
-    regression), else the unsettled ones."""
-    if done < rule.min_rounds:
-        return list(verdicts)
-    if done >= rule.max_rounds or any(v == "broken" or (j is not None and j.verdict == "regressed" and j.settled)
-                                      for v, _, j in verdicts.values()):
-        return []
-    return [k for k, (_, _, j) in verdicts.items() if j is not None and not j.settled]
-
-
 # --- accuracy --------------------------------------------------------------------------------------
 
 
@@ -257,7 +170,7 @@ def accuracy_check(tree: Path, names: list[str], device: str, sequences: int | N
     if not any(snaps.glob("*/snapshot.json")):
         return 0, f"no snapshot committed under {snaps.relative_to(tree)}; accuracy not checked"
     args = [sys.executable, "-m", "mfbench", "snapshot", "eval", "--no-save", "--snapshots-dir", str(snaps),
-            "--device", device, "--providers", ",".join(["reference", *[n for n in names if n != "reference"]])]
+            "--device", device, "--providers", ",".join([providers.reference(), *[n for n in names if n != providers.reference()]])]
     if sequences:
         args += ["--sequences", str(sequences)]
     env = {**os.environ, "PYTHONPATH": tree_pythonpath(tree)}
@@ -286,19 +199,6 @@ def summary(records: dict[str, SetRecord], rule: Rule) -> list[dict]:
                      "samples_base_s": [r["samples_s"] for r in rec.base],
                      "samples_head_s": [r["samples_s"] for r in rec.head]})
     return rows
-
-
-def overall(rows: list[dict], accuracy_code: int) -> str:
-    verdicts = {r["verdict"] for r in rows}
-    if "broken" in verdicts:
-        return "broken"
-    if "regressed" in verdicts:
-        return "regression"
-    if accuracy_code:
-        return "accuracy"
-    if not verdicts & {"same", "improved"}:
-        return "unmeasured"
-    return "pass"
 
 
 HEADLINES = {
@@ -440,28 +340,28 @@ def _default_device() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    env = os.environ.get
+    env = settings()
     parser = argparse.ArgumentParser(prog="python -m mfbench.shells.alert", description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the commit to compare with (e.g. the merge base)")
     parser.add_argument("--head", default="HEAD")
     parser.add_argument("--factor", type=float, default=1.1, help="slowdown ratio that counts (default 1.1)")
-    parser.add_argument("--min-rounds", type=int, default=int(env("MFBENCH_ALERT_ROUNDS", "2")),
+    parser.add_argument("--min-rounds", type=int, default=env.alert_rounds,
                         help="base/head process pairs at least (default $MFBENCH_ALERT_ROUNDS or 2)")
-    parser.add_argument("--max-rounds", type=int, default=int(env("MFBENCH_ALERT_MAX_ROUNDS", "6")),
+    parser.add_argument("--max-rounds", type=int, default=env.alert_max_rounds,
                         help="at most, while a set is not clear of the threshold (default $MFBENCH_ALERT_MAX_ROUNDS or 6)")
-    parser.add_argument("--providers", default=env("MFBENCH_ALERT_PROVIDERS"),
+    parser.add_argument("--providers", default=env.alert_providers,
                         help="comma-separated (default $MFBENCH_ALERT_PROVIDERS, else those the changed files touch)")
-    parser.add_argument("--directions", default=env("MFBENCH_ALERT_DIRECTIONS", "forward,backward"))
-    parser.add_argument("--seqs", default=env("MFBENCH_ALERT_SEQS"),
+    parser.add_argument("--directions", default=env.alert_directions)
+    parser.add_argument("--seqs", default=env.alert_seqs,
                         help="token counts (default $MFBENCH_ALERT_SEQS, else 2048,8192,32768 on a GPU, 128,512 on a CPU)")
-    parser.add_argument("--preset", default=env("MFBENCH_ALERT_PRESET", "tiny"))
-    parser.add_argument("--device", default=env("MFBENCH_ALERT_DEVICE"))
+    parser.add_argument("--preset", default=env.alert_preset)
+    parser.add_argument("--device", default=env.alert_device)
     parser.add_argument("--report", type=Path, default=Path("alert-report.md"))
     parser.add_argument("--json", type=Path, default=None, help="the JSON report (default: --report with .json)")
-    parser.add_argument("--no-accuracy", action="store_true", default=env("MFBENCH_ALERT_ACCURACY", "1") == "0",
+    parser.add_argument("--no-accuracy", action="store_true", default=not env.alert_accuracy,
                         help="skip the snapshot's accuracy check (or MFBENCH_ALERT_ACCURACY=0)")
     parser.add_argument("--probes-dir", type=Path, default=None, help="keep every probe run's samples (JSON) here")
-    parser.add_argument("--accuracy-sequences", type=int, default=env("MFBENCH_ALERT_ACCURACY_SEQUENCES"),
+    parser.add_argument("--accuracy-sequences", type=int, default=env.alert_accuracy_sequences,
                         help="evaluation sequences for the accuracy check (default: the snapshot's own)")
     args = parser.parse_args(argv)
     try:

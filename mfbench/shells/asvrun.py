@@ -19,7 +19,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from mfbench.config import settings, triton_cache_env
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository: mfbench/shells/ is two levels down
 CONF = ROOT / "asv.conf.json"
 
 
@@ -81,8 +83,10 @@ def tree_pythonpath(tree: Path) -> str:
 
 
 def run_commit(tree: Path, commit: str, results_dir: Path, bench: str | None, quick: bool,
-               attributes: tuple[str, ...] = (), append: bool = False) -> Path:
-    """Run the suites of ``tree`` (a checkout of ``commit``) in this Python; returns the asv results dir."""
+               attributes: tuple[str, ...] = (), append: bool = False, cache: Path | None = None) -> Path:
+    """Run the suites of ``tree`` (a checkout of ``commit``) in this Python; returns the asv results dir.
+    ``cache``: where the suites keep their measurements (their environment's MFBENCH_ASV_CACHE), by default
+    the caller's MFBENCH_ASV_CACHE or a new temporary directory."""
     conf = _conf_for(tree, results_dir, results_dir.parent / "html")
     name = machine_name()
     path = tree_pythonpath(tree)
@@ -92,7 +96,7 @@ def run_commit(tree: Path, commit: str, results_dir: Path, bench: str | None, qu
     # before the fork, so torch answers is_available() from NVML instead of the driver.
     env = {**os.environ, "PYTHONPATH": path, "ASV_PYTHONPATH": path, "MFBENCH_COMMIT": commit,
            "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
-    env.setdefault("MFBENCH_ASV_CACHE", tempfile.mkdtemp(prefix="mfbench-asv-cache-"))
+    env["MFBENCH_ASV_CACHE"] = str(cache or settings().asv_cache or tempfile.mkdtemp(prefix="mfbench-asv-cache-"))
     # asv's forkserver listens on a Unix socket under TMPDIR, and such a path may not exceed 107 bytes;
     # nox points TMPDIR into the session folder (<checkout>/.nox/alert/tmp), which in a deep checkout is
     # too long and asv stops with "Failed to start server thread" (seen in CI).
@@ -165,19 +169,20 @@ def _unrepr(text: str):
         return text
 
 
-def import_to_tables(results_dir: Path, commit: str, directory: Path | None = None,
+def import_to_tables(results_dir: Path, commit: str, dirty: bool = False, directory: Path | None = None,
                      cache: Path | None = None) -> int:
     """Append to the result tables, as one run: asv's values for ``commit`` on this machine (benchmark
-    'asv:NAME', so every number the dashboard shows is a row) and the runner's rows behind the track_
-    benchmarks, from the suites' cache."""
+    'asv:NAME', so every number the dashboard shows is a row) and the pipeline's rows behind the track_
+    benchmarks, from the suites' cache. The rows name ``commit`` and ``dirty`` as the caller saw the tree."""
+    import torch
+
+    from mfbench.bench.measure import Bench
+    from mfbench.instruments.ceilings import ceilings
     from mfbench.store import results
 
-    from mfbench.instruments.ceilings import ceilings
-    from mfbench.bench.runner import ceiling_rows
-
-    device = "cuda" if _has_cuda() else "cpu"
-    run = results.Run.start(device)
-    rows = ceiling_rows(run, ceilings(device))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    run = results.Run.start(str(device), source=(commit, dirty))
+    rows = Bench(device, ceilings(device), energy_seconds=0.0).machine_rows(run)
     for path in sorted(cache.glob("*.json")) if cache else []:
         if path.name.startswith("probe-"):  # availability verdicts, not measurements
             continue
@@ -195,12 +200,6 @@ def import_to_tables(results_dir: Path, commit: str, directory: Path | None = No
     return len(rows)
 
 
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mfbench.shells.asvrun", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,18 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--quick", action="store_true", help="one sample per benchmark (smoke runs)")
     b.add_argument("--results-dir", type=Path, help="result tables (default: the project's)")
     args = parser.parse_args(argv)
+    os.environ.update(triton_cache_env())  # the entry point chooses the process's Triton cache
     try:
-        head = _git("rev-parse", "HEAD")
-        dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
-        results_dir = ROOT / "results" / "asv"
         # The rows name the tree as it was before asv ran: asv rewrites results/asv/benchmarks.json, a
-        # tracked file, so a git status taken when the rows are built would call every new run dirty.
-        os.environ.setdefault("MFBENCH_DIRTY", "1" if dirty else "0")
-        os.environ.setdefault("MFBENCH_COMMIT", head)
+        # tracked file, so a git status taken when the rows are built would call every new run dirty. A
+        # tree without .git names its commit in MFBENCH_COMMIT (and MFBENCH_DIRTY).
+        env = settings()
+        head = env.commit or _git("rev-parse", "HEAD")
+        dirty = env.dirty if env.commit else bool(_git("status", "--porcelain", "--untracked-files=no"))
+        results_dir = ROOT / "results" / "asv"
         cache = Path(tempfile.mkdtemp(prefix="mfbench-asv-cache-"))
-        os.environ["MFBENCH_ASV_CACHE"] = str(cache)
-        run_commit(ROOT, head, results_dir, args.bench, args.quick)
-        count = import_to_tables(results_dir, head, args.results_dir, cache)
+        run_commit(ROOT, head, results_dir, args.bench, args.quick, cache=cache)
+        count = import_to_tables(results_dir, head, dirty, args.results_dir, cache)
         print(f"appended {count} rows (asv values and the measurements behind them) to the result tables")
         return 0
     except AsvRunError as exc:

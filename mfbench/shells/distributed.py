@@ -18,10 +18,18 @@ import dataclasses
 import heapq
 import json
 import os
-from typing import Callable, Iterator, Sequence, TypeVar
+import time
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
+
+import mfbench
+from mfbench.bench.cases import BENCHMARKS, Item, cost_estimate
+from mfbench.bench.measurement import Measurement, to_rows
+from mfbench.core import providers
+from mfbench.instruments.energy import EnergyMeter
+from mfbench.store.results import Run, add_flags
 
 T = TypeVar("T")
 
@@ -142,8 +150,6 @@ def gather(value: T) -> list[T] | None:
 
 def rank_run(run, device: torch.device):
     """Rank 0's run identity with this rank's own machine, device and fingerprint."""
-    from mfbench.store.results import Run
-
     mine = Run.start(str(device))
     rank, world = rank_and_world()
     info = json.loads(mine.fingerprint)
@@ -153,9 +159,7 @@ def rank_run(run, device: torch.device):
 
 def tag_rank(rows: list[dict]) -> list[dict]:
     rank, world = rank_and_world()
-    for row in rows:
-        row["flags"] = ",".join(filter(None, [row["flags"], f"rank={rank}/{world}"]))
-    return rows
+    return add_flags(rows, f"rank={rank}/{world}")
 
 
 def rank_rows(run, seconds: float, energy, items: int, setup_seconds: float | None = None) -> list[dict]:
@@ -182,3 +186,58 @@ def derived_rows(run, rows: list[dict]) -> list[dict]:
         out.append(run.row("distributed", params, "-", "run_energy", sum(joules), "J", flags=["derived:sum-of-ranks"]))
     return out
 
+
+
+@dataclasses.dataclass
+class Share:
+    """This rank's part of ``mfbench run --distributed``: rank 0's run identity with this rank's machine,
+    the items it measures (claimed as it frees up, or a static cost-balanced split), and at the end its
+    rows gathered into one run on rank 0. Collective providers need every rank in each call, so a sharded
+    matrix skips them, saying so."""
+
+    run: Run
+    items: Iterable[Item]
+    collective: list[Item]
+    rank: int
+    world: int
+    started: float = 0.0
+    meter: EnergyMeter | None = None
+
+    @classmethod
+    def start(cls, items: list[Item], device: torch.device, schedule: str) -> "Share":
+        rank, world = rank_and_world()
+        run = rank_run(broadcast(Run.start(str(device))), device)
+        collective = [item for item in items if providers.get(item.provider).collective]
+        mine = [item for item in items if item not in collective]
+        cost = lambda item: cost_estimate(item, device)  # noqa: E731
+        mine = (shard(mine, cost, world)[rank] if schedule == "static"
+                else claim(mine, cost, f"mfbench-items-{run.run_id}", group=lambda item: item.provider))
+        return cls(run, mine, collective, rank, world)
+
+    @property
+    def tag(self) -> str:
+        return f"[rank {self.rank}/{self.world}] "
+
+    def begin(self, device: torch.device) -> None:
+        """From here on this rank's wall time and energy count (set-up time is what came before)."""
+        self.started = time.perf_counter()
+        print(f"{self.tag}set up in {self.started - mfbench.IMPORTED:.1f} s", flush=True)
+        self.meter = EnergyMeter(device)
+        self.meter.begin_window("shard")
+
+    def finish(self, rows: list[dict]) -> list[dict] | None:
+        """Every rank's rows, its own time and energy, and the run's derived totals on rank 0; None elsewhere."""
+        measured = len({(r["benchmark"], r["params"], r["provider"]) for r in rows if r["benchmark"] in BENCHMARKS})
+        energy = self.meter.end_window("shard", max(1, measured))
+        rows = tag_rank(rows) + rank_rows(self.run, time.perf_counter() - self.started, energy, measured,
+                                          setup_seconds=self.started - mfbench.IMPORTED)
+        gathered = gather(rows)
+        dist.barrier()
+        if self.rank == 0:
+            rows = [row for part in gathered for row in part]
+            rows += derived_rows(self.run, rows)
+            why = ("not in a sharded matrix: it needs every rank in each call (measure it in a run of its own "
+                   "under torchrun)")
+            rows += [row for item in self.collective for row in to_rows(Measurement(item, skipped=why), self.run)]
+        dist.destroy_process_group()
+        return rows if self.rank == 0 else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -25,13 +26,14 @@ from typing import Callable
 
 import torch
 
+from mfbench.config import triton_cache_env
 from mfbench.core import providers
-from mfbench.layerbench import DTYPES
+from mfbench.bench.cases import DTYPES, Item
+from mfbench.bench.subject import prepare_on_stream
 from mfbench.core.lookup import input_checks
 from mfbench.instruments.fingerprint import device_name
 from mfbench.instruments.timing import CPU_METHOD, CUPTI_METHOD, GRAPH_METHOD, cpu_samples, cupti_samples, graph_samples
 from mfbench.core.model import ModelConfig
-from mfbench.bench.runner import Item, failure, prepare_on_stream
 
 SCHEMA = "mfbench-kernelprobe/1"
 DIRECTIONS = ("forward", "backward")
@@ -64,20 +66,20 @@ def measure(device: torch.device, names: list[str], directions: list[str], seqs:
             entry.update(status="unavailable", reason=reason)
             progress(f"{set_key(name, direction, seq)}: unavailable: {reason}")
             continue
-        item = Item("layer", direction, seq, name, dtype)
+        item = Item("layer", direction, seq, name, dtype, cfg=cfg)
         try:
             with input_checks(False):
-                fn, stream = prepare_on_stream(item, cfg, device)
+                fn, stream = prepare_on_stream(item, device)
                 if device.type != "cuda":
                     entry.update(method=CPU_METHOD, samples_s=cpu_samples(fn))
                 else:
                     try:
                         entry.update(method=GRAPH_METHOD, samples_s=graph_samples(fn, device, calls, replays, stream))
                     except Exception as exc:  # noqa: BLE001 - not capturable: CUPTI after the graph sets
-                        deferred.append((entry, item, failure(exc)))
+                        deferred.append((entry, item, providers.failure(exc)))
                         continue
         except Exception as exc:  # noqa: BLE001 - one set failing must not lose the others
-            entry.update(status="failed", reason=failure(exc))
+            entry.update(status="failed", reason=providers.failure(exc))
         finally:
             fn = stream = None
             if device.type == "cuda":
@@ -86,13 +88,13 @@ def measure(device: torch.device, names: list[str], directions: list[str], seqs:
     for entry, item, why in deferred:  # the profiler slows later launches: these come last
         try:
             with input_checks(False):
-                fn, _ = prepare_on_stream(item, cfg, device)
+                fn, _ = prepare_on_stream(item, device)
                 samples = cupti_samples(fn, device)
             if not samples:
                 raise RuntimeError("no kernel ran on the device")
             entry.update(method=CUPTI_METHOD, samples_s=samples, reason=f"not capturable in a CUDA graph ({why})")
         except Exception as exc:  # noqa: BLE001
-            entry.update(status="failed", reason=failure(exc))
+            entry.update(status="failed", reason=providers.failure(exc))
         fn = None
         progress(_line(entry))
     return entries
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated PROVIDER/DIRECTION/SEQ sets to measure")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    os.environ.update(triton_cache_env())  # the entry point chooses the process's Triton cache
     try:
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():

@@ -18,7 +18,8 @@ from typing import Callable, Iterator
 import torch
 
 from mfbench.core import providers
-from mfbench.layerbench import CASES, DTYPES, Case, make_layer, random_input, timed_call
+from mfbench.bench.cases import CASES, DTYPES, Case, Item
+from mfbench.bench.subject import prepare
 from mfbench.instruments.counters import CallCounters, CounterError, aggregate, ncu_command, ncu_path, parse
 from mfbench.cost.traffic import layer_traffic
 
@@ -35,10 +36,7 @@ ROWS = (  # CallCounters field -> (metric, unit)
 
 def target(case: Case, provider: str, dtype: torch.dtype) -> None:
     """Build, warm up, and run one call between cudaProfilerStart and cudaProfilerStop."""
-    device = torch.device("cuda")
-    layer = make_layer(case, provider, device, dtype)
-    x, gy = random_input(case, device, dtype, seed=0)
-    fn = timed_call(layer, x, gy, case.direction)
+    fn = prepare(Item.kernel(case, provider, dtype), torch.device("cuda"))
     for _ in range(WARMUP_CALLS):
         fn()
     torch.cuda.synchronize()
@@ -68,9 +66,7 @@ def profile_one(cases: str, index: int, provider: str, dtype: str, timeout_s: fl
 
 def case_params(case: Case, dtype: str) -> dict:
     """The params of the case's ``layer-kernel`` rows, so counters sit beside its times."""
-    return {"direction": case.direction, "tokens": case.tokens, "in_features": case.in_features,
-            "out_features": case.out_features, "tau": case.tau, "weighting": case.weighting, "dtype": dtype,
-            **({"target_ms": case.target_ms} if case.target_ms is not None else {})}
+    return Item.kernel(case, "-", DTYPES[dtype]).params()
 
 
 def profile_rows(cases: str, names: list[str], dtype: str, run, progress: Callable[[str], None] = print) -> list[dict]:
@@ -93,7 +89,7 @@ def _provider_rows(cases: str, name: str, dtype: str, run, progress: Callable[[s
         if isinstance(found, str):
             progress(f"  {case.name} {name}: unavailable: {found}")
             rows.append(run.row("layer-kernel", params, name, "measured_dram_bytes", float("nan"), "B",
-                                flags=[f"unavailable: {found}".replace(",", ";")]))
+                                flags=[f"unavailable: {found}"]))
             continue
         modelled = layer_traffic(case.tokens, case.in_features, case.out_features, case.tau, elem, case.direction,
                                  dense=providers.get(name).baseline).hbm_bytes

@@ -1,5 +1,5 @@
-"""What the asv suites under ``suites/`` measure with: one prepared call per parameter set, from the
-same runner (``mfbench.bench.runner``) that ``mfbench run`` uses.
+"""What the asv suites under ``suites/`` measure with: one prepared call per parameter set, built and
+measured by the same pipeline (``mfbench.bench``) that ``mfbench run`` uses.
 
 asv runs every benchmark method in a fresh process, so the expensive measurement behind the ``track_``
 methods (time, FLOPs, bytes, energy) is made once per parameter set and kept in a JSON cache under
@@ -19,6 +19,9 @@ the machine and can be narrowed with environment variables:
 - ``MFBENCH_ASV_TASKS`` (tasks whose committed snapshots ``suites/accuracy.py`` evaluates, default mqar),
 - ``MFBENCH_ASV_TIMER`` (``wall``, the default, or ``process``: the process's CPU time, which another
   program on a small shared CPU machine cannot inflate; CPU-only, and what the CPU alert test uses).
+
+They are read once, through ``mfbench.config``; a value that cannot be used fails each benchmark with the
+reason (asv reports it) instead of stopping the suites' import.
 """
 
 from __future__ import annotations
@@ -35,32 +38,27 @@ from typing import Callable
 
 import torch
 
+from mfbench.bench.cases import DTYPES, Item
+from mfbench.bench.measure import Bench, kernel_pass, measure
+from mfbench.bench.measurement import to_rows
+from mfbench.bench.subject import prepare
+from mfbench.config import settings
 from mfbench.core import providers
-from mfbench.layerbench import DTYPES
 from mfbench.core.lookup import input_checks
 from mfbench.core.model import ModelConfig
-from mfbench.bench.runner import Item, build, callable_for, failure, kernel_pass, measure_item
+from mfbench.instruments.ceilings import ceilings
+from mfbench.store.results import Run
 
-
-def _env_list(name: str, default: list[str]) -> list[str]:
-    value = os.environ.get(name)
-    return [v.strip() for v in value.split(",") if v.strip()] if value else default
-
-
+SETTINGS = settings()
 GPU = torch.cuda.is_available()
-DEVICES = _env_list("MFBENCH_ASV_DEVICES", ["cuda"] if GPU else ["cpu"])
-PROVIDERS = _env_list("MFBENCH_ASV_PROVIDERS", [p for p in providers.names() if providers.one_process(p)])
-SEQS = [int(s) for s in _env_list("MFBENCH_ASV_SEQS", ["2048", "8192", "32768"] if GPU else ["128", "512", "2048"])]
+DEVICES = list(SETTINGS.asv_devices) or (["cuda"] if GPU else ["cpu"])
+PROVIDERS = list(SETTINGS.asv_providers) or [p for p in providers.names() if providers.one_process(p)]
+SEQS = list(SETTINGS.asv_seqs) or ([2048, 8192, 32768] if GPU else [128, 512, 2048])
 DTYPES_FOR = {"cuda": "float16", "cpu": "float32"}
 DTYPE_PARAMS = sorted({DTYPES_FOR[d.split(":")[0]] for d in DEVICES})
-PRESET = os.environ.get("MFBENCH_ASV_PRESET", "tiny")
+PRESET = SETTINGS.asv_preset
 PARAMS = (DEVICES, PROVIDERS, SEQS, DTYPE_PARAMS)
-_TIMERS = {"wall": timeit.default_timer, "process": time.process_time}
-TIMER = _TIMERS.get(os.environ.get("MFBENCH_ASV_TIMER", "wall"))
-if TIMER is None:
-    raise ValueError(f"MFBENCH_ASV_TIMER must be one of {', '.join(_TIMERS)}")
-if TIMER is time.process_time and "cuda" in DEVICES:
-    raise ValueError("MFBENCH_ASV_TIMER=process measures CPU time: it cannot time GPU work")
+TIMER = {"wall": timeit.default_timer, "process": time.process_time}[SETTINGS.asv_timer]
 # Blocks and models at the middle lengths; on the CPU a tiny-model training step at 2048 tokens takes
 # 35 s a call (reference provider), so whole models run at the shortest length there.
 BLOCK_SEQS = [s for s in SEQS if 512 <= s <= 8192] or SEQS[:1]
@@ -69,31 +67,37 @@ MODEL_PARAMS = BLOCK_PARAMS if GPU else (DEVICES, PROVIDERS, SEQS[:1], DTYPE_PAR
 PARAM_NAMES = ["device", "provider", "seq", "dtype"]
 
 
+def setting_problem() -> str | None:
+    """Why the MFBENCH_ASV_* settings cannot be used, or None."""
+    if SETTINGS.problems:
+        return SETTINGS.problems[0]
+    if TIMER is time.process_time and "cuda" in DEVICES:
+        return "MFBENCH_ASV_TIMER=process measures CPU time: it cannot time GPU work"
+    return None
+
+
 class Prepared:
-    """One benchmark call, built and warmed up; ``metric(name)`` gives the runner's measurement of it."""
+    """One benchmark call, built and warmed up; ``metric(name)`` gives the pipeline's measurement of it."""
 
     def __init__(self, benchmark: str, direction: str, device: str, provider: str, seq: int, dtype: str,
                  probe: bool = True, measured: dict[str, list[dict]] | None = None) -> None:
+        problem = setting_problem()
+        if problem:
+            raise ValueError(problem)
         self._key = _case_key(benchmark, direction, device, provider, seq, dtype)
         self._measured = measured if measured is not None else {}
         dev = torch.device(device)
         if DTYPES_FOR[dev.type] != dtype:
             raise NotImplementedError(f"{dtype} is not benchmarked on {dev.type}")
-        self.cfg = ModelConfig.preset(PRESET)
-        self.item = Item(benchmark, direction, seq, provider, DTYPES[dtype])
+        self.item = Item(benchmark, direction, seq, provider, DTYPES[dtype], cfg=ModelConfig.preset(PRESET))
         self.device = dev
         self._fn: Callable[[], object] | None = None
         # asv runs every parameter set of every method in a new process. With a cached measurement a
         # track_ method needs neither CUDA nor a trial run, which keeps the whole matrix in minutes.
         cached = self._cached()
         if cached is not None:
-            skipped = [r for r in cached if r["metric"] == "skipped"]
-            if skipped:
-                raise NotImplementedError(skipped[0]["flags"])
-            failed = [r for r in cached if r["metric"] == "failed"]
-            if failed:
-                raise RuntimeError(failed[0]["flags"])
-        elif probe or self._cache_file() is not None:
+            _raise_marker(cached)
+        elif probe or _cache_file(self._key) is not None:
             self._check()
 
     def _check(self) -> None:
@@ -103,16 +107,15 @@ class Prepared:
             raise NotImplementedError("no CUDA device")
         reason, fault = self._probe()
         if reason:
-            self._store([{"metric": "skipped", "flags": reason, "value": math.nan}])
-            raise NotImplementedError(reason)
-        if fault:
-            self._store([{"metric": "failed", "flags": fault, "value": math.nan}])
-            raise RuntimeError(fault)
+            self._store([_marker("skipped", reason)])
+        elif fault:
+            self._store([_marker("failed", fault)])
+        _raise_marker(self._cached() or [])
 
     def _probe(self) -> tuple[str | None, str | None]:
         """The registry's verdict (``providers.readiness``), made once per provider, device and dtype for the
         whole run (each benchmark runs in its own process, which would otherwise repeat the trial run)."""
-        root = os.environ.get("MFBENCH_ASV_CACHE")
+        root = settings().asv_cache
         key = f"probe-{self.item.provider}-{self.device}-{self.item.dtype}".replace(":", "_").replace(".", "_")
         path = Path(root) / f"{key}.json" if root else None
         if path is not None and path.exists():
@@ -125,30 +128,14 @@ class Prepared:
 
     def prepare_call(self) -> None:
         """Build the module and input and warm the call up (compilation and autotuning stay out)."""
-        module, x = build(self.item, self.cfg, self.device)
-        if self.item.direction == "train":
-            optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
-
-            def step() -> None:
-                logits = module(x)
-                loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten())
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            self._fn = step
-        else:
-            self._fn = callable_for(self.item, module, x)
-        with input_checks(False):
-            self.call()
+        self._fn = prepare(self.item, self.device)
+        self.call()
 
     def call(self) -> None:
         with input_checks(False):
             self._fn()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-    def _cache_file(self) -> Path | None:
-        return _cache_file(self._key)
 
     def _cached(self) -> list[dict] | None:
         return self._measured.get(self._key) or _cached(self._key)
@@ -157,28 +144,38 @@ class Prepared:
         _store(self._key, rows)
 
     def rows(self, kernels: bool = True) -> list[dict]:
-        """The runner's rows for this parameter set: measured once, then read from the cache. Without
+        """The pipeline's rows for this parameter set: measured once, then read from the cache. Without
         ``kernels`` the kernel time is left to the caller's kernel pass (``measure_all``)."""
         cached = self._cached()
         if cached is not None:
             return cached
-        from mfbench.instruments.ceilings import ceilings
-        from mfbench.instruments.energy import EnergyMeter
-        from mfbench.store.results import Run
-
         run = Run.start(str(self.device))
         with input_checks(False):
-            rows = measure_item(self.item, self.cfg, run, self.device, ceilings(self.device),
-                                EnergyMeter(self.device), None, 1.0)
+            found = [measure(self.item, Bench.start(self.device, ceilings(self.device), idle=False))]
             if kernels:
-                rows += [row for _, found in kernel_pass([self.item], self.cfg, run, self.device, _quiet)
-                         for row in found]
+                found += list(kernel_pass([self.item], self.device, _quiet))
+        rows = [row for m in found for row in to_rows(m, run)]
         self._store(rows)
         return rows
 
     def metric(self, name: str) -> float:
         """A metric's value, or NaN where it was not measured (never 0 for 'unknown')."""
         return _metric(self.rows(), name)
+
+
+def _marker(status: str, why: str) -> dict:
+    """What the cache keeps for a set that was not measured: 'skipped' or 'failed', and why."""
+    return {"metric": status, "flags": why, "value": math.nan}
+
+
+def _raise_marker(rows: list[dict]) -> None:
+    """asv's answer for a cached skip (n/a: NotImplementedError) or failure (failed: any other error)."""
+    for row in rows:
+        if row["metric"] == "skipped":
+            raise NotImplementedError(row["flags"])
+    for row in rows:
+        if row["metric"] == "failed":
+            raise RuntimeError(row["flags"])
 
 
 def _case_key(benchmark: str, direction: str, device: str, provider: str, seq: int, dtype: str) -> str:
@@ -190,30 +187,29 @@ def measure_all(benchmark: str, direction: str, params: tuple) -> dict[str, list
     keys them (a set that cannot run gets its 'skipped' marker). For asv's ``setup_cache``: a process per
     parameter set paid CUDA, profiler and Triton start-up every time, which made the metric suites the
     longest part of ``nox -s bench``; ``mfbench run`` measures its matrix in one process the same way."""
-    from mfbench.store.results import Run
-
     measured: dict[str, list[dict]] = {}
-    cases: list[Prepared] = []
+    fresh: list[Prepared] = []
     for combo in itertools.product(*params):
         key = _case_key(benchmark, direction, *combo)
         try:
             case = Prepared(benchmark, direction, *combo)
-            fresh = case._cached() is None  # cached rows already went through a kernel pass
+            new = case._cached() is None  # cached rows already went through a kernel pass
             measured[key] = case.rows(kernels=False)
-            cases += [case] if fresh else []
+            fresh += [case] if new else []
         except NotImplementedError as exc:
-            measured[key] = [{"metric": "skipped", "flags": str(exc), "value": math.nan}]
+            measured[key] = [_marker("skipped", str(exc))]
         except Exception as exc:  # one set failing must not lose the class's others; asv reports it failed
-            measured[key] = [{"metric": "failed", "flags": failure(exc), "value": math.nan}]
+            measured[key] = [_marker("failed", providers.failure(exc))]
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     # Kernel times last, a device at a time: the profiler would slow every launch measured after it.
-    for device in dict.fromkeys(case.device for case in cases):
-        mine = {case.item: case for case in cases if case.device == device}
+    for device in dict.fromkeys(case.device for case in fresh):
+        mine = {case.item: case for case in fresh if case.device == device}
+        run = Run.start(str(device))
         with input_checks(False):
-            for item, rows in kernel_pass(list(mine), cases[0].cfg, Run.start(str(device)), device, _quiet):
-                case = mine[item]
-                measured[case._key] = measured[case._key] + rows
+            for m in kernel_pass(list(mine), device, _quiet):
+                case = mine[m.item]
+                measured[case._key] = measured[case._key] + to_rows(m, run)
                 case._store(measured[case._key])
     return measured
 
@@ -230,7 +226,7 @@ def _metric(rows: list[dict], name: str) -> float:
 
 
 def _cache_file(key: str) -> Path | None:
-    root = os.environ.get("MFBENCH_ASV_CACHE")
+    root = settings().asv_cache
     if not root:
         return None
     return Path(root) / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".json")
@@ -249,7 +245,7 @@ def _store(key: str, rows: list[dict]) -> None:
 
 # Snapshot accuracy: the tasks of the committed MemoryFormer snapshots, through every provider ('dense' is
 # the dense baseline's own snapshot on the same task).
-ACCURACY_TASKS = _env_list("MFBENCH_ASV_TASKS", ["mqar"])
+ACCURACY_TASKS = list(SETTINGS.asv_tasks)
 ACCURACY_PARAMS = (DEVICES, PROVIDERS, ACCURACY_TASKS)
 
 
@@ -259,7 +255,7 @@ class SnapshotCase:
     def __init__(self, device: str, provider: str, task: str, measured: dict[str, list[dict]] | None = None) -> None:
         from mfbench.store import snapshots
 
-        architecture = "dense" if provider == "dense" else "memoryformer"
+        architecture = "dense" if providers.is_baseline(provider) else "memoryformer"
         try:
             self.snapshot = snapshots.find("latest", architecture=architecture, task=task)
         except snapshots.SnapshotError as exc:
@@ -269,25 +265,20 @@ class SnapshotCase:
             raise NotImplementedError("no CUDA device")
         self._key = json.dumps(["accuracy", device, provider, task, self.snapshot.id])
         self._measured = measured if measured is not None else {}
-        rows = self.rows()
-        if rows and rows[0]["metric"] == "skipped":
-            raise NotImplementedError(rows[0]["flags"])
-        if rows and rows[0]["metric"] == "failed":
-            raise RuntimeError(rows[0]["flags"])
+        _raise_marker(self.rows())
 
     def rows(self) -> list[dict]:
         cached = self._measured.get(self._key) or _cached(self._key)
         if cached is not None:
             return cached
         from mfbench.store import snapshots
-        from mfbench.store.results import Run
 
-        names = [] if self.provider == "dense" else [self.provider]
+        names = [] if providers.is_baseline(self.provider) else [self.provider]
         try:
             measured = [m for m in snapshots.evaluate(self.snapshot, names, self.device) if m.provider == self.provider]
             rows = snapshots.rows(self.snapshot, measured, Run.start(str(self.device)))
         except Exception as exc:  # kept as an answer, so a shared evaluation goes on to the other sets
-            rows = [{"metric": "failed", "flags": failure(exc), "value": math.nan}]
+            rows = [_marker("failed", providers.failure(exc))]
         _store(self._key, rows)
         self._measured[self._key] = rows
         return rows

@@ -107,12 +107,14 @@ class Run:
     fingerprint: str
 
     @classmethod
-    def start(cls, device: str = "cpu") -> "Run":
+    def start(cls, device: str = "cpu", source: tuple[str, bool] | None = None) -> "Run":
+        """A new run on ``device``; ``source``: its (commit, dirty) where the caller knows them better than
+        the tree does now (asv rewrites tracked files while it runs), else read from the tree."""
         from mfbench.instruments.fingerprint import fingerprint, git_commit
 
         now = _dt.datetime.now(_dt.timezone.utc)
         info = fingerprint(device)
-        commit, dirty = git_commit()
+        commit, dirty = source or git_commit()
         return cls(f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}", now.isoformat(timespec="seconds"), commit, dirty,
                    info["machine"], info["device"], json.dumps(info, sort_keys=True))
 
@@ -125,7 +127,7 @@ class Run:
             "fingerprint": self.fingerprint, "mfbench_version": mfbench.__version__, "benchmark": benchmark,
             "params": json.dumps(params, sort_keys=True), "provider": provider, "metric": metric,
             "value": float(value), "unit": unit, "spread_low": spread_low, "spread_high": spread_high,
-            "spread_kind": spread_kind, "samples": samples, "flags": ",".join(flags),
+            "spread_kind": spread_kind, "samples": samples, "flags": join_flags(flags),
         }
 
 
@@ -234,7 +236,7 @@ def _history(directory: Path, writing: bool) -> pd.DataFrame | None:
 
 def load(path: str | os.PathLike | None = None) -> pd.DataFrame:
     """All rows, migrated to the current schema, one column per ``COLUMNS`` (what each holds:
-    ``column_docs()``, from ``results.schema.json``). ``path``: a directory of tables, or one .parquet/.csv
+    ``documents.column_docs()``, from ``results.schema.json``). ``path``: a directory of tables, or one .parquet/.csv
     file; default: the project's committed tables. A directory without a table gives an empty frame."""
     path = Path(path) if path is not None else project_dir()
     if not path.exists() and path.suffix not in (".parquet", ".csv"):
@@ -342,10 +344,16 @@ def append(rows: pd.DataFrame | Iterable[dict], directory: str | os.PathLike | N
     return directory / TABLE
 
 
+def join_flags(flags: Iterable[str], existing: str = "") -> str:
+    """Flags as the one comma-separated text a row keeps (the only place they are joined): a comma inside
+    a flag (a reason quoting a message) becomes a semicolon, so the text splits back into the same flags."""
+    return ",".join(filter(None, [existing, *(f.replace(",", ";") for f in flags)]))
+
+
 def add_flags(rows: list[dict], *flags: str) -> list[dict]:
     """Append ``flags`` to each of ``rows`` (a run-wide condition, such as a locked clock)."""
     for row in rows:
-        row["flags"] = ",".join(filter(None, [row.get("flags") or "", *(f.replace(",", ";") for f in flags)]))
+        row["flags"] = join_flags(flags, row.get("flags") or "")
     return rows
 
 
@@ -367,52 +375,3 @@ def runs(frame: pd.DataFrame) -> pd.DataFrame:
         "rows": grouped.size().values,
         "partial": grouped["partial"].any().map({True: "partial", False: ""}).values,
     }).sort_values("time_utc")
-
-
-# --- machine-readable output (--format json|csv) ------------------------------------------------------
-
-
-def schema() -> dict:
-    """The JSON schema that --format json output validates against (``results.schema.json``)."""
-    return json.loads(SCHEMA_FILE.read_text())
-
-
-def column_docs() -> dict[str, str]:
-    """What each column of ``load()`` holds, in ``COLUMNS`` order: the one place it is written is the
-    schema's ``row`` definition."""
-    documented = schema()["$defs"]["row"]["properties"]
-    return {column: documented[column]["description"] for column in COLUMNS}
-
-
-def _plain(value: object) -> object:
-    """A cell as JSON has it: NaN and NA as null, numpy scalars as Python ones."""
-    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
-        return None
-    return value.item() if hasattr(value, "item") else value
-
-
-def records(frame: pd.DataFrame) -> list[dict]:
-    """``frame``'s rows as JSON-ready dicts; ``params`` as an object."""
-    out = []
-    for row in frame.to_dict("records"):
-        row = {k: _plain(v) for k, v in row.items()}
-        if isinstance(row.get("params"), str) and row["params"].startswith("{"):
-            row["params"] = json.loads(row["params"])
-        out.append(row)
-    return out
-
-
-def document(kind: str, rows: list[dict]) -> dict:
-    """A --format json document (``results.schema.json``): ``kind`` is rows, runs, comparison or repro."""
-    return {"format": "mfbench", "schema_version": SCHEMA_VERSION, "mfbench_version": mfbench.__version__,
-            "kind": kind, "rows": rows}
-
-
-def write(kind: str, frame: pd.DataFrame, fmt: str, stream=None) -> None:
-    """``frame`` as --format json (a document of ``kind``) or csv (params as JSON text) on ``stream``."""
-    stream = stream or sys.stdout
-    if fmt == "json":
-        json.dump(document(kind, records(frame)), stream, indent=1, allow_nan=False)
-        stream.write("\n")
-    else:
-        frame.to_csv(stream, index=False)

@@ -36,6 +36,10 @@ COMMIT_LIMIT_BYTES = 32 * 2**20
 ACCURACY_TOLERANCE = 0.005
 
 
+# The seed of every evaluation set; training draws its batches from other seeds (mfbench.bench.train).
+EVAL_SEED = 7
+
+
 class SnapshotError(Exception):
     """A snapshot that does not exist, is ambiguous or is damaged; the message says which."""
 
@@ -174,6 +178,15 @@ class ProviderAccuracy:
             return "DISAGREES"
         return f"FAILED: {self.mismatch}" if self.mismatch else "agrees"
 
+    def line(self, reference: "ProviderAccuracy", tolerance: float = ACCURACY_TOLERANCE) -> dict:
+        """What ``mfbench snapshot eval`` prints for this provider beside the reference."""
+        return {"provider": self.provider,
+                "accuracy": "-" if self.accuracy is None else f"{self.accuracy:.4f}",
+                "vs reference": "-" if self.accuracy is None or reference.accuracy is None
+                else f"{self.accuracy - reference.accuracy:+.4f}",
+                "bucket agreement": "-" if self.bucket_agreement is None else f"{self.bucket_agreement:.6f}",
+                "verdict": self.verdict(reference, tolerance)}
+
 
 class _BucketRecorder:
     """Forward pre-hooks on every Memory Layer that keep the bucket index each token lands in."""
@@ -212,9 +225,6 @@ def evaluate(snap: Snapshot, names: list[str] | None = None, device: torch.devic
              sequences: int | None = None, progress=None) -> list[ProviderAccuracy]:
     """The snapshot's task accuracy through each provider (every exact one by default; ``reference``
     always, first). A dense snapshot has no Memory Layers: it is scored once, as ``dense``."""
-    from mfbench.bench.runner import failure
-    from mfbench.bench.train import EVAL_SEED
-
     device = torch.device(device)
     sequences = sequences or snap.meta["eval"]["sequences"]
     seed = snap.meta["eval"].get("seed", EVAL_SEED)
@@ -222,8 +232,9 @@ def evaluate(snap: Snapshot, names: list[str] | None = None, device: torch.devic
     task = snap.task
     if snap.meta["architecture"] == "dense":
         c, n, _ = task_accuracy(model, task, sequences, seed, device)
-        return [ProviderAccuracy("dense", c / n, c, n)]
-    names = ["reference"] + [p for p in (names or providers.names(exact_only=True)) if p != "reference"]
+        return [ProviderAccuracy(providers.baseline(), c / n, c, n)]
+    first = providers.reference()
+    names = [first] + [p for p in (names or providers.names(exact_only=True)) if p != first]
     out: list[ProviderAccuracy] = []
     reference_buckets = None
     for name in names:
@@ -237,9 +248,9 @@ def evaluate(snap: Snapshot, names: list[str] | None = None, device: torch.devic
         try:
             c, n, buckets = task_accuracy(model, task, sequences, seed, device)
         except Exception as exc:  # noqa: BLE001 - a provider that should run here and fails is an answer
-            out.append(ProviderAccuracy(name, None, 0, 0, failed=failure(exc)))
+            out.append(ProviderAccuracy(name, None, 0, 0, failed=providers.failure(exc)))
             continue
-        if name == "reference":
+        if name == first:
             reference_buckets = buckets
         agreement = float((buckets == reference_buckets).double().mean()) if reference_buckets is not None else None
         # a provider that answers in another shape or dtype, over its time budget, or off float64 may still
@@ -262,11 +273,11 @@ def rows(snap: Snapshot, measured: list[ProviderAccuracy], run, sequences: int |
     for m in measured:
         if m.skipped or m.failed:
             metric, reason = ("skipped", m.skipped) if m.skipped else ("failed", m.failed)
-            out.append(run.row(bench, params, m.provider, metric, float("nan"), "", flags=[reason.replace(",", ";")]))
+            out.append(run.row(bench, params, m.provider, metric, float("nan"), "", flags=[reason]))
             continue
         out.append(run.row(bench, params, m.provider, "accuracy", m.accuracy, "fraction", samples=m.scored))
         if m.bucket_agreement is not None:
             out.append(run.row(bench, params, m.provider, "bucket_agreement", m.bucket_agreement, "fraction"))
         if m.mismatch:
-            out.append(run.row(bench, params, m.provider, "failed", float("nan"), "", flags=[m.mismatch.replace(",", ";")]))
+            out.append(run.row(bench, params, m.provider, "failed", float("nan"), "", flags=[m.mismatch]))
     return out

@@ -80,7 +80,7 @@ def test_profile_without_ncu_or_with_a_failing_one_says_unavailable(tmp_path, mo
 def test_profile_needs_a_gpu(capsys):
     import torch
 
-    from mfbench.shells.cli import main
+    from mfbench.shells.cli.main import main
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -166,7 +166,7 @@ def test_without_rapl_the_row_says_unavailable(tmp_path):
 
 
 def test_lock_clocks_on_the_cpu_is_a_usage_error(capsys, tmp_path):
-    from mfbench.shells.cli import main
+    from mfbench.shells.cli.main import main
 
     assert main(["run", "--preset", "smoke", "--device", "cpu", "--lock-clocks", "1500",
                  "--results-dir", str(tmp_path)]) == 2

@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mfbench.kernels import lookup as kernels
-from mfbench.layerbench import CASES, TOLERANCE, make_layer, random_input, relative_error, relative_errors
+from mfbench.bench.cases import CASES
+from mfbench.bench.subject import make_layer, random_input
+from mfbench.core.providers import TOLERANCE, relative_error, relative_errors
 from mfbench.core.lookup import LookupSpec, bucket_weight, reference_lookup, sign_hash, split_chunks
 
 interpreted = pytest.mark.skipif(not kernels.INTERPRETING, reason="runs under TRITON_INTERPRET=1")
@@ -172,7 +174,7 @@ def test_benchmark_shapes_on_gpu(case, poisoned):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("weighting", ["paper", "released"])
 def test_dtypes_and_weightings_on_gpu(dtype, weighting, poisoned):
-    from mfbench.layerbench import Case
+    from mfbench.bench.cases import Case
 
     case = Case("backward", 3000, 640, 700, tau=10, weighting=weighting)
     layer = make_layer(case, "triton", torch.device("cuda"), dtype)

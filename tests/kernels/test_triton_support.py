@@ -13,6 +13,10 @@ from triton.runtime.errors import InterpreterError
 from mfbench.core import providers
 from mfbench.store import results
 from mfbench.bench import runner
+from mfbench.bench.cases import Item
+from mfbench.bench.measure import Bench
+from mfbench.bench.measurement import Measurement, to_rows
+from mfbench.instruments.ceilings import Ceilings
 from mfbench.kernels import lookup as kernels
 from mfbench.core.lookup import LookupSpec
 from mfbench.core.model import ModelConfig
@@ -66,15 +70,17 @@ def test_a_triton_that_fails_is_named_with_the_tested_range(refusing_triton):
 
 
 def test_a_run_on_such_a_triton_says_why_in_the_row_and_on_stderr(refusing_triton, monkeypatch, capsys):
-    def measure_item(item, cfg, run, *args):
-        return [run.row(item.benchmark, item.params(cfg), item.provider, "time", 1e-3, "s")]
+    def measure(item, bench):
+        m = Measurement(item)
+        m.add("time", 1e-3, "s")
+        return m
 
-    monkeypatch.setattr(runner, "measure_item", measure_item)
-    monkeypatch.setattr(runner, "EnergyMeter", lambda device: type("Off", (), {"available": False})())
-    items = [runner.Item("layer", d, 64, p, torch.float32) for d in ("forward", "backward") for p in ("triton", "dense")]
-    ceilings = runner.Ceilings("cpu", 1e10, 1e11, "float32", None, "-", "-", "-")
-    rows = list(runner.run_matrix(items, ModelConfig.preset("micro"), results.Run.start("cpu"), torch.device("cpu"),
-                                  ceilings, 0.0, lambda line: None))
+    monkeypatch.setattr(runner, "measure", measure)
+    cfg = ModelConfig.preset("micro")
+    items = [Item("layer", d, 64, p, torch.float32, cfg=cfg) for d in ("forward", "backward") for p in ("triton", "dense")]
+    bench = Bench(torch.device("cpu"), Ceilings("cpu", 1e10, 1e11, "float32", None, "-", "-", "-"), 0.0)
+    run = results.Run.start("cpu")
+    rows = [row for m in runner.run_matrix(items, bench, lambda line: None) for row in to_rows(m, run)]
 
     reason = "TritonFailure: " + _why_triton_fails()
     skipped = [r for r in rows if r["metric"] == "skipped"]

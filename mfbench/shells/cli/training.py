@@ -1,0 +1,178 @@
+"""The training commands: ``train`` (MemoryFormer and the dense baseline on a synthetic task, into
+snapshots and rows) and ``snapshot`` (list the snapshots, or evaluate one through every provider)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+import pandas as pd
+import torch
+
+from mfbench.bench import train
+from mfbench.core import providers
+from mfbench.shells.cli import common
+from mfbench.shells.cli.common import UsageError
+from mfbench.store import results, snapshots
+from mfbench.tasks import synthetic
+
+
+def _train_provider(text: str | None, dev: torch.device) -> str:
+    """The provider the MemoryFormer trains with: the fastest exact one measured for the device by default."""
+    name = text or ("triton" if dev.type == "cuda" else "embedding_bag")
+    if name not in providers.names(exact_only=True):
+        raise UsageError(f"--provider {name!r}: train through one of {', '.join(providers.names(exact_only=True))}")
+    reason = providers.unavailable(name, str(dev), torch.float32)
+    if reason:
+        raise UsageError(f"provider {name} cannot run on {dev}: {reason}")
+    return name
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        rec = train.recipe(args.preset, steps=args.steps, seed=args.seed)
+        task = synthetic.make(args.task)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if rec.steps < 1:
+        raise UsageError(f"--steps must be positive, got {rec.steps}")
+    dev, rank, world = common.start_ranks(args)
+    provider = _train_provider(args.provider, dev)
+    archs = list(train.ARCHITECTURES) if args.arch == "both" else [args.arch]
+    args.results_dir = args.results_dir or results.project_dir()
+    if not args.no_save and rank == 0:
+        common.ready_to_write(args.results_dir)
+    run = results.Run.start(str(dev))
+    if world > 1:
+        from mfbench.shells import distributed
+
+        run = distributed.rank_run(distributed.broadcast(run), dev)
+    say = print if rank == 0 else (lambda *a, **k: None)
+    say(f"run {run.run_id}: train {', '.join(archs)} on {task.name} ({task.spec()}), preset {rec.name}: "
+        f"{rec.steps} steps x {rec.batch} sequences x {task.seq_len} tokens, dense lr {rec.lr:g}, "
+        f"MemoryFormer lr x{train.LR_RATIO:g}, on {dev}" + (f" via {provider}" if "memoryformer" in archs else "")
+        + (f", DDP over {world} ranks" if world > 1 else ""), flush=True)
+    try:
+        summary = [line for arch in archs
+                   if (line := _train_one(args, arch, rec, task, dev, provider, run, say)) is not None]
+    except KeyboardInterrupt as exc:
+        return 128 + getattr(exc, "signum", signal.SIGINT)
+    if args.distributed:
+        from mfbench.shells import distributed
+
+        distributed.dist.barrier()
+        distributed.dist.destroy_process_group()
+        if rank != 0:
+            return 0
+    common.print_frame(pd.DataFrame(summary))
+    return 0
+
+
+def _train_one(args, arch: str, rec, task, dev: torch.device, provider: str, run, say) -> dict | None:
+    """Train one architecture, evaluate it, save its snapshot and rows; its summary line (None off rank 0)."""
+    from mfbench.shells import distributed
+
+    rank, world = distributed.rank_and_world()
+    try:
+        trained = train.train(arch, rec, task, dev, provider, progress=lambda m: say(m, flush=True))
+    except KeyboardInterrupt:
+        print(f"interrupted while training {arch}: nothing of it is kept", file=sys.stderr)
+        raise
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if world > 1:  # per-rank energy and time stay per rank; rank 0 adds them up where a total is wanted
+        rank_curves = distributed.gather({"device": run.device, "fingerprint": run.fingerprint, "curve": trained.curve})
+        if rank != 0:
+            return None
+    correct, scored, _ = snapshots.task_accuracy(trained.model, task, rec.eval_sequences, snapshots.EVAL_SEED, dev)
+    acc = correct / scored
+    label = providers.baseline() if arch == "dense" else provider
+    extra = {"recipe": train.recipe_dict(rec), "train_provider": label, "curve": trained.curve,
+             "trained_seconds": trained.seconds, "lr": trained.lr, "device": run.device,
+             "fingerprint": json.loads(run.fingerprint), "run_id": run.run_id,
+             "eval": {"sequences": rec.eval_sequences, "seed": snapshots.EVAL_SEED, "chance": task.chance},
+             "accuracy": {label: acc}}
+    snap = None if args.no_save else snapshots.save(trained.model, arch, trained.config, task, extra, args.snapshots_dir)
+    rows = train.train_rows(run, arch, label, rec, task, trained, acc, scored, snap.id if snap else None)
+    if world > 1:
+        rows = distributed.tag_rank(rows) + train.rank_train_rows(run, rows[0], rank_curves)
+    if not args.no_save:
+        common.append(rows, args.results_dir)
+        print(f"  snapshot {snap.id} at {snap.path}; {len(rows)} rows appended", flush=True)
+    value = {r["metric"]: r["value"] for r in rows}  # per-rank rows have metric names of their own
+    return {"architecture": arch, "provider": label, "lr": f"{trained.lr:g}",
+            "final loss": f"{value['final_loss']:.3f}", "accuracy": f"{acc:.3f}",
+            "chance": f"{task.chance:.3f}", "ms/step": f"{1e3 * value['time_per_step']:.1f}",
+            "J/step": f"{value['energy_per_step']:.3g}" if "energy_per_step" in value else "-",
+            "train s": f"{trained.seconds:.0f}", "snapshot": snap.id if snap else "-"}
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    try:
+        if args.snapshot_command == "list":
+            return _list_snapshots(args.snapshots_dir)
+        snap = snapshots.find(args.id, args.snapshots_dir, architecture=None if args.id != "latest" else "memoryformer")
+    except snapshots.SnapshotError as exc:
+        raise UsageError(str(exc)) from None
+    dev = common.device(args.device or common.default_device())
+    names = common.provider_list(args.providers, providers.names(exact_only=True))
+    tolerance = snapshots.ACCURACY_TOLERANCE if args.tolerance is None else args.tolerance
+    print(f"snapshot {snap.id}: {snap.meta['architecture']} {snap.meta['config']['name']} on "
+          f"{snap.meta['task']['task']}, trained at {snap.meta['commit'][:10]}; tolerance {tolerance:g}", flush=True)
+    measured = snapshots.evaluate(snap, names, dev, args.sequences, progress=lambda m: print(m, flush=True))
+    reference = measured[0]
+    common.print_frame(pd.DataFrame([m.line(reference, tolerance) for m in measured]))
+    for name in args.choice.split(",") if args.choice else []:
+        _score_choice(snap, name.strip(), args, dev, [m.provider for m in measured if not (m.skipped or m.failed)])
+    if not args.no_save:
+        run = results.Run.start(str(dev))
+        rows = snapshots.rows(snap, measured, run, args.sequences)
+        try:
+            path = results.append(rows, args.results_dir or results.project_dir())
+        except results.ResultsError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"wrote {len(rows)} rows to {path} (run {run.run_id})")
+    failed = [m.provider for m in measured if not m.agrees_with(reference, tolerance)]
+    if failed:
+        broken = [m.provider for m in measured if m.failed and m.provider in failed]
+        differ = [name for name in failed if name not in broken]
+        said = ([f"{', '.join(differ)} differ from reference by more than {tolerance:g}"] if differ else []) + \
+            ([f"{', '.join(broken)} failed to run"] if broken else [])
+        print(f"accuracy regression: {'; '.join(said)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _list_snapshots(directory) -> int:
+    snaps = snapshots.listing(directory)
+    if not snaps:
+        print(f"no snapshots under {directory or snapshots.directory()}")
+        return 0
+    common.print_frame(pd.DataFrame([{
+        "id": s.id, "architecture": s.meta["architecture"], "preset": s.meta["config"]["name"],
+        "task": s.meta["task"]["task"], "steps": s.meta["recipe"]["steps"],
+        "accuracy": ", ".join(f"{k} {v:.3f}" for k, v in s.meta["accuracy"].items()),
+        "commit": s.meta["commit"][:10], "MB": f"{s.meta['weights_bytes'] / 2**20:.1f}",
+        "created": s.meta["created_utc"]} for s in snaps]))
+    return 0
+
+
+def _score_choice(snap, name: str, args: argparse.Namespace, device: torch.device, names: list[str]) -> None:
+    from mfbench.tasks import choice
+
+    vocab = snap.meta["config"]["vocab_size"]
+    if vocab < choice.BYTE_VOCAB:
+        raise UsageError(f"snapshot {snap.id} reads {vocab} token ids; multiple-choice text needs a byte "
+                         f"vocabulary of {choice.BYTE_VOCAB} or more")
+    try:
+        questions = choice.load(name, args.data, args.limit)
+    except (choice.DataMissing, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    model = snap.load_model(device)
+    for provider in names:
+        if hasattr(model, "set_provider"):
+            model.set_provider(provider)
+        s = choice.score(model, questions, device)
+        print(f"{name}: {provider}: acc {s.acc:.4f}, acc_norm {s.acc_norm:.4f} over {s.questions} questions")
