@@ -75,30 +75,30 @@ def profile_rows(cases: str, names: list[str], dtype: str, run, progress: Callab
 
 def profile_batches(cases: str, names: list[str], dtype: str, run,
                     progress: Callable[[str], None] = print) -> Iterator[list[dict]]:
-    """The rows a provider at a time, in the order of ``names``, so a caller can keep each as it comes."""
+    """The rows a (provider, case) at a time, in the order of ``names``, so a caller keeps each as it comes:
+    under ncu one case of a slow provider can take minutes."""
     for name in names:
-        yield _provider_rows(cases, name, dtype, run, progress)
+        for index, case in enumerate(CASES[cases]):
+            yield _case_rows(cases, index, case, name, dtype, run, progress)
 
 
-def _provider_rows(cases: str, name: str, dtype: str, run, progress: Callable[[str], None]) -> list[dict]:
-    rows = []
+def _case_rows(cases: str, index: int, case: Case, name: str, dtype: str, run,
+               progress: Callable[[str], None]) -> list[dict]:
+    params = case_params(case, dtype)
+    found = profile_one(cases, index, name, dtype)
+    if isinstance(found, str):
+        progress(f"  {case.name} {name}: unavailable: {found}")
+        return [run.row("layer-kernel", params, name, "measured_dram_bytes", float("nan"), "B",
+                        flags=[f"unavailable: {found}"])]
     elem = torch.finfo(DTYPES[dtype]).bits // 8
-    for index, case in enumerate(CASES[cases]):
-        params = case_params(case, dtype)
-        found = profile_one(cases, index, name, dtype)
-        if isinstance(found, str):
-            progress(f"  {case.name} {name}: unavailable: {found}")
-            rows.append(run.row("layer-kernel", params, name, "measured_dram_bytes", float("nan"), "B",
-                                flags=[f"unavailable: {found}"]))
-            continue
-        modelled = layer_traffic(case.tokens, case.in_features, case.out_features, case.tau, elem, case.direction,
-                                 dense=providers.get(name).baseline).hbm_bytes
-        progress(f"  {case.name} {name}: {found.kernels} kernels, DRAM {found.dram_bytes / 1e6:.1f} MB "
-                 f"(modelled {modelled / 1e6:.1f} MB), L2 {found.l2_bytes / 1e6:.1f} MB, L1 hit {found.l1_hit_rate:.1f}%")
-        values = found.as_dict()
-        rows += [run.row("layer-kernel", params, name, metric, values[field], unit, flags=[METHOD])
-                 for field, metric, unit in ROWS]
-        rows.append(run.row("layer-kernel", params, name, "modelled_dram_bytes", modelled, "B", flags=["measure.traffic"]))
+    modelled = layer_traffic(case.tokens, case.in_features, case.out_features, case.tau, elem, case.direction,
+                             dense=providers.get(name).baseline).hbm_bytes
+    progress(f"  {case.name} {name}: {found.kernels} kernels, DRAM {found.dram_bytes / 1e6:.1f} MB "
+             f"(modelled {modelled / 1e6:.1f} MB), L2 {found.l2_bytes / 1e6:.1f} MB, L1 hit {found.l1_hit_rate:.1f}%")
+    values = found.as_dict()
+    rows = [run.row("layer-kernel", params, name, metric, values[field], unit, flags=[METHOD])
+            for field, metric, unit in ROWS]
+    rows.append(run.row("layer-kernel", params, name, "modelled_dram_bytes", modelled, "B", flags=["measure.traffic"]))
     return rows
 
 

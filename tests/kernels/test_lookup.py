@@ -35,6 +35,7 @@ def problems(draw):
                 weighting=draw(st.sampled_from(["paper", "released"])),
                 temperature=draw(st.sampled_from([1.0, 0.5])),
                 dtype=draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16])),
+                strategy=draw(st.sampled_from(kernels.BACKWARD_STRATEGIES)),  # the draw's dtypes all take both
                 seed=draw(st.integers(0, 2**16)))
 
 
@@ -48,7 +49,7 @@ def test_forward_and_gradients_against_float64(poisoned, p):
     tables = torch.randn(p["k"], 2 ** p["tau"], p["out"], generator=g).to(p["dtype"])
     gy = torch.randn(p["tokens"], p["out"], generator=g).to(p["dtype"])
     y = kernels.lookup_forward(x, tables, spec)
-    gx, gt = kernels.lookup_backward(x, tables, gy, spec)
+    gx, gt = kernels.lookup_backward(x, tables, gy, spec, strategy=p["strategy"])
     assert torch.isfinite(y).all() and torch.isfinite(gx).all() and torch.isfinite(gt).all()
     assert y.dtype == gx.dtype == gt.dtype == p["dtype"]
 
@@ -73,13 +74,27 @@ def test_forward_and_gradients_against_float64(poisoned, p):
 
 
 @interpreted
-def test_only_one_gradient_when_only_one_is_needed(poisoned):
+@pytest.mark.parametrize("strategy", kernels.BACKWARD_STRATEGIES)
+def test_only_one_gradient_when_only_one_is_needed(poisoned, strategy):
     spec = LookupSpec(8)
     x, tables, gy = torch.randn(20, 16), torch.randn(2, 256, 8), torch.randn(20, 8)
-    gx, gt = kernels.lookup_backward(x, tables, gy, spec, need_x=True, need_tables=False)
+    both = kernels.lookup_backward(x, tables, gy, spec, strategy=strategy)
+    gx, gt = kernels.lookup_backward(x, tables, gy, spec, need_x=True, need_tables=False, strategy=strategy)
     assert gt is None and torch.isfinite(gx).all()
-    gx2, gt2 = kernels.lookup_backward(x, tables, gy, spec, need_x=False, need_tables=True)
+    gx2, gt2 = kernels.lookup_backward(x, tables, gy, spec, need_x=False, need_tables=True, strategy=strategy)
     assert gx2 is None and torch.isfinite(gt2).all()
+    torch.testing.assert_close(gx, both[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gt2, both[1], rtol=1e-6, atol=1e-6)
+
+
+def test_backward_strategy_by_shape_and_unknown_names():
+    assert kernels.backward_strategy(2048, 512, 256) == "fused"
+    assert kernels.backward_strategy(8192, 512, 256) == "sorted"
+    assert kernels.backward_strategy(2048, 2048, 256) == "sorted"
+    assert kernels.backward_strategy(2048, 512, 256, torch.float64) == "sorted"
+    with pytest.raises(ValueError, match="unknown backward strategy 'atomics'; choose one of fused, sorted"):
+        kernels.lookup_backward(torch.randn(4, 8), torch.randn(1, 256, 4), torch.randn(4, 4), LookupSpec(8),
+                                strategy="atomics")
 
 
 @interpreted
@@ -126,10 +141,14 @@ def _float64_against_reference(device, weighting, temperature):
     assert torch.equal(idx.long().T.cpu(), sign_hash(z))
     torch.testing.assert_close(p.T.cpu(), bucket_weight(z, spec.weighting, spec.temperature), rtol=1e-13, atol=0)
     y = kernels.lookup_forward(x, tables, spec)
+    torch.testing.assert_close(y.cpu(), ref, rtol=1e-12, atol=1e-12)
+    assert y.dtype == torch.float64
     gx, gt = kernels.lookup_backward(x, tables, gy, spec)
-    assert y.dtype == gx.dtype == gt.dtype == torch.float64
-    for got, want in ((y, ref), (gx, rgx), (gt, rgt)):
+    assert gx.dtype == gt.dtype == torch.float64
+    for got, want in ((gx, rgx), (gt, rgt)):
         torch.testing.assert_close(got.cpu(), want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(TypeError, match="float64 takes strategy='sorted'"):
+        kernels.lookup_backward(x, tables, gy, spec, strategy="fused")
 
 
 @interpreted

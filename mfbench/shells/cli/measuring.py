@@ -205,7 +205,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     common.ready_to_write(args.results_dir)
     print(f"profiling {len(cases.CASES[args.cases])} cases x {len(names)} providers under Nsight Compute ...", flush=True)
     run = results.Run.start("cuda")
-    for name, rows in zip(names, profile_batches(args.cases, names, args.dtype, run, lambda m: print(m, flush=True))):
-        path = common.append(rows, args.results_dir)  # a provider at a time: a run cut short keeps what it profiled
-        print(f"{name}: wrote {len(rows)} rows to {path}", flush=True)
+    for rows in profile_batches(args.cases, names, args.dtype, run, lambda m: print(m, flush=True)):
+        path = common.append(rows, args.results_dir)  # a case at a time: a run cut short keeps what it profiled
+        print(f"  wrote {len(rows)} rows to {path}", flush=True)
     return 0

@@ -1,0 +1,123 @@
+"""Third probe: atomic backward with several tables per program, the sorted backward's wide configs,
+direct launches of a compiled kernel, and sort key width."""
+import json
+import sys
+import time
+
+import torch
+import triton
+from triton.testing import do_bench
+
+from mfbench.kernels import lookup as v1
+import v2_prototypes as v2
+from mfbench.core.lookup import LookupSpec
+
+out_path = sys.argv[1]
+rows = []
+
+
+def bench(fn):
+    return do_bench(fn, warmup=50, rep=300, return_mode="median")
+
+
+def graph_ms(fn, calls=20, replays=20):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    g.replay(); torch.cuda.synchronize()
+    ts = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); g.replay(); b.record(); b.synchronize()
+        ts.append(a.elapsed_time(b) / calls)
+    return sorted(ts)[len(ts) // 2]
+
+
+def host_us(fn, n=300):
+    fn(); torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / n * 1e6
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def record(**kw):
+    rows.append(kw)
+    print(json.dumps(kw), flush=True)
+    json.dump(rows, open(out_path, "w"), indent=1)
+
+
+spec = LookupSpec()
+for s, d in [(32768, 512), (2048, 512), (2048, 2048)]:
+    torch.manual_seed(0)
+    x = torch.randn(s, d, device="cuda", dtype=torch.float16)
+    t = (0.02 * torch.randn(d // 8, 256, d, device="cuda")).half()
+    gy = torch.randn(s, d, device="cuda", dtype=torch.float16)
+    case = f"s={s} d=h={d}"
+    rgx, rgt = v1.lookup_backward(x, t, gy, spec)
+    for kp in (1, 4, 16):
+        for bs, bh, w in [(32, 128, 4), (64, 64, 4), (16, 256, 4), (64, 128, 8)]:
+            for need_t in (True, False):
+                if d == 2048 and need_t:
+                    continue
+                fn = lambda: v2.backward_atomic(x, t, gy, spec, bs, bh, w, need_t=need_t, k_per=kp)
+                try:
+                    gx, gt = fn()
+                    record(case=case, what="atomic both" if need_t else "atomic x-only", cfg=[bs, bh, w, kp],
+                           ms=bench(fn), err=rel(gx, rgx), err_t=rel(gt, rgt) if need_t else None)
+                except Exception as e:
+                    record(case=case, what="atomic", cfg=[bs, bh, w, kp], error=str(e).splitlines()[0][:160])
+    for bt, bh, w in [(4, 1024, 4), (2, 1024, 4), (4, 512, 4), (2, 2048, 8), (4, 2048, 8), (2, 512, 4), (8, 1024, 4)]:
+        for need_x in (True, False):
+            fn = lambda: v1.lookup_backward(x, t, gy, spec, need_x=need_x, config={"BLOCK_T": bt, "BLOCK_H": bh, "num_warps": w})
+            try:
+                gx, gt = fn()
+                record(case=case, what="sorted both" if need_x else "sorted tables-only", cfg=[bt, bh, w], ms=bench(fn),
+                       err_t=rel(gt, rgt), err=rel(gx, rgx) if need_x else None)
+            except Exception as e:
+                record(case=case, what="sorted", cfg=[bt, bh, w], error=str(e).splitlines()[0][:160])
+    record(case=case, what="graph v1 fwd", ms=graph_ms(lambda: v1.lookup_forward(x, t, spec)))
+    record(case=case, what="graph hash", ms=graph_ms(lambda: v1.hash_and_weight(x, spec)))
+    idx, p = v1.hash_and_weight(x, spec)
+    keys = (idx + torch.arange(d // 8, device=x.device, dtype=torch.int32)[:, None] * 256).flatten()
+    record(case=case, what="graph sort int32", ms=graph_ms(lambda: torch.sort(keys, stable=True)))
+    if d == 512:
+        k16 = keys.to(torch.int16)
+        record(case=case, what="graph sort int16", ms=graph_ms(lambda: torch.sort(k16, stable=True)))
+    record(case=case, what="graph v1 bwd", ms=graph_ms(lambda: v1.lookup_backward(x, t, gy, spec)))
+    # Launch cost: the JIT path against the compiled kernel called directly (all arguments in order).
+    idx = torch.empty(d // 8, s, device="cuda", dtype=torch.int32)
+    pp = torch.empty(d // 8, s, device="cuda", dtype=torch.float32)
+    a = v1._hash_args(x, spec)
+    grid = (triton.cdiv(s, 128), d // 8)
+    ck = v1._hash_kernel[grid](x, idx, pp, BLOCK_S=128, **a)
+    allargs = [x, idx, pp, a["S"], a["stride_xs"], a["two_over_t"], a["TAU"], a["TAU_P2"], a["WEIGHTING"], 128]
+    record(case=case, what="host us jit launch", us=host_us(lambda: v1._hash_kernel[grid](x, idx, pp, BLOCK_S=128, **a)))
+    try:
+        runner = ck[grid]
+        runner(*allargs); torch.cuda.synchronize()
+        ok = torch.equal(idx, v1.hash_and_weight(x, spec)[0])
+        record(case=case, what="host us compiled launch", us=host_us(lambda: runner(*allargs)), same=ok)
+    except Exception as e:
+        record(case=case, what="compiled launch", error=repr(e)[:300])
+
+print("\nSUMMARY")
+for case in dict.fromkeys(r.get("case") for r in rows):
+    for what in dict.fromkeys(r["what"] for r in rows if r.get("case") == case):
+        c = [r for r in rows if r.get("case") == case and r["what"] == what and ("ms" in r or "us" in r)]
+        if c:
+            b = min(c, key=lambda r: r.get("ms", r.get("us")))
+            print(f"{case:16} {what:22} {b.get('ms', b.get('us')):.4f} {b.get('cfg', '')} {b.get('err', '')} {b.get('err_t', '')} {b.get('same', '')}")
