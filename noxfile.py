@@ -119,13 +119,13 @@ def bench(session: nox.Session) -> None:
     install(session)
     run(session, "-m", "mfbench", "info")
     run(session, "-m", "mfbench.shells.asvrun", "bench", *session.posargs)
-    run(session, "-m", "mfbench.plots")
+    run(session, "-m", "mfbench.report.plots")
     _publish(session)
 
 
 def _publish(session: nox.Session) -> None:
     run(session, "-m", "asv", "publish", "--config", "asv.conf.json")
-    run(session, "-m", "mfbench.dashboard", "install", "results/html")
+    run(session, "-m", "mfbench.report.dashboard", "install", "results/html")
 
 
 @nox.session(**VENV)
@@ -139,7 +139,7 @@ def publish(session: nox.Session) -> None:
 def plots(session: nox.Session) -> None:
     """Draw the plots of the result tables into results/plots (PNG and SVG)."""
     install(session)
-    run(session, "-m", "mfbench.plots", *session.posargs)
+    run(session, "-m", "mfbench.report.plots", *session.posargs)
 
 
 @nox.session(**VENV)

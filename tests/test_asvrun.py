@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from mfbench.shells import asvrun
-from mfbench import dashboard
+from mfbench.report import dashboard
 
 
 def _git(repo, *args):

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from mfbench.shells.cli import main as cli
-from mfbench import dashboard
+from mfbench.report import dashboard
 from mfbench.store import results
 from mfbench.core.lookup import LookupSpec
 from mfbench.core.model import MemoryLayer, ModelConfig

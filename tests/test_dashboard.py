@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mfbench.shells import asvrun
-from mfbench import dashboard
+from mfbench.report import dashboard
 
 needs_chromium = pytest.mark.skipif(dashboard.chromium() is None and not os.environ.get("CI"),
                                     reason="Chromium is not installed (CI installs the Debian package)")

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from mfbench import plots
+from mfbench.report import plots
 from mfbench.store import results
 
 

@@ -9,7 +9,7 @@
   answers shows as a provider leaving the others), with each task's chance level;
 - ``training``: the loss curves and time per step of the stored snapshots, MemoryFormer vs dense.
 
-    python -m mfbench.plots [--results-dir DIR] [--out DIR]
+    python -m mfbench.report.plots [--results-dir DIR] [--out DIR]
 """
 
 from __future__ import annotations
@@ -296,7 +296,7 @@ def draw_all(directory: str | Path | None = None, out: str | Path | None = None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mfbench.plots", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mfbench.report.plots", description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", help="result tables (default: the project's)")
     parser.add_argument("--out", help="output directory (default: results/plots)")
     args = parser.parse_args(argv)

@@ -1,8 +1,8 @@
 """The offline dashboard: asv's published data under the asv-tachyon UI, which needs no CDN.
 
-    python -m mfbench.dashboard install results/html     # after `asv publish`
-    python -m mfbench.dashboard serve results/html [--port 8765]
-    python -m mfbench.dashboard check results/html [--screenshot FILE]
+    python -m mfbench.report.dashboard install results/html     # after `asv publish`
+    python -m mfbench.report.dashboard serve results/html [--port 8765]
+    python -m mfbench.report.dashboard check results/html [--screenshot FILE]
 
 ``check`` serves the site on 127.0.0.1, renders it in headless Chromium with a network log, and fails
 unless the page shows the benchmarks and every request stayed on this machine.
@@ -148,7 +148,7 @@ def _netlog_requests(path: Path) -> list[Request]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mfbench.dashboard", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mfbench.report.dashboard", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("install", "serve", "check"):
         p = sub.add_parser(name)
