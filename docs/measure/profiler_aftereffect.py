@@ -24,14 +24,14 @@ ITEMS = [("layer", "forward", 8192, "reference"), ("layer", "forward", 8192, "tr
 def measure() -> None:
     from mfbench.instruments.timing import kernel_seconds, time_callable
     from mfbench.core.model import ModelConfig
-    from mfbench.bench.runner import Item, build, callable_for
+    from mfbench.bench.cases import Item
+    from mfbench.bench.subject import prepare
 
     cfg, device = ModelConfig.preset("tiny"), torch.device("cuda")
     calls = []
     for benchmark, direction, seq, provider in ITEMS:
-        item = Item(benchmark, direction, seq, provider, torch.float16)
-        module, x = build(item, cfg, device)
-        calls.append((item, callable_for(item, module, x)))
+        item = Item(benchmark, direction, seq, provider, torch.float16, cfg=cfg)
+        calls.append((item, prepare(item, device)))
     median = lambda fn: statistics.median(time_callable(fn, device).median_s for _ in range(3))  # noqa: E731
     before = [median(fn) for _, fn in calls]
     kernel_seconds(calls[0][1], device)  # one profile, as each item's measurement used to take

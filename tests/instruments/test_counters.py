@@ -64,7 +64,7 @@ def test_profile_rows_from_a_fake_ncu(tmp_path, monkeypatch):
     assert {"measured_dram_bytes", "measured_l2_bytes", "measured_l1_hit_rate", "measured_sm_throughput",
             "measured_memory_throughput", "measured_occupancy", "measured_kernels", "modelled_dram_bytes"} <= metrics
     dram = [r for r in rows if r["metric"] == "measured_dram_bytes"]
-    assert len(dram) == 2 and all(r["value"] == 6e6 and r["flags"] == profile.METHOD for r in dram)
+    assert len(dram) == 2 and all(r["value"] == 6e6 and r["flags"] == results.join_flags([profile.METHOD]) for r in dram)
 
 
 def test_profile_without_ncu_or_with_a_failing_one_says_unavailable(tmp_path, monkeypatch):
@@ -75,6 +75,18 @@ def test_profile_without_ncu_or_with_a_failing_one_says_unavailable(tmp_path, mo
     assert row["flags"] == "unavailable: ncu (Nsight Compute) is not on PATH"
     _fake_ncu(tmp_path, monkeypatch, "echo '==ERROR== ERR_NVGPUCTRPERM - no permission'\nexit 1\n")
     assert "ERR_NVGPUCTRPERM" in profile.profile_one("smoke", 0, "triton", "float16")
+
+
+def test_profile_hands_over_each_case_as_soon_as_it_is_profiled(monkeypatch):
+    """A slow provider takes minutes a case under ncu; a run cut short keeps every case it finished."""
+    seen = []
+    monkeypatch.setattr(profile, "profile_one", lambda cases, index, name, dtype: seen.append((name, index)) or "skipped")
+    run = results.Run("R", "t", "c", False, "m", "H200", "{}")
+    batches = profile.profile_batches("smoke", ["reference", "triton"], "float16", run, progress=lambda m: None)
+    first = next(batches)
+    assert seen == [("reference", 0)] and len(first) == 1  # handed over before the next case starts
+    rest = list(batches)
+    assert seen == [("reference", 0), ("reference", 1), ("triton", 0), ("triton", 1)] and len(rest) == 3
 
 
 def test_profile_needs_a_gpu(capsys):

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from mfbench.instruments import energy, memory, timing, traffic
+from mfbench.cost import traffic
+from mfbench.instruments import energy, memory, timing
 from mfbench.instruments.ceilings import Ceilings, ceilings
 
 
