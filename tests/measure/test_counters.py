@@ -76,6 +76,18 @@ def test_profile_without_ncu_or_with_a_failing_one_says_unavailable(tmp_path, mo
     assert "ERR_NVGPUCTRPERM" in profile.profile_one("smoke", 0, "triton", "float16")
 
 
+def test_profile_hands_over_each_case_as_soon_as_it_is_profiled(monkeypatch):
+    """A slow provider takes minutes a case under ncu; a run cut short keeps every case it finished."""
+    seen = []
+    monkeypatch.setattr(profile, "profile_one", lambda cases, index, name, dtype: seen.append((name, index)) or "skipped")
+    run = results.Run("R", "t", "c", False, "m", "H200", "{}")
+    batches = profile.profile_batches("smoke", ["reference", "triton"], "float16", run, progress=lambda m: None)
+    first = next(batches)
+    assert seen == [("reference", 0)] and len(first) == 1  # handed over before the next case starts
+    rest = list(batches)
+    assert seen == [("reference", 0), ("reference", 1), ("triton", 0), ("triton", 1)] and len(rest) == 3
+
+
 def test_profile_needs_a_gpu(capsys):
     import torch
 
