@@ -12,9 +12,10 @@ def _block(text: str, name: str) -> str:
     return text.split(f"<!-- {name}:begin -->\n")[1].split(f"<!-- {name}:end -->")[0]
 
 
-def test_kernels_md_shows_the_layer_rows_of_the_result_tables():
-    text = (results.project_dir() / "kernels.md").read_text()
-    assert _block(text, "layers") == layer_table(results.load(), "H200")
+def test_kernels_md_and_the_readme_show_the_layer_rows_of_the_result_tables():
+    table = layer_table(results.load(), "H200")
+    assert _block((results.project_dir() / "kernels.md").read_text(), "layers") == table
+    assert _block((results.project_dir().parent / "README.md").read_text(), "layers") == table
 
 
 def _row(provider, metric, value, unit, flags="", t="2026-01-01T00:00:00", target=None, run="r1"):
