@@ -3,58 +3,23 @@
 python docs/kernels/v2_probe.py OUT.json   -- prints a table last; every figure is a do_bench median (ms,
 warmup 50, rep 300, as the issue's table) and, for the best, a CUDA-graph replay per call (GPU time only).
 """
-import json
 import sys
 import time
 
 import torch
 import triton
-from triton.testing import do_bench
 
 from mfbench.kernels import lookup as v1
 import v2_prototypes as v2
 from mfbench.core.lookup import LookupSpec
+from probe_common import inputs, Record, bench, graph_ms, rel
 
 SHAPES = [(2048, 2048), (8192, 2048), (32768, 2048), (32768, 512), (2048, 512)]
 FWD = [(256, 32, 8), (512, 16, 8), (512, 32, 8), (1024, 16, 8), (256, 16, 4), (128, 32, 4), (256, 64, 8)]
 BWD = [(32, 128, 4), (64, 64, 4), (16, 256, 4), (32, 256, 8), (64, 128, 8), (128, 64, 8)]
 out_path = sys.argv[1]
-rows = []
-
-
-def bench(fn):
-    return do_bench(fn, warmup=50, rep=300, return_mode="median")
-
-
-def graph_ms(fn, calls=20, replays=20):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    g.replay(); torch.cuda.synchronize()
-    ts = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); g.replay(); b.record(); b.synchronize()
-        ts.append(a.elapsed_time(b) / calls)
-    ts.sort()
-    return ts[len(ts) // 2]
-
-
-def rel(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm())
-
-
-def record(**kw):
-    rows.append(kw)
-    print(json.dumps(kw), flush=True)
-    json.dump(rows, open(out_path, "w"), indent=1)
+record = Record(out_path)
+rows = record.rows
 
 
 @triton.jit
@@ -66,10 +31,7 @@ dummy = torch.zeros(1, device="cuda")
 record(what="empty triton launch", ms=bench(lambda: _empty_kernel[(1,)](dummy)))
 spec = LookupSpec()
 for s, d in SHAPES:
-    torch.manual_seed(0)
-    x = torch.randn(s, d, device="cuda", dtype=torch.float16)
-    t = (0.02 * torch.randn(d // 8, 256, d, device="cuda")).half()
-    gy = torch.randn(s, d, device="cuda", dtype=torch.float16)
+    x, t, gy = inputs(s, d)
     case = f"s={s} d=h={d}"
     t0 = time.time()
     ref = v1.lookup_forward(x, t, spec)

@@ -1,14 +1,12 @@
 """Second probe: big-tile forward configs (L1 reuse), a one-launch forward, backward parts, host cost per call."""
-import json
 import sys
-import time
 
 import torch
-from triton.testing import do_bench
 
 from mfbench.kernels import lookup as v1
 import v2_prototypes as v2
 from mfbench.core.lookup import LookupSpec
+from probe_common import print_best, inputs, Record, bench, host_us, rel
 
 SHAPES = [(2048, 2048), (8192, 2048), (32768, 512), (2048, 512)]
 FCFG = [(32, 128, 1, 4, 4), (256, 64, 1, 8, 2), (256, 64, 1, 8, 3), (512, 64, 1, 16, 2), (256, 128, 1, 16, 2),
@@ -16,31 +14,8 @@ FCFG = [(32, 128, 1, 4, 4), (256, 64, 1, 8, 2), (256, 64, 1, 8, 3), (512, 64, 1,
 FUSED = [(32, 128, 4, 2), (64, 128, 8, 2), (16, 256, 4, 2), (64, 64, 4, 3), (32, 512, 8, 2)]
 TCFG = [(8, 512, 4), (16, 512, 8), (32, 256, 8), (32, 512, 8), (64, 128, 4), (16, 256, 4), (4, 1024, 4), (8, 1024, 8)]
 out_path = sys.argv[1]
-rows = []
-
-
-def bench(fn):
-    return do_bench(fn, warmup=50, rep=300, return_mode="median")
-
-
-def host_us(fn, n=300):
-    fn(); torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / n * 1e6
-
-
-def rel(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm())
-
-
-def record(**kw):
-    rows.append(kw)
-    print(json.dumps(kw), flush=True)
-    json.dump(rows, open(out_path, "w"), indent=1)
+record = Record(out_path)
+rows = record.rows
 
 
 def sweep(case, what, ref, make, cfgs):
@@ -62,10 +37,7 @@ def sweep(case, what, ref, make, cfgs):
 
 spec = LookupSpec()
 for s, d in SHAPES:
-    torch.manual_seed(0)
-    x = torch.randn(s, d, device="cuda", dtype=torch.float16)
-    t = (0.02 * torch.randn(d // 8, 256, d, device="cuda")).half()
-    gy = torch.randn(s, d, device="cuda", dtype=torch.float16)
+    x, t, gy = inputs(s, d)
     case = f"s={s} d=h={d}"
     ref = v1.lookup_forward(x, t, spec)
     sweep(case, "v1 fwd cfg", ref, lambda c: (lambda: v1.lookup_forward(
@@ -99,9 +71,4 @@ for s, d in SHAPES:
     record(case=case, what="host us v1 bwd tuned", us=host_us(lambda: v1.lookup_backward(x, t, gy, spec)))
 
 print("\nSUMMARY")
-for case in dict.fromkeys(r.get("case") for r in rows):
-    for what in dict.fromkeys(r["what"] for r in rows if r.get("case") == case):
-        c = [r for r in rows if r.get("case") == case and r["what"] == what and ("ms" in r or "us" in r)]
-        if c:
-            b = min(c, key=lambda r: r.get("ms", r.get("us")))
-            print(f"{case:16} {what:26} {b.get('ms', b.get('us')):.4f} {b.get('cfg', '')} {b.get('err', '')}")
+print_best(rows, ("cfg", "err"))

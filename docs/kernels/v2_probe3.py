@@ -1,71 +1,23 @@
 """Third probe: atomic backward with several tables per program, the sorted backward's wide configs,
 direct launches of a compiled kernel, and sort key width."""
-import json
 import sys
-import time
 
 import torch
 import triton
-from triton.testing import do_bench
 
 from mfbench.kernels import lookup as v1
 import v2_prototypes as v2
 from mfbench.core.lookup import LookupSpec
+from probe_common import print_best, inputs, Record, bench, graph_ms, host_us, rel
 
 out_path = sys.argv[1]
-rows = []
-
-
-def bench(fn):
-    return do_bench(fn, warmup=50, rep=300, return_mode="median")
-
-
-def graph_ms(fn, calls=20, replays=20):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    g.replay(); torch.cuda.synchronize()
-    ts = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); g.replay(); b.record(); b.synchronize()
-        ts.append(a.elapsed_time(b) / calls)
-    return sorted(ts)[len(ts) // 2]
-
-
-def host_us(fn, n=300):
-    fn(); torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / n * 1e6
-
-
-def rel(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm())
-
-
-def record(**kw):
-    rows.append(kw)
-    print(json.dumps(kw), flush=True)
-    json.dump(rows, open(out_path, "w"), indent=1)
+record = Record(out_path)
+rows = record.rows
 
 
 spec = LookupSpec()
 for s, d in [(32768, 512), (2048, 512), (2048, 2048)]:
-    torch.manual_seed(0)
-    x = torch.randn(s, d, device="cuda", dtype=torch.float16)
-    t = (0.02 * torch.randn(d // 8, 256, d, device="cuda")).half()
-    gy = torch.randn(s, d, device="cuda", dtype=torch.float16)
+    x, t, gy = inputs(s, d)
     case = f"s={s} d=h={d}"
     rgx, rgt = v1.lookup_backward(x, t, gy, spec)
     for kp in (1, 4, 16):
@@ -115,9 +67,4 @@ for s, d in [(32768, 512), (2048, 512), (2048, 2048)]:
         record(case=case, what="compiled launch", error=repr(e)[:300])
 
 print("\nSUMMARY")
-for case in dict.fromkeys(r.get("case") for r in rows):
-    for what in dict.fromkeys(r["what"] for r in rows if r.get("case") == case):
-        c = [r for r in rows if r.get("case") == case and r["what"] == what and ("ms" in r or "us" in r)]
-        if c:
-            b = min(c, key=lambda r: r.get("ms", r.get("us")))
-            print(f"{case:16} {what:22} {b.get('ms', b.get('us')):.4f} {b.get('cfg', '')} {b.get('err', '')} {b.get('err_t', '')} {b.get('same', '')}")
+print_best(rows, ("cfg", "err", "err_t", "same"))

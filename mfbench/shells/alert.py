@@ -78,13 +78,22 @@ def changed_files(base: str, head: str, globs: tuple[str, ...] = KERNEL_GLOBS) -
 # --- measuring ------------------------------------------------------------------------------------
 
 
+# Where a tree keeps its kernel probe: since the layered folders, and before them (a base older than them).
+PROBE_MODULES = ("mfbench.shells.kernelprobe", "mfbench.kernelprobe")
+
+
+def probe_module(tree: Path) -> str | None:
+    """The module name of ``tree``'s kernel probe, or None where it has none."""
+    return next((m for m in PROBE_MODULES if (tree / (m.replace(".", "/") + ".py")).exists()), None)
+
+
 def probe(tree: Path, args: list[str], out: Path, timeout_s: float) -> tuple[dict | None, str]:
     """Run ``tree``'s kernel probe with ``tree``'s own mfbench: (its report, or None, and why not). Its
     progress goes on to stderr as it comes."""
     import threading
 
     env = {**os.environ, "PYTHONPATH": tree_pythonpath(tree)}
-    cmd = [sys.executable, "-m", "mfbench.shells.kernelprobe", *args, "--out", str(out)]
+    cmd = [sys.executable, "-m", probe_module(tree), *args, "--out", str(out)]
     tail: list[str] = []
 
     def relay(stream) -> None:
@@ -294,7 +303,7 @@ def alert(opts: Options) -> int:
     try:
         for sha, tree in trees.items():
             git("worktree", "add", "--detach", str(tree), sha)
-            if not (tree / "mfbench" / "kernelprobe.py").exists():
+            if probe_module(tree) is None:
                 raise AlertError(f"{sha[:10]} has no kernel probe (mfbench/shells/kernelprobe.py): compare with a base "
                                  "that has one")
         keys = _keys(names, opts.directions, opts.seqs, device)

@@ -110,7 +110,11 @@ def counters_table(frame) -> str:
     from mfbench.store.results import short_direction
 
     rows = frame[(frame["benchmark"] == "layer-kernel") & frame["metric"].str.startswith(("measured_", "modelled_"))]
-    rows = rows[rows["value"] == rows["value"]].sort_values("time_utc").drop_duplicates(["params", "provider", "metric"], keep="last")
+    rows = rows[rows["value"] == rows["value"]].copy()
+    # One line per shape: a case's target is not part of what was measured, and targets change.
+    rows["params"] = rows["params"].map(lambda p: json.dumps({k: v for k, v in json.loads(p).items() if k != "target_ms"},
+                                                           sort_keys=True))
+    rows = rows.sort_values("time_utc").drop_duplicates(["params", "provider", "metric"], keep="last")
     lines = ["| case | provider | kernels | DRAM MB (modelled) | L2 MB | L1 hit | SM % | memory % | occupancy % | run |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (params, provider), group in rows.groupby(["params", "provider"], sort=False):

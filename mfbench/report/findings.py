@@ -1,0 +1,120 @@
+"""Markdown tables of findings, rendered from the result tables so that documents never copy a figure by hand.
+
+``python -m mfbench.report.findings layers --device H200`` prints the newest ``layer-kernel`` times per case and
+provider on one device, beside the lookup's floor and the verdict the floor gives: where the floor is
+above the dense layer's time, no lookup kernel can beat dense at that shape. ``results/kernels.md`` holds
+this output between markers, and a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import pandas as pd
+
+from mfbench.core import registry
+from mfbench.store.results import short_direction
+
+METRICS = ("time", "kernel_time", "floor_time")
+
+
+def _shape(params: str) -> tuple:
+    p = json.loads(params)
+    return (p["direction"] != "forward", -p["in_features"], p["tokens"], p["tau"], p["dtype"])
+
+
+def _label(params: str) -> str:
+    p = json.loads(params)
+    return f"{short_direction(p['direction'])} s={p['tokens']} d={p['in_features']}"
+
+
+def newest(frame: pd.DataFrame, device: str) -> pd.DataFrame:
+    """The newest time, kernel time and floor per (shape, provider, metric) of ``device``'s layer rows."""
+    rows = frame[(frame["benchmark"] == "layer-kernel") & (frame["device"] == device)
+                 & frame["metric"].isin(METRICS)]
+    rows = rows[rows["value"] == rows["value"]].copy()
+    # One line per shape: a case's target is not part of what was measured, and targets change.
+    rows["params"] = rows["params"].map(
+        lambda p: json.dumps({k: v for k, v in json.loads(p).items() if k != "target_ms"}, sort_keys=True))
+    return rows.sort_values("time_utc").drop_duplicates(["params", "provider", "metric"], keep="last")
+
+
+def _ms(row: pd.Series | None) -> str:
+    if row is None:
+        return "-"
+    ms = row["value"] * (1e3 if row["unit"] == "s" else 1.0)
+    host = " (host)" if "host-bound" in str(row["flags"]).split(",") else ""
+    return f"{ms:.3g}{host}"
+
+
+def _value_ms(row: pd.Series | None) -> float:
+    if row is None:
+        return float("nan")
+    return row["value"] * (1e3 if row["unit"] == "s" else 1.0)
+
+
+def layer_table(frame: pd.DataFrame, device: str) -> str:
+    """Per shape: each lookup provider's time (triton's kernel time too), dense's time and kernel time,
+    the lookup's floor, and floor / dense by either dense figure. ``(host)`` marks a host-bound time."""
+    rows = newest(frame, device)
+    if rows.empty:
+        return f"no layer rows for device {device}\n"
+    baseline = {n for n in rows["provider"].unique() if registry.is_baseline(n)}
+    lookups = [n for n in ("triton", "embedding_bag", "compiled", "reference") if n in set(rows["provider"])]
+    lookups += sorted(set(rows["provider"]) - set(lookups) - baseline)
+    # the autotuned kernels' own time beside their median: the kernels this repository writes
+    kernel = next((n for n in lookups if n in registry.names() and registry.get(n).autotuned), None)
+    dense = sorted(baseline)[0] if baseline else None
+    head = ["case", *lookups, f"{kernel} kernel" if kernel else None, dense, f"{dense} kernel" if dense else None,
+            "floor", "floor / dense", "floor / dense kernel"]
+    head = [h for h in head if h]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for params in sorted(rows["params"].unique(), key=_shape):
+        at = rows[rows["params"] == params]
+
+        def get(provider: str | None, metric: str) -> pd.Series | None:
+            hit = at[(at["provider"] == provider) & (at["metric"] == metric)]
+            return None if hit.empty else hit.iloc[-1]
+
+        floors = at[(at["metric"] == "floor_time") & ~at["provider"].isin(baseline)]
+        floor = floors.iloc[-1] if not floors.empty else None
+        cells = [_label(params), *(_ms(get(n, "time")) for n in lookups)]
+        if kernel:
+            cells.append(_ms(get(kernel, "kernel_time")))
+        if dense:
+            cells += [_ms(get(dense, "time")), _ms(get(dense, "kernel_time"))]
+        floor_ms = _value_ms(floor)
+        # Which ceiling sets the floor is a flag of the lookups' time rows ("floor:hbm").
+        flags = ",".join(str(f) for f in at.loc[at["metric"] == "time", "flags"]).split(",")
+        bound = next((f" ({f[len('floor:'):]})" for f in flags if f.startswith("floor:")), "")
+        cells.append("-" if floor is None else f"{floor_ms:.3g}{bound}")
+        for metric in ("time", "kernel_time"):
+            d = _value_ms(get(dense, metric))
+            cells.append("-" if d != d or floor_ms != floor_ms else f"{floor_ms / d:.2g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    runs = ", ".join(f"`{r}` ({c[:7]})" for r, c in rows[["run_id", "commit"]].drop_duplicates().itertuples(index=False))
+    return "\n".join(lines) + f"\n\nAll in ms; runs {runs}.\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mfbench.store import results
+
+    parser = argparse.ArgumentParser(prog="python -m mfbench.report.findings", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    layers = sub.add_parser("layers", help="the layer table of one device")
+    layers.add_argument("--device", required=True, help="the rows' device, e.g. H200 or cpu-2cores")
+    layers.add_argument("--results-dir", default=None)
+    args = parser.parse_args(argv)
+    try:
+        frame = results.load(args.results_dir)
+    except results.ResultsError as exc:
+        print(f"mfbench.findings: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(layer_table(frame, args.device))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

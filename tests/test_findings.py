@@ -1,0 +1,46 @@
+"""The findings tables are rendered from the result rows, and the committed documents hold that rendering."""
+
+import json
+
+import pandas as pd
+
+from mfbench.report.findings import layer_table
+from mfbench.store import results
+
+
+def _block(text: str, name: str) -> str:
+    return text.split(f"<!-- {name}:begin -->\n")[1].split(f"<!-- {name}:end -->")[0]
+
+
+def test_kernels_md_and_the_readme_show_the_layer_rows_of_the_result_tables():
+    table = layer_table(results.load(), "H200")
+    assert _block((results.project_dir() / "kernels.md").read_text(), "layers") == table
+    assert _block((results.project_dir().parent / "README.md").read_text(), "layers") == table
+
+
+def _row(provider, metric, value, unit, flags="", t="2026-01-01T00:00:00", target=None, run="r1"):
+    params = {"direction": "forward", "tokens": 64, "in_features": 32, "out_features": 32, "tau": 8,
+              "weighting": "paper", "dtype": "float16", **({"target_ms": target} if target else {})}
+    return dict(benchmark="layer-kernel", device="GPU-X", params=json.dumps(params), provider=provider,
+                metric=metric, value=value, unit=unit, flags=flags, time_utc=t, run_id=run, commit="abcdef0123")
+
+
+def test_floor_against_dense_and_the_newest_row_per_shape():
+    frame = pd.DataFrame([
+        _row("triton", "time", 9e-3, "s", "floor:hbm", target=1.0),
+        _row("triton", "time", 3e-3, "s", "floor:hbm,host-bound", t="2026-02-01T00:00:00", run="r2"),
+        _row("triton", "floor_time", 2.0, "ms"),
+        _row("dense", "time", 1e-3, "s"),
+        _row("dense", "kernel_time", 0.5e-3, "s"),
+    ])
+    table = layer_table(frame, "GPU-X")
+    line = [l for l in table.splitlines() if l.startswith("| fwd")]
+    assert len(line) == 1  # a changed target does not make a second line
+    cells = [c.strip() for c in line[0].strip("|").split("|")]
+    head = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    got = dict(zip(head, cells))
+    assert got["triton"] == "3 (host)"  # the newest row, its host-bound flag shown
+    assert got["floor"] == "2 (hbm)"
+    assert got["floor / dense"] == "2" and got["floor / dense kernel"] == "4"
+    assert "`r2` (abcdef0)" in table
+    assert layer_table(frame, "other") == "no layer rows for device other\n"
