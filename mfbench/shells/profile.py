@@ -11,12 +11,14 @@ gather traffic that stays on chip. Where ncu is missing, not permitted or fails,
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from typing import Callable, Iterator
 
 import torch
 
+from mfbench.config import triton_cache_env
 from mfbench.core import providers
 from mfbench.bench.cases import CASES, DTYPES, Case, Item
 from mfbench.bench.subject import prepare
@@ -134,6 +136,7 @@ def counters_table(frame) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``target``: the profiled call, started by ``profile_one`` under ncu; ``table``: the counters in the
     result tables as markdown."""
+    os.environ.update(triton_cache_env())  # the entry point chooses the process's Triton cache
     parser = argparse.ArgumentParser(prog="python -m mfbench.shells.profile")
     sub = parser.add_subparsers(dest="command", required=True)
     table = sub.add_parser("table")

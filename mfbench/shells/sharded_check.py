@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import torch
 import torch.distributed as dist
 
-from mfbench.config import settings
+from mfbench.config import settings, triton_cache_env
 from mfbench.core.model import MemoryLayer
 from mfbench.core.sharded import shard_tables
 from mfbench.shells import distributed
@@ -51,6 +52,7 @@ def check(tokens: int = 256, in_features: int = 512, out_features: int = 384, ta
 
 def main() -> int:
     """``torchrun --nproc-per-node N -m mfbench.shells.sharded_check``: check the sharded provider against reference."""
+    os.environ.update(triton_cache_env())  # the entry point chooses the process's Triton cache
     try:
         device = distributed.init("cuda" if torch.cuda.is_available() and settings().device != "cpu" else "cpu")
     except distributed.LaunchError as exc:

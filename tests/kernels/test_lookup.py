@@ -229,14 +229,17 @@ def test_model_end_to_end_triton_matches_reference_on_gpu():
 
 def test_every_mfbench_process_shares_one_triton_cache(tmp_path):
     """Inductor would otherwise move TRITON_CACHE_DIR to a per-device folder mid-process (see
-    mfbench/__init__.py); a user's own TRITON_CACHE_DIR is kept."""
+    mfbench.config.triton_cache_env): the entry points choose the shared cache, importing mfbench does not;
+    a user's own TRITON_CACHE_DIR is kept."""
     import subprocess
     import sys
 
-    code = "import os, mfbench; print(os.environ['TRITON_CACHE_DIR'])"
+    code = ("import os, mfbench; print(os.environ.get('TRITON_CACHE_DIR'))\n"
+            "from mfbench.shells.cli.main import main; main(['flops']); print(os.environ['TRITON_CACHE_DIR'])")
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_CACHE_DIR", "TRITON_HOME")}
     default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert default.stdout.strip() == os.path.join(os.path.expanduser("~"), ".triton", "cache")
+    lines = default.stdout.strip().splitlines()
+    assert lines[0] == "None" and lines[-1] == os.path.join(os.path.expanduser("~"), ".triton", "cache")
     mine = subprocess.run([sys.executable, "-c", code], env={**env, "TRITON_CACHE_DIR": str(tmp_path)},
                           capture_output=True, text=True, check=True)
-    assert mine.stdout.strip() == str(tmp_path)
+    assert mine.stdout.strip().splitlines()[-1] == str(tmp_path)
