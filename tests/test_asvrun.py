@@ -1,5 +1,6 @@
 """The asv driver without a benchmark run: the rows name the tree as it was; the dashboard's network log."""
 
+import os
 import subprocess
 
 import pytest
@@ -25,32 +26,30 @@ def repo(tmp_path):
 
 
 def test_bench_rows_name_the_tree_as_it_was_before_asv_wrote_its_files(repo, monkeypatch):
-    """asv rewrites results/asv/benchmarks.json, a tracked file; the rows must still call a clean tree clean."""
-    from mfbench.instruments.fingerprint import git_commit
-
+    """asv rewrites results/asv/benchmarks.json, a tracked file; the rows must still call a clean tree clean.
+    The commit and its state are handed to the import, never through this process's environment."""
     monkeypatch.setattr(asvrun, "ROOT", repo)
-    for name in ("MFBENCH_COMMIT", "MFBENCH_DIRTY", "MFBENCH_ASV_CACHE"):  # main() sets them
+    for name in ("MFBENCH_COMMIT", "MFBENCH_DIRTY", "MFBENCH_ASV_CACHE"):
         monkeypatch.delenv(name, raising=False)
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 
-    def asv_writes_its_files(tree, commit, results_dir, bench, quick):
+    def asv_writes_its_files(tree, commit, results_dir, bench, quick, cache=None):
         (repo / "README.md").write_text("asv's output\n")
         return results_dir
 
     named = {}
 
-    def import_rows(results_dir, commit, directory, cache):
-        git_commit.cache_clear()
-        named["tree"] = git_commit(str(repo))
+    def import_rows(results_dir, commit, dirty, directory, cache):
+        named["tree"] = (commit, dirty)
         return 0
 
     monkeypatch.setattr(asvrun, "run_commit", asv_writes_its_files)
     monkeypatch.setattr(asvrun, "import_to_tables", import_rows)
-    try:
-        assert asvrun.main(["bench"]) == 0
-    finally:
-        git_commit.cache_clear()
+    before = dict(os.environ)
+    assert asvrun.main(["bench"]) == 0
     assert named["tree"] == (head, False)
+    assert {k: v for k, v in os.environ.items() if k != "TRITON_CACHE_DIR"} == \
+        {k: v for k, v in before.items() if k != "TRITON_CACHE_DIR"}  # the entry point sets the cache alone
 
 
 def test_netlog_reader_tolerates_a_truncated_log(tmp_path):
