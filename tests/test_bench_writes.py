@@ -51,6 +51,8 @@ def test_a_bench_on_a_new_machine_adds_its_files_and_rewrites_no_other_machines(
     for name in (results.TABLE, results.MIRROR):
         shutil.copy(COMMITTED / name, store / name)
     this_machine = asvrun.machine_name()
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # asv's machine file: the test's machines stay in the test
     # another machine's run with this code, other lengths and providers, filed under a commit of the
     # committed results (asv publish draws commits of the main branch only, and this one may not be there yet)
     committed = json.loads(next((store / "asv").glob("*/*-existing-*.json")).read_text())["commit_hash"]
