@@ -137,9 +137,10 @@ def merged_benchmark_list(before: dict, after: dict) -> dict:
 
     asv rewrites benchmarks.json from the benchmarks it finds here, with this machine's parameters only (a
     CPU's device, lengths and providers), and `asv publish` shows only results whose parameters the list
-    names: one CPU bench on a fresh clone hid every H100 graph. Each benchmark keeps the union of both
+    names: after one CPU bench the H100's graphs held no values. Each benchmark keeps the union of both
     parameter lists, the earlier values first (a run that adds nothing leaves the file as it was), and a
-    benchmark only the earlier list knew stays."""
+    benchmark only the earlier list knew stays. The version is the run's: asv shows the results of a
+    benchmark's current code only, on every machine alike."""
     merged = dict(before)
     for name, bench in after.items():
         old = before.get(name)
