@@ -126,10 +126,11 @@ def _shape(frame: pd.DataFrame) -> str:
     return f"d={_values(frame['d'])}, {_values(frame['dtype'])}"
 
 
-def _legend_below(fig: plt.Figure, handles: list, title: str | None = None) -> None:
+def _legend_below(fig: plt.Figure, handles: list, labels: list[str] | None = None, ncol: int = 6) -> None:
     """One legend for the whole figure, under it: never over a panel's data."""
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 6),
-               fontsize=8, title=title, frameon=False)
+    labels = labels if labels is not None else [h.get_label() for h in handles]
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), ncol),
+               fontsize=8, frameon=False)
 
 
 def _provider_handles(names) -> list[Line2D]:
@@ -376,7 +377,7 @@ def training(snapshot_dir: Path, out: Path) -> list[Path]:
     axes[1].set_title(f"wall time per step, per log interval, {shape}")
     axes[1].set_yscale("log")
     fig.tight_layout()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=7, frameon=False)
+    _legend_below(fig, handles, labels, ncol=2)
     return _save(fig, out, "training")
 
 
