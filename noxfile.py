@@ -115,12 +115,14 @@ def interpreter(session: nox.Session) -> None:
 
 @nox.session(**VENV)
 def bench(session: nox.Session) -> None:
-    """Run the asv suites for HEAD here, append the result tables, draw the plots, publish the dashboard."""
+    """Run the asv suites for HEAD here, append the result tables, draw the plots, publish the dashboard, and
+    end with MemoryFormer against dense per case of this run."""
     install(session)
     run(session, "-m", "mfbench", "info")
     run(session, "-m", "mfbench.shells.asvrun", "bench", *session.posargs)
     run(session, "-m", "mfbench.report.plots")
     _publish(session)
+    run(session, "-m", "mfbench.report.bench_summary")  # last: MemoryFormer against dense in this run, and where to look
 
 
 def _publish(session: nox.Session) -> None:

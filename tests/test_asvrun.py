@@ -39,7 +39,7 @@ def test_bench_rows_name_the_tree_as_it_was_before_asv_wrote_its_files(repo, mon
 
     named = {}
 
-    def import_rows(results_dir, commit, dirty, directory, cache):
+    def import_rows(results_dir, commit, directory, cache, dirty):
         named["tree"] = (commit, dirty)
         return 0
 

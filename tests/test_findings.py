@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from mfbench.report.findings import layer_table
+from mfbench.report.findings import cpu_table, layer_table
 from mfbench.store import results
 
 
@@ -16,6 +16,7 @@ def test_kernels_md_and_the_readme_show_the_layer_rows_of_the_result_tables():
     table = layer_table(results.load(), "H200")
     assert _block((results.project_dir() / "kernels.md").read_text(), "layers") == table
     assert _block((results.project_dir().parent / "README.md").read_text(), "layers") == table
+    assert _block((results.project_dir() / "kernels.md").read_text(), "cpu") == cpu_table(results.load())
 
 
 def _row(provider, metric, value, unit, flags="", t="2026-01-01T00:00:00", target=None, run="r1"):
@@ -44,3 +45,21 @@ def test_floor_against_dense_and_the_newest_row_per_shape():
     assert got["floor / dense"] == "2" and got["floor / dense kernel"] == "4"
     assert "`r2` (abcdef0)" in table
     assert layer_table(frame, "other") == "no layer rows for device other\n"
+
+
+def test_cpu_table_per_model_against_dense():
+    def cpu(provider, metric, value, unit, model, run):
+        row = _row(provider, metric, value, unit, run=run)
+        row.update(device="cpu-2cores", fingerprint=json.dumps({"cpu": model, "cpu_cores": 2}))
+        return row
+    frame = pd.DataFrame([
+        cpu("embedding_bag", "time", 0.03, "s", "CPU A", "a"), cpu("embedding_bag", "floor_time", 3.0, "ms", "CPU A", "a"),
+        cpu("reference", "time", 0.2, "s", "CPU A", "a"), cpu("dense", "time", 0.01, "s", "CPU A", "a"),
+        cpu("dense", "floor_time", 9.0, "ms", "CPU A", "a"),
+        cpu("embedding_bag", "time", 0.012, "s", "CPU B", "b"), cpu("dense", "time", 0.01, "s", "CPU B", "b"),
+    ])
+    lines = [l for l in cpu_table(frame).splitlines() if l.startswith("| CPU ") and "cores" in l]
+    assert len(lines) == 2
+    a, b = ([c.strip() for c in l.strip("|").split("|")] for l in lines)
+    assert a[:6] == ["CPU A, 2 cores", "fwd s=64 d=32", "embedding_bag 30", "10", "3", "0.3"]  # the lookup's floor
+    assert b[2:6] == ["embedding_bag 12", "10", "1.2", "nan"]

@@ -99,3 +99,122 @@ def test_accuracy_and_training_plots(tmp_path):
     empty = {p.name: p.stat().st_size for p in plots.draw_all(tmp_path / "none", tmp_path / "empty")}
     for name in ("accuracy.png", "training.png"):  # drawn, not the placeholder
         assert sizes[name] > 2 * empty[name]
+
+
+# --- plots a newcomer can read: one colour per provider, legends off the data, dtype and shape in every
+# title, no empty panel ----------------------------------------------------------------------------------
+
+
+def _device_rows(device, cases, dtype="float32", d=64, energy=True):
+    """Runner rows of one device: (benchmark, seq, provider, time) each, forward, with energy unless a
+    device does not measure it (a CPU)."""
+    run = results.Run.start("cpu")
+    out = []
+    for bench, seq, provider, t in cases:
+        params = {"preset": "micro", "d": d, "tau": 8, "weighting": "paper", "seq": seq, "batch": 1,
+                  "direction": "forward", "dtype": dtype}
+        out.append(run.row(bench, params, provider, "time", t, "s"))
+        out.append(run.row(bench, params, provider, "flops_analytic", 1e6 * seq, "FLOP"))
+        out.append(run.row(bench, params, provider, "arithmetic_intensity", 2.0, "FLOP/B"))
+        out.append(run.row(bench, params, provider, "flops_per_s", 1e6 * seq / t, "FLOP/s"))
+        if energy:
+            out.append(run.row(bench, params, provider, "energy_per_token", t / seq, "J/token"))
+    return [{**row, "device": device} for row in out]
+
+
+_SAVE, _EMPTY = plots._save, plots._empty
+
+
+def _figures(monkeypatch):
+    """Collect every figure the plots save, drawn as saved, keyed by file name."""
+    drawn = {}
+
+    def card(out, name, message):  # a "nothing to draw yet" card is a message, not a panel: not checked
+        paths = _EMPTY(out, name, message)
+        drawn.pop(name)
+        return paths
+
+    monkeypatch.setattr(plots, "_empty", card)
+
+    def keep(fig, out, name):
+        paths = _SAVE(fig, out, name)
+        drawn[name] = fig
+        return paths
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return drawn
+
+
+def _draw(tmp_path, name, rows, monkeypatch):
+    results.append(rows, tmp_path / name)
+    figures = _figures(monkeypatch)
+    plots.draw_all(tmp_path / name, tmp_path / f"{name}-plots")
+    return figures
+
+
+def _legend_colours(fig):
+    """{label: colour} of every legend entry of a figure (its own legends and its axes')."""
+    from matplotlib.colors import to_hex
+
+    colours = {}
+    for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes)]:
+        if legend is None:
+            continue
+        for handle, text in zip(legend.legend_handles, legend.get_texts()):
+            colour = handle.get_color() if hasattr(handle, "get_color") else handle.get_facecolor()[0]
+            colours[text.get_text()] = to_hex(colour)
+    return colours
+
+
+def _cases(providers, seqs=(128, 1024), benches=("layer", "block")):
+    return [(b, s, p, 1e-3 * (i + 1) * s / 128) for b in benches for s in seqs for i, p in enumerate(providers)]
+
+
+def test_a_provider_keeps_its_colour_in_every_figure_whatever_else_is_drawn(tmp_path, monkeypatch):
+    from matplotlib.colors import to_hex
+
+    # two tables with different providers on different devices: seaborn's own palette would give
+    # triton the second colour in one and the first in the other
+    one = _draw(tmp_path, "one", _device_rows("cpu-a", _cases(["reference", "triton", "dense"])), monkeypatch)
+    two = _draw(tmp_path, "two", _device_rows("H100-x", _cases(["triton", "dense"]), dtype="float16"), monkeypatch)
+    seen = {}
+    for name in ("regression", "roofline", "crossover", "flops_vs_time"):
+        for figures in (one, two):
+            for provider, colour in _legend_colours(figures[name]).items():
+                if provider in ("reference", "triton", "dense"):
+                    seen.setdefault(provider, set()).add(colour)
+    assert seen == {p: {to_hex(plots.provider_colour(p))} for p in ("reference", "triton", "dense")}
+    assert len({c for cs in seen.values() for c in cs}) == 3  # and three providers, three colours
+    # a provider the registry does not know keeps its colour too, whatever figure it is in
+    assert plots.provider_colour("someone_elses_kernel") == plots.provider_colour("someone_elses_kernel")
+    assert plots.provider_order(["dense", "zzz", "triton", "reference"]) == ["reference", "triton", "dense", "zzz"]
+
+
+def test_legends_cover_no_panel_titles_state_dtype_and_shape_and_no_panel_is_empty(tmp_path, monkeypatch):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rows = (_device_rows("cpu-a", _cases(["reference", "embedding_bag", "dense"]), energy=False)
+            + _device_rows("H100-x", _cases(["reference", "triton", "dense"], benches=("layer", "block", "model")),
+                           dtype="float16", d=512))
+    figures = _draw(tmp_path, "two-devices", rows, monkeypatch)
+    assert {"regression", "roofline", "crossover", "flops_vs_time"} <= set(figures)
+    for name, fig in figures.items():
+        canvas = FigureCanvasAgg(fig)  # saved figures are closed: drawn again, as saved, to measure them
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        panels = [ax.get_window_extent(renderer) for ax in fig.axes]
+        legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes)]
+        for legend in filter(None, legends):
+            box = legend.get_window_extent(renderer)
+            assert not any(box.overlaps(panel) for panel in panels), f"{name}: a legend covers a panel"
+        for ax in fig.axes:
+            title = ax.get_title()
+            assert ("float32" in title or "float16" in title) and "d=" in title, f"{name}: {title!r}"
+            has_data = any(len(line.get_xdata()) for line in ax.get_lines()) or any(
+                len(c.get_offsets()) for c in ax.collections)
+            assert has_data, f"{name}: panel {title!r} is empty"
+    # the crossover: the CPU measured no energy, so its energy panels are left out: 2 + 0 for the CPU's
+    # layer and block, 3 + 3 for the GPU's three benchmarks
+    assert len(figures["crossover"].axes) == 2 + 6
+    titles = [ax.get_title() for ax in figures["crossover"].axes]
+    assert "layer forward, d=64, float32, cpu-a" in titles and "model forward, d=512, float16, H100-x" in titles

@@ -1,5 +1,6 @@
 """Markdown tables of findings, rendered from the result tables so that documents never copy a figure by hand.
 
+``python -m mfbench.report.findings cpu`` prints, per CPU model, the fastest lookup against dense.
 ``python -m mfbench.report.findings layers --device H200`` prints the newest ``layer-kernel`` times per case and
 provider on one device, beside the lookup's floor and the verdict the floor gives: where the floor is
 above the dense layer's time, no lookup kernel can beat dense at that shape. ``results/kernels.md`` holds
@@ -98,6 +99,37 @@ def layer_table(frame: pd.DataFrame, device: str) -> str:
     return "\n".join(lines) + f"\n\nAll in ms; runs {runs}.\n"
 
 
+def _cpu_model(fingerprint: str) -> str:
+    fp = json.loads(fingerprint)
+    return f"{fp.get('cpu', '?')}, {fp.get('cpu_cores', '?')} cores"
+
+
+def cpu_table(frame: pd.DataFrame) -> str:
+    """Per CPU model and shape: the fastest lookup provider against dense, from the newest CPU layer rows of
+    each model (CPU rows share a device name across models, so the fingerprint's model tells them apart)."""
+    rows = frame[(frame["benchmark"] == "layer-kernel") & frame["device"].str.startswith("cpu")]
+    if rows.empty:
+        return "no CPU layer rows\n"
+    rows = rows.assign(model=rows["fingerprint"].map(_cpu_model))
+    lines = ["| CPU | case | fastest lookup | dense | lookup / dense | floor / dense | run |", "|---|---|---|---|---|---|---|"]
+    for model in sorted(rows["model"].unique()):
+        mine = newest(rows[rows["model"] == model], rows["device"].iloc[0])
+        for params in sorted(mine["params"].unique(), key=_shape):
+            at = mine[(mine["params"] == params) & (mine["metric"] == "time")]
+            base = at[at["provider"].map(registry.is_baseline)]
+            look = at[~at.index.isin(base.index)]
+            floor = mine[(mine["params"] == params) & (mine["metric"] == "floor_time")
+                         & mine["provider"].isin(look["provider"])]  # the lookup's floor, not dense's
+            if base.empty or look.empty:
+                continue
+            best, dense = look.loc[look["value"].idxmin()], base.iloc[-1]
+            floor_ms = _value_ms(floor.iloc[-1]) if not floor.empty else float("nan")  # rows in ms or s
+            lines.append(f"| {model} | {_label(params)} | {best['provider']} {best['value'] * 1e3:.3g} | "
+                         f"{dense['value'] * 1e3:.3g} | {best['value'] / dense['value']:.2g} | "
+                         f"{floor_ms / (dense['value'] * 1e3):.2g} | `{best['run_id']}` ({best['commit'][:7]}) |")
+    return "\n".join(lines) + "\n\nTimes in ms.\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     from mfbench.store import results
 
@@ -106,13 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     layers = sub.add_parser("layers", help="the layer table of one device")
     layers.add_argument("--device", required=True, help="the rows' device, e.g. H200 or cpu-2cores")
     layers.add_argument("--results-dir", default=None)
+    cpu = sub.add_parser("cpu", help="per CPU model, the fastest lookup against dense")
+    cpu.add_argument("--results-dir", default=None)
     args = parser.parse_args(argv)
     try:
         frame = results.load(args.results_dir)
     except results.ResultsError as exc:
-        print(f"mfbench.findings: {exc}", file=sys.stderr)
+        print(f"mfbench.report.findings: {exc}", file=sys.stderr)
         return 2
-    sys.stdout.write(layer_table(frame, args.device))
+    sys.stdout.write(layer_table(frame, args.device) if args.command == "layers" else cpu_table(frame))
     return 0
 
 

@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -28,7 +28,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from mfbench import results  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from mfbench.core import providers  # noqa: E402
+from mfbench.store import results  # noqa: E402
 
 RUNNER_BENCHMARKS = ("layer", "block", "model")
 
@@ -75,6 +78,66 @@ def _empty(out: Path, name: str, message: str) -> list[Path]:
     return _save(fig, out, name)
 
 
+# --- one colour per provider, in every figure ------------------------------------------------------------
+
+BASELINE_COLOUR = "#404040"  # the dense baseline: dark grey, so every lookup provider is read against it
+# The built-in lookups in registry order take tab10's colours (its grey left out: that is the baseline's);
+# any other name (a plugin, a provider of old rows) takes a tab20b colour chosen by a hash of its name, so it
+# keeps that colour whichever other providers a figure shows.
+_LOOKUP_COLOURS = [c for i, c in enumerate(sns.color_palette("tab10")) if i != 7]
+_OTHER_COLOURS = sns.color_palette("tab20b")
+
+
+def _builtins() -> list[str]:
+    return [n for n in providers.names() if providers.get(n).origin == "built-in"]
+
+
+def provider_colour(name: str) -> str | tuple:
+    """The colour ``name`` has in every plot: fixed by the registry, not by which providers a plot holds."""
+    builtins = _builtins()
+    if name in builtins:
+        if providers.get(name).baseline:
+            return BASELINE_COLOUR
+        lookups = [n for n in builtins if not providers.get(n).baseline]
+        return _LOOKUP_COLOURS[lookups.index(name) % len(_LOOKUP_COLOURS)]
+    return _OTHER_COLOURS[zlib.crc32(name.encode()) % len(_OTHER_COLOURS)]
+
+
+def provider_order(names) -> list[str]:
+    """``names`` in registry order (built-ins first), the others after them alphabetically: every legend
+    lists the providers in one order."""
+    builtins = _builtins()
+    present = set(names)
+    return [n for n in builtins if n in present] + sorted(present - set(builtins))
+
+
+def _hue(frame: pd.DataFrame) -> dict:
+    """seaborn's hue arguments for a frame's providers: the fixed colours and the registry order."""
+    order = provider_order(frame["provider"].unique())
+    return {"hue": "provider", "hue_order": order, "palette": {n: provider_colour(n) for n in order}}
+
+
+def _values(column: pd.Series) -> str:
+    """A column's distinct values for a title: '512' or '512/2048'."""
+    return "/".join(str(v) for v in sorted(column.dropna().unique()))
+
+
+def _shape(frame: pd.DataFrame) -> str:
+    """The width and dtype of a panel's measurements, for its title (tokens are on the x axis or in the label)."""
+    return f"d={_values(frame['d'])}, {_values(frame['dtype'])}"
+
+
+def _legend_below(fig: plt.Figure, handles: list, labels: list[str] | None = None, ncol: int = 6) -> None:
+    """One legend for the whole figure, under it: never over a panel's data."""
+    labels = labels if labels is not None else [h.get_label() for h in handles]
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), ncol),
+               fontsize=8, frameon=False)
+
+
+def _provider_handles(names) -> list[Line2D]:
+    return [Line2D([], [], color=provider_colour(n), marker="o", label=n) for n in provider_order(names)]
+
+
 REGRESSION_PLOTS = {  # metric -> (file name, title, what to say when there is nothing to draw)
     "time": ("regression", "Median time against commit", "no timed runs in the result tables yet"),
     "kernel_time": ("regression_kernel", "Kernel time (the GPU's own, launch costs left out) against commit",
@@ -88,9 +151,11 @@ def regression(frame: pd.DataFrame, out: Path, metric: str = "time") -> list[Pat
     if wide.empty or metric not in wide or wide[metric].isna().all():
         return _empty(out, name, nothing)
     wide = wide.dropna(subset=[metric]).sort_values("time_utc")
-    wide["case"] = wide["benchmark"] + " " + wide["direction"].map(results.short_direction) + " s=" + wide["seq"].astype(str)
+    # a panel per case, its title the whole shape and dtype: runs of another width or dtype are another case
+    wide["case"] = (wide["benchmark"] + " " + wide["direction"].map(results.short_direction) + " s="
+                    + wide["seq"].astype(str) + " d=" + wide["d"].astype(str) + " " + wide["dtype"])
     order = list(dict.fromkeys(wide["commit_short"]))
-    grid = sns.relplot(data=wide, x="commit_short", y=metric, hue="provider", style="device", col="case",
+    grid = sns.relplot(data=wide, x="commit_short", y=metric, style="device", col="case", **_hue(wide),
                        col_wrap=4, kind="line", marker="o", height=2.6, aspect=1.2, facet_kws={"sharey": False},
                        estimator="median", errorbar=("pi", 100))  # the runs' own range, not a bootstrap guess
     grid.set(yscale="log", xlabel="commit", ylabel=f"{metric.replace('_', ' ')} (s)")
@@ -106,13 +171,16 @@ def roofline(frame: pd.DataFrame, all_rows: pd.DataFrame, out: Path) -> list[Pat
     wide = _wide(frame[frame["benchmark"] == "layer"]) if not frame.empty else pd.DataFrame()
     if wide.empty or "arithmetic_intensity" not in wide:
         return _empty(out, "roofline", "no Memory Layer measurements in the result tables yet")
+    wide = wide.dropna(subset=["arithmetic_intensity", "flops_per_s"])  # a device without them gets no panel
+    if wide.empty:
+        return _empty(out, "roofline", "no Memory Layer measurements in the result tables yet")
     ceilings = all_rows[all_rows["benchmark"] == "ceiling"]
     devices = list(dict.fromkeys(wide["device"]))
     fig, axes = plt.subplots(1, len(devices), figsize=(7.4 * len(devices), 4.5), squeeze=False)
     for ax, device in zip(axes[0], devices):
         points = wide[wide["device"] == device]
-        sns.scatterplot(data=points, x="arithmetic_intensity", y="flops_per_s", hue="provider", style="direction",
-                        size="seq", ax=ax)
+        sns.scatterplot(data=points, x="arithmetic_intensity", y="flops_per_s", style="direction", size="seq",
+                        ax=ax, **_hue(points))
         ceil = ceilings[ceilings["device"] == device]
         copy = ceil.loc[ceil["metric"] == "copy_bandwidth", "value"]
         mm = ceil.loc[ceil["metric"] == "matmul_rate", "value"]
@@ -125,55 +193,75 @@ def roofline(frame: pd.DataFrame, all_rows: pd.DataFrame, out: Path) -> list[Pat
                 roof = np.minimum(roof, float(mm.iloc[-1]))
             ax.plot(x, roof, color="black", lw=1, label="measured roof")
         ax.set(xscale="log", yscale="log", xlabel="FLOPs per byte of device memory traffic",
-               ylabel="achieved FLOP/s (2 per multiply-add)", title=f"Roofline: {device}")
+               ylabel="achieved FLOP/s (2 per multiply-add)", title=f"Roofline: {device}, Memory Layer {_shape(points)}")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the panel: the points fill its lower right
     fig.tight_layout()
     return _save(fig, out, "roofline")
+
+
+CROSSOVER_METRICS = (("time", "median time (s)"), ("energy_per_token", "J per token"))
+
+
+def _crossover_panels(latest: pd.DataFrame) -> list[tuple[tuple, str, str, str, pd.DataFrame]]:
+    """The panels that have data, in reading order: per (device, dtype, width), the time panels of each
+    benchmark, then the energy panels. A metric a device did not measure (energy on a CPU) gets no panel."""
+    panels = []
+    for key, group in latest.groupby(["device", "dtype", "d"], sort=False):
+        for metric, label in CROSSOVER_METRICS:
+            for bench in RUNNER_BENCHMARKS:
+                part = group[group["benchmark"] == bench]
+                if metric in part and part[metric].notna().any():
+                    panels.append((key, bench, metric, label, part))
+    return panels
 
 
 def crossover(frame: pd.DataFrame, out: Path) -> list[Path]:
     wide = _wide(frame[frame["direction"] == "forward"]) if "direction" in frame else pd.DataFrame()
     if wide.empty or "time" not in wide:
         return _empty(out, "crossover", "no forward measurements in the result tables yet")
-    latest = wide.sort_values("time_utc").groupby(["device", "benchmark", "seq", "provider"]).last().reset_index()
-    devices = list(dict.fromkeys(latest["device"]))
-    benches = [b for b in RUNNER_BENCHMARKS if (latest["benchmark"] == b).any()]
-    # a device per pair of rows (time above energy), a benchmark per column: devices read down, sizes across
-    fig, axes = plt.subplots(2 * len(devices), len(benches), figsize=(6.6 * len(benches), 3.8 * 2 * len(devices)),
-                             squeeze=False)
-    for (i, device), (col, bench) in itertools.product(enumerate(devices), enumerate(benches)):
-        part = latest[(latest["device"] == device) & (latest["benchmark"] == bench)]
-        for row, (metric, label) in enumerate((("time", "median time (s)"), ("energy_per_token", "J per token"))):
-            ax = axes[2 * i + row][col]
-            if metric not in part or part[metric].isna().all():
-                ax.text(0.5, 0.5, f"{bench} {metric} not measured on {device}", ha="center", va="center", fontsize=8)
-                ax.set_axis_off()
-                continue
-            order = sorted(part["provider"].unique())  # one colour per provider in both line sets
-            sns.lineplot(data=part, x="seq", y=metric, hue="provider", hue_order=order, marker="o", ax=ax)
-            if row == 0 and "kernel_time" in part and part["kernel_time"].notna().any():
-                # dashed: the kernels' own device time, what the call would take if launching cost nothing
-                sns.lineplot(data=part.dropna(subset=["kernel_time"]), x="seq", y="kernel_time", hue="provider",
-                             hue_order=order, marker="x", linestyle="--", alpha=0.7, legend=False, ax=ax)
-            if row == 0 and "graph_time" in part and part["graph_time"].notna().any():
-                # dotted: replays of a captured CUDA graph, what a deployment that captures its calls sees
-                sns.lineplot(data=part.dropna(subset=["graph_time"]), x="seq", y="graph_time", hue="provider",
-                             hue_order=order, marker="s", linestyle=":", alpha=0.7, legend=False, ax=ax)
-            bound = part[part["host_bound"]]
-            if row == 0 and not bound.empty:  # ringed: the time is the host's issue time, not the device's
-                ax.scatter(bound["seq"], bound["time"], s=90, facecolors="none", edgecolors="black", lw=0.8,
-                           label="host-bound", zorder=3)
-            ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel=label, title=f"{bench}, {device}")
-            seqs = sorted(part["seq"].unique())  # the measured lengths, written out: log ticks at 3e3 help no one
-            ax.set_xticks(seqs, [str(s) for s in seqs], fontsize=8)
-            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the panel: never on data
-            if row == 0:
-                ax.text(0.02, 0.98, _crossover_text(part), transform=ax.transAxes, va="top", fontsize=6.5, wrap=True,
-                        bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
-    fig.suptitle("MemoryFormer providers vs dense: time and energy per token against tokens")
+    keys = ["device", "dtype", "d", "benchmark", "seq", "provider"]
+    latest = wide.sort_values("time_utc").groupby(keys, sort=False).last().reset_index()
+    panels = _crossover_panels(latest)
+    ncols = min(len(RUNNER_BENCHMARKS), len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 4.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:  # the grid's unused cells: left out, not drawn empty
+        fig.delaxes(ax)
+    for ax, ((device, dtype, d), bench, metric, label, part) in zip(axes.flat, panels):
+        _crossover_panel(ax, part, metric)
+        ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel=label,
+               title=f"{bench} forward, d={d}, {dtype}, {device}")
+        seqs = sorted(part["seq"].unique())  # the measured lengths, written out: log ticks at 3e3 help no one
+        ax.set_xticks(seqs, [str(s) for s in seqs], fontsize=8)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        if metric == "time":  # the verdict under the panel, where it covers no point
+            ax.text(0.0, -0.16, _crossover_text(part), transform=ax.transAxes, va="top", fontsize=7)
+    styles = [Line2D([], [], color="grey", ls="-", marker="o", label="median time of the call"),
+              Line2D([], [], color="grey", ls="--", marker="x", label="kernels alone (kernel_time, GPU)"),
+              Line2D([], [], color="grey", ls=":", marker="s", label="CUDA-graph replay (graph_time)"),
+              Line2D([], [], color="black", ls="", marker="o", mfc="none", ms=9, label="host-bound time")]
+    _legend_below(fig, _provider_handles(latest["provider"].unique()) + styles)
+    fig.suptitle("MemoryFormer providers vs dense: time and energy per token against tokens (forward)")
     fig.tight_layout(rect=(0, 0, 1, 0.985))
     return _save(fig, out, "crossover")
+
+
+def _crossover_panel(ax: plt.Axes, part: pd.DataFrame, metric: str) -> None:
+    """One panel's lines: the metric per provider, and on time panels the kernel and graph times and the
+    host-bound rings; no legend of its own (the figure's, under it, names every colour and line)."""
+    hue = _hue(part)
+    sns.lineplot(data=part, x="seq", y=metric, marker="o", legend=False, ax=ax, **hue)
+    if metric != "time":
+        return
+    for column, marker, style in (("kernel_time", "x", "--"), ("graph_time", "s", ":")):
+        # dashed: the kernels' own device time, what the call would take if launching cost nothing;
+        # dotted: replays of a captured CUDA graph, what a deployment that captures its calls sees
+        if column in part and part[column].notna().any():
+            sns.lineplot(data=part.dropna(subset=[column]), x="seq", y=column, marker=marker, linestyle=style,
+                         alpha=0.7, legend=False, ax=ax, **hue)
+    bound = part[part["host_bound"]]
+    if not bound.empty:  # ringed: the time is the host's issue time, not the device's
+        ax.scatter(bound["seq"], bound["time"], s=90, facecolors="none", edgecolors="black", lw=0.8, zorder=3)
 
 
 def _verdict(part: pd.DataFrame, metric: str) -> str | None:
@@ -216,11 +304,18 @@ def flops_vs_time(frame: pd.DataFrame, out: Path) -> list[Path]:
     wide = _wide(frame)
     if wide.empty or "flops_analytic" not in wide or "time" not in wide:
         return _empty(out, "flops_vs_time", "no measurements in the result tables yet")
-    grid = sns.relplot(data=wide, x="flops_analytic", y="time", hue="provider", style="benchmark", col="device",
+    wide = wide.dropna(subset=["flops_analytic", "time"])
+    grid = sns.relplot(data=wide, x="flops_analytic", y="time", style="benchmark", col="device", **_hue(wide),
                        height=4, aspect=1.2, facet_kws={"sharex": False, "sharey": False})
     grid.set(xscale="log", yscale="log", xlabel="analytic FLOPs (2 per multiply-add)", ylabel="median time (s)")
+    for device, ax in grid.axes_dict.items():
+        ax.set_title(f"{device}: {_shape(wide[wide['device'] == device])}, every length")
     grid.figure.suptitle("FLOPs against measured time: fewer FLOPs is not less time", y=1.03)
     return _save(grid.figure, out, "flops_vs_time")
+
+
+# Snapshots are trained and evaluated in torch's default dtype: ModelConfig has none, and train.py casts nothing.
+SNAPSHOT_DTYPE = "float32"
 
 
 def accuracy(rows: pd.DataFrame, snapshot_dir: Path, out: Path) -> list[Path]:
@@ -231,18 +326,21 @@ def accuracy(rows: pd.DataFrame, snapshot_dir: Path, out: Path) -> list[Path]:
     acc["task"] = acc["benchmark"].str.removeprefix("accuracy:")
     acc["commit_short"] = acc["commit"].str[:8]
     params = [json.loads(p) for p in acc["params"]]
+    metas = _snapshot_metas(snapshot_dir)
+    width = {meta["id"]: f"d={meta['config']['d_model']}" for meta in metas}
     acc["snapshot"] = [p["snapshot"] for p in params]
-    acc["panel"] = [f"{t} / {p['preset']} {p['architecture']}" for t, p in zip(acc["task"], params)]
+    acc["panel"] = [f"{t} / {p['preset']} {p['architecture']} ({width.get(p['snapshot'], 'd=?')}, {SNAPSHOT_DTYPE})"
+                    for t, p in zip(acc["task"], params)]
     # one point per (commit, device, provider, snapshot): the latest evaluation at that commit
     acc = acc.groupby(["panel", "task", "device", "provider", "snapshot", "commit_short"], sort=False).last().reset_index()
     order = list(dict.fromkeys(acc.sort_values("time_utc")["commit_short"]))
-    names = list(dict.fromkeys(acc["provider"]))
+    names = provider_order(acc["provider"])
     # providers side by side around their commit, so equal accuracies do not hide one another
     acc["x"] = acc["commit_short"].map(order.index) + acc["provider"].map(lambda p: (names.index(p) - (len(names) - 1) / 2) * 0.08)
-    grid = sns.relplot(data=acc, x="x", y="value", hue="provider", style="device", col="panel", col_wrap=3,
+    grid = sns.relplot(data=acc, x="x", y="value", style="device", col="panel", col_wrap=3, **_hue(acc),
                        kind="line", marker="o", height=3, aspect=1.1, facet_kws={"sharey": False})
     grid.set(xlabel="commit", ylabel="accuracy", ylim=(0, 1.02))
-    chance = {meta["task"]["task"]: meta["eval"].get("chance") for meta in _snapshot_metas(snapshot_dir)}
+    chance = {meta["task"]["task"]: meta["eval"].get("chance") for meta in metas}
     for panel, ax in grid.axes_dict.items():
         task = panel.split(" / ")[0]
         ax.set_xticks(range(len(order)), order, rotation=45, ha="right", fontsize=7)
@@ -263,7 +361,8 @@ def _snapshot_metas(snapshot_dir: Path) -> list[dict]:
 def training(snapshot_dir: Path, out: Path) -> list[Path]:
     metas = _snapshot_metas(snapshot_dir)
     points = [{"task": m["task"]["task"],
-               "model": f"{m['architecture']} ({m['config']['name']}, {m.get('device', '?')}, lr {m['lr']:g})",
+               "model": (f"{m['architecture']} ({m['config']['name']} d={m['config']['d_model']}, "
+                         f"{m.get('device', '?')}, lr {m['lr']:g})"),
                "device": m.get("device", "?"), "step": p["step"], "loss": p["loss"], "ms/step": 1e3 * p["seconds_per_step"]}
               for m in metas for p in m.get("curve", [])]
     if not points:
@@ -271,10 +370,15 @@ def training(snapshot_dir: Path, out: Path) -> list[Path]:
     frame = pd.DataFrame(points)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     sns.lineplot(data=frame, x="step", y="loss", hue="model", style="task", ax=axes[0])
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0].get_legend().remove()  # one legend for both panels, under them: inside, it covered the curves
     sns.lineplot(data=frame, x="step", y="ms/step", hue="model", style="task", ax=axes[1], legend=False)
-    axes[0].set_title("training loss (answer positions)")
-    axes[1].set_title("wall time per step, per log interval")
+    shape = f"d={'/'.join(str(d) for d in sorted({m['config']['d_model'] for m in metas}))}, {SNAPSHOT_DTYPE}"
+    axes[0].set_title(f"training loss (answer positions), {shape}")
+    axes[1].set_title(f"wall time per step, per log interval, {shape}")
     axes[1].set_yscale("log")
+    fig.tight_layout()
+    _legend_below(fig, handles, labels, ncol=2)
     return _save(fig, out, "training")
 
 

@@ -114,10 +114,53 @@ def run_commit(tree: Path, commit: str, results_dir: Path, bench: str | None, qu
         args.append("--append-samples")
     for attribute in attributes:
         args += ["-a", attribute]
-    result = _asv(conf, *args, env=env, cwd=tree)
+    described = _benchmark_list(results_dir)
+    try:
+        result = _asv(conf, *args, env=env, cwd=tree)
+    finally:  # asv rewrote the list with this machine's parameters alone: the other machines' come back
+        _keep_benchmark_list(results_dir, described)
     if result.returncode not in (0, 2):  # 2: some benchmarks failed; their rows say so
         raise AsvRunError(f"asv run failed for {commit[:10]} (exit {result.returncode})")
     return results_dir
+
+
+# --- asv's benchmarks.json, shared by every machine's results ---------------------------------------
+
+
+def _benchmark_list(results_dir: Path) -> dict:
+    """The benchmarks.json of ``results_dir`` (asv's list of benchmarks and their parameters); {} if none."""
+    from asv.benchmarks import Benchmarks
+    from asv.util import load_json
+
+    path = results_dir / "benchmarks.json"
+    return load_json(str(path), api_version=Benchmarks.api_version) if path.exists() else {}
+
+
+def merged_benchmark_list(before: dict, after: dict) -> dict:
+    """What asv's run on this machine wrote (``after``), with what the list held before kept.
+
+    asv rewrites benchmarks.json from the benchmarks it finds here, with this machine's parameters only (a
+    CPU's device, lengths and providers), and `asv publish` shows only results whose parameters the list
+    names: after one CPU bench the H100's graphs held no values. Each benchmark keeps the union of both
+    parameter lists, the earlier values first (a run that adds nothing leaves the file as it was), and a
+    benchmark only the earlier list knew stays. The version is the run's: asv shows the results of a
+    benchmark's current code only, on every machine alike."""
+    merged = dict(before)
+    for name, bench in after.items():
+        old = before.get(name)
+        if isinstance(old, dict) and isinstance(bench, dict) and old.get("param_names") == bench.get("param_names"):
+            bench = {**bench, "params": [list(dict.fromkeys([*a, *b])) for a, b in zip(old["params"], bench["params"])]}
+        merged[name] = bench
+    return merged
+
+
+def _keep_benchmark_list(results_dir: Path, before: dict) -> None:
+    from asv.benchmarks import Benchmarks
+    from asv.util import write_json
+
+    if before:  # written as asv writes it: a run that adds nothing leaves the same bytes
+        merged = merged_benchmark_list(before, _benchmark_list(results_dir))
+        write_json(str(results_dir / "benchmarks.json"), merged, Benchmarks.api_version)
 
 
 # --- asv results -> result rows ------------------------------------------------------------------
@@ -169,8 +212,8 @@ def _unrepr(text: str):
         return text
 
 
-def import_to_tables(results_dir: Path, commit: str, dirty: bool = False, directory: Path | None = None,
-                     cache: Path | None = None) -> int:
+def import_to_tables(results_dir: Path, commit: str, directory: Path | None = None, cache: Path | None = None,
+                     dirty: bool = False) -> int:
     """Append to the result tables, as one run: asv's values for ``commit`` on this machine (benchmark
     'asv:NAME', so every number the dashboard shows is a row) and the pipeline's rows behind the track_
     benchmarks, from the suites' cache. The rows name ``commit`` and ``dirty`` as the caller saw the tree."""
@@ -219,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         results_dir = ROOT / "results" / "asv"
         cache = Path(tempfile.mkdtemp(prefix="mfbench-asv-cache-"))
         run_commit(ROOT, head, results_dir, args.bench, args.quick, cache=cache)
-        count = import_to_tables(results_dir, head, dirty, args.results_dir, cache)
+        count = import_to_tables(results_dir, head, args.results_dir, cache, dirty=dirty)
         print(f"appended {count} rows (asv values and the measurements behind them) to the result tables")
         return 0
     except AsvRunError as exc:
