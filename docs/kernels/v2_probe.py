@@ -10,6 +10,7 @@ import torch
 import triton
 
 from mfbench.kernels import lookup as v1
+from mfbench.kernels import lookup_grad as v1g
 import v2_prototypes as v2
 from mfbench.core.lookup import LookupSpec
 from probe_common import inputs, Record, bench, graph_ms, rel
@@ -35,7 +36,7 @@ for s, d in SHAPES:
     case = f"s={s} d=h={d}"
     t0 = time.time()
     ref = v1.lookup_forward(x, t, spec)
-    record(case=case, what="v1 fwd", ms=bench(lambda: v1.lookup_forward(x, t, spec)), cfg=v1.last_config("forward"))
+    record(case=case, what="v1 fwd", ms=bench(lambda: v1.lookup_forward(x, t, spec)), cfg=v1g.last_config("forward"))
     record(case=case, what="hash only", ms=bench(lambda: v1.hash_and_weight(x, spec)))
     best = None
     for bs, bh, w in FWD:
@@ -54,11 +55,11 @@ for s, d in SHAPES:
         record(case=case, what="v2 fwd slice best graph", cfg=best[1],
                ms=graph_ms(lambda: v2.forward_slice(x, t, spec, bs, bh, w)))
     record(case=case, what="v1 fwd graph", ms=graph_ms(lambda: v1.lookup_forward(x, t, spec)))
-    rgx, rgt = v1.lookup_backward(x, t, gy, spec)
-    record(case=case, what="v1 bwd", ms=bench(lambda: v1.lookup_backward(x, t, gy, spec)), cfg=v1.last_config("backward"))
+    rgx, rgt = v1g.lookup_backward(x, t, gy, spec)
+    record(case=case, what="v1 bwd", ms=bench(lambda: v1g.lookup_backward(x, t, gy, spec)), cfg=v1g.last_config("backward"))
     xr = x.detach().requires_grad_(True)
     tr = t.detach().requires_grad_(True)
-    yv = v1.memory_lookup(xr, tr, spec)
+    yv = v1g.memory_lookup(xr, tr, spec)
     record(case=case, what="v1 bwd autograd", ms=bench(lambda: torch.autograd.grad(yv, (xr, tr), gy, retain_graph=True)))
     best = None
     for bs, bh, w in BWD:
@@ -76,7 +77,7 @@ for s, d in SHAPES:
         bs, bh, w = best[1]
         record(case=case, what="v2 bwd atomic best graph", cfg=best[1],
                ms=graph_ms(lambda: v2.backward_atomic(x, t, gy, spec, bs, bh, w)))
-    record(case=case, what="v1 bwd graph", ms=graph_ms(lambda: v1.lookup_backward(x, t, gy, spec)))
+    record(case=case, what="v1 bwd graph", ms=graph_ms(lambda: v1g.lookup_backward(x, t, gy, spec)))
     record(case=case, what="case seconds", s=time.time() - t0)
 
 print("\nSUMMARY")

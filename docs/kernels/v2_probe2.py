@@ -4,6 +4,7 @@ import sys
 import torch
 
 from mfbench.kernels import lookup as v1
+from mfbench.kernels import lookup_grad as v1g
 import v2_prototypes as v2
 from mfbench.core.lookup import LookupSpec
 from probe_common import print_best, inputs, Record, bench, host_us, rel
@@ -44,7 +45,7 @@ for s, d in SHAPES:
         x, t, spec, {"BLOCK_S": c[0], "BLOCK_H": c[1], "UNROLL": c[2], "num_warps": c[3], "num_stages": c[4]})), FCFG)
     if d == 512:
         sweep(case, "v2 fwd fused", ref, lambda c: (lambda: v2.forward_fused(x, t, spec, *c)), FUSED)
-    rgx, rgt = v1.lookup_backward(x, t, gy, spec)
+    rgx, rgt = v1g.lookup_backward(x, t, gy, spec)
     keys = None
 
     def sort_part():
@@ -53,10 +54,10 @@ for s, d in SHAPES:
         sk, order = torch.sort(kk, stable=True)
         return torch.searchsorted(sk, torch.arange(d // 8 * 256 + 1, device=x.device, dtype=torch.int32), out_int32=True)
     record(case=case, what="hash+sort+searchsorted", ms=bench(sort_part))
-    sweep(case, "v1 bwd tables-only cfg", rgt, lambda c: (lambda: v1.lookup_backward(
+    sweep(case, "v1 bwd tables-only cfg", rgt, lambda c: (lambda: v1g.lookup_backward(
         x, t, gy, spec, need_x=False, config={"BLOCK_T": c[0], "BLOCK_H": c[1], "num_warps": c[2]})[1]), TCFG)
-    record(case=case, what="v1 bwd tables-only tuned", ms=bench(lambda: v1.lookup_backward(x, t, gy, spec, need_x=False)))
-    record(case=case, what="v1 bwd x-only tuned", ms=bench(lambda: v1.lookup_backward(x, t, gy, spec, need_tables=False)))
+    record(case=case, what="v1 bwd tables-only tuned", ms=bench(lambda: v1g.lookup_backward(x, t, gy, spec, need_x=False)))
+    record(case=case, what="v1 bwd x-only tuned", ms=bench(lambda: v1g.lookup_backward(x, t, gy, spec, need_tables=False)))
     sweep(case, "v2 atomic x-only", rgx, lambda c: (lambda: v2.backward_atomic(x, t, gy, spec, *c, need_t=False)[0]),
           [(32, 128, 4), (64, 64, 4), (16, 256, 4), (64, 128, 8), (128, 64, 8)])
     if d == 512:
@@ -68,7 +69,7 @@ for s, d in SHAPES:
     record(case=case, what="host us torch.empty", us=host_us(lambda: torch.empty(s, d, device="cuda")))
     record(case=case, what="host us v2 fused", us=host_us(lambda: v2.forward_fused(x, t, spec)))
     record(case=case, what="host us v2 atomic", us=host_us(lambda: v2.backward_atomic(x, t, gy, spec, 64, 64, 4)))
-    record(case=case, what="host us v1 bwd tuned", us=host_us(lambda: v1.lookup_backward(x, t, gy, spec)))
+    record(case=case, what="host us v1 bwd tuned", us=host_us(lambda: v1g.lookup_backward(x, t, gy, spec)))
 
 print("\nSUMMARY")
 print_best(rows, ("cfg", "err"))

@@ -6,6 +6,7 @@ import sys
 import torch
 
 from mfbench.kernels import lookup as K
+from mfbench.kernels import lookup_grad as KG
 from mfbench.core.lookup import LookupSpec
 from probe_common import inputs, Record, bench, graph_ms, rel
 
@@ -22,18 +23,18 @@ for s, d in SHAPES:
     fwd = lambda: K.lookup_forward(x, t, spec)
     fwd()
     record(case=case, what="forward", ms=bench(fwd),
-           graph_ms=graph_ms(fwd), cfg=K.last_config("forward"))
-    ref = K.lookup_backward(x, t, gy, spec, strategy="sorted")
-    for strategy in K.BACKWARD_STRATEGIES:
+           graph_ms=graph_ms(fwd), cfg=KG.last_config("forward"))
+    ref = KG.lookup_backward(x, t, gy, spec, strategy="sorted")
+    for strategy in KG.BACKWARD_STRATEGIES:
         if d > 1024 and strategy != "sorted" and s > 8192:
             continue  # the by-token pass's atomics at h = 2048: 2-3x the sorted pass (probe 1), and slow
-        bwd = lambda: K.lookup_backward(x, t, gy, spec, strategy=strategy)
+        bwd = lambda: KG.lookup_backward(x, t, gy, spec, strategy=strategy)
         gx, gt = bwd()
-        record(case=case, what=f"backward {strategy}", chosen=strategy == K.backward_strategy(s, d, 256),
+        record(case=case, what=f"backward {strategy}", chosen=strategy == KG.backward_strategy(s, d, 256),
                ms=bench(bwd), graph_ms=graph_ms(bwd),
                err_gx=rel(gx, ref[0]), err_gt=rel(gt, ref[1]))
     xr, tr = x.detach().requires_grad_(), t.detach().requires_grad_()
-    y = K.memory_lookup(xr, tr, spec)
+    y = KG.memory_lookup(xr, tr, spec)
     record(case=case, what="backward autograd (chosen)",
            ms=bench(lambda: torch.autograd.grad(y, (xr, tr), gy, retain_graph=True)))
 

@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from mfbench.kernels import lookup as v1
+from mfbench.kernels import lookup_grad as v1g
 from mfbench.core.lookup import LookupSpec
 
 
@@ -55,9 +56,9 @@ def backward_atomic(x, tables, gy, spec: LookupSpec, block_s: int = 32, block_h:
     acc = v1.compute_dtype(x.dtype)
     gt = torch.zeros(tables.shape if need_t else (1,), device=x.device, dtype=acc)
     gx = torch.empty_like(x)
-    hargs = v1._hash_args(x, spec)
+    hargs = v1.hash_args(x, spec)
     # The probes ran this kernel as written here; it landed unchanged as the by-token pass.
-    v1._token_backward_kernel[(triton.cdiv(s, block_s), triton.cdiv(k, k_per))](
+    v1g._token_backward_kernel[(triton.cdiv(s, block_s), triton.cdiv(k, k_per))](
         x, tables, gy, gx, gt, s, h, k, x.stride(0), gy.stride(0), hargs["two_over_t"], TAU=hargs["TAU"],
         TAU_P2=hargs["TAU_P2"], WEIGHTING=hargs["WEIGHTING"], ROWS=rows, BLOCK_S=block_s, BLOCK_H=block_h,
         K_PER=k_per, NEED_GX=need_x, NEED_GT=need_t, num_warps=warps)
@@ -77,12 +78,12 @@ def fused_forward_kernel(x_ptr, t_ptr, y_ptr, S, H, K, stride_xs, stride_ys, two
     mask_s = offs_s < S
     mask_h = offs_h < H
     if ACC_FP64:
-        scale = v1._scale(two_over_t, tl.float64)
+        scale = v1.scale_block(two_over_t, tl.float64)
     else:
-        scale = v1._scale(two_over_t, tl.float32)
+        scale = v1.scale_block(two_over_t, tl.float32)
     acc = tl.zeros((BLOCK_S, BLOCK_H), dtype=scale.dtype)
     for k in range(0, K):
-        idx, p, _z, _a, _s, _q = v1._hash_and_weight(x_ptr, offs_s, mask_s, stride_xs, k, scale, TAU, TAU_P2, WEIGHTING)
+        idx, p, _z, _a, _s, _q = v1.hash_weight_block(x_ptr, offs_s, mask_s, stride_xs, k, scale, TAU, TAU_P2, WEIGHTING)
         ptrs = t_ptr + (tl.cast(k, tl.int64) * ROWS + idx[:, None]) * H + offs_h[None, :]
         rows = tl.load(ptrs, mask=mask_s[:, None] & mask_h[None, :], other=0.0)
         acc += p[:, None] * rows.to(p.dtype)
@@ -93,7 +94,7 @@ def fused_forward_kernel(x_ptr, t_ptr, y_ptr, S, H, K, stride_xs, stride_ys, two
 def forward_fused(x, tables, spec: LookupSpec, block_s: int = 32, block_h: int = 128, warps: int = 4, stages: int = 2):
     s, (k, rows, h) = x.shape[0], tables.shape
     y = torch.empty(s, h, device=x.device, dtype=x.dtype)
-    hargs = v1._hash_args(x, spec)
+    hargs = v1.hash_args(x, spec)
     fused_forward_kernel[(triton.cdiv(s, block_s), triton.cdiv(h, block_h))](
         x, tables, y, s, h, k, x.stride(0), y.stride(0), hargs["two_over_t"], TAU=hargs["TAU"],
         TAU_P2=hargs["TAU_P2"], WEIGHTING=hargs["WEIGHTING"], ROWS=rows, BLOCK_S=block_s, BLOCK_H=block_h,

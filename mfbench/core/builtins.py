@@ -94,7 +94,7 @@ def compiled_requirement(device: torch.device, dtype: torch.dtype) -> str | None
 
 
 def triton(layer: Layer, x: torch.Tensor) -> torch.Tensor:
-    from mfbench.kernels.lookup import memory_lookup
+    from mfbench.kernels.lookup_grad import memory_lookup
 
     return memory_lookup(x, layer.tables, layer.spec)
 
@@ -139,6 +139,6 @@ def triton_untuned() -> ContextManager:
 
 def triton_config(direction: str) -> str | None:
     """The configuration the autotuner chose for the last Triton call in ``direction``."""
-    from mfbench.kernels.lookup import last_config
+    from mfbench.kernels.lookup_grad import last_config
 
     return last_config(direction)

@@ -67,7 +67,7 @@ def shard_tables(layer) -> None:
 
 def _local_lookup(x: torch.Tensor, tables: torch.Tensor, layer) -> torch.Tensor:
     if x.is_cuda:
-        from mfbench.kernels.lookup import memory_lookup
+        from mfbench.kernels.lookup_grad import memory_lookup
 
         return memory_lookup(x, tables, layer.spec)
     return reference_lookup(x, tables, layer.spec, layer.max_chunk_bytes)

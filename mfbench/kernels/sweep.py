@@ -13,6 +13,7 @@ import torch
 import triton.testing
 
 from mfbench.kernels import lookup as K
+from mfbench.kernels import lookup_grad as G
 from mfbench.core.lookup import LookupSpec
 
 
@@ -33,17 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     tables = torch.randn(args.in_features // args.tau, spec.rows, args.out_features, device="cuda", dtype=dtype)
     gy = torch.randn(args.tokens, args.out_features, device="cuda", dtype=dtype)
     rows = []
-    for direction, configs in (("forward", K._FORWARD_CONFIGS), ("backward", K._BACKWARD_CONFIGS)):
+    for direction, configs in (("forward", K.FORWARD_CONFIGS), ("backward", G.BACKWARD_CONFIGS)):
         for cfg in configs:
             config = {**cfg.kwargs, "num_warps": cfg.num_warps}
             if cfg.num_stages is not None:
                 config["num_stages"] = cfg.num_stages
-            if direction == "backward" and not K.backward_config_fits(cfg, args.out_features):
+            if direction == "backward" and not G.backward_config_fits(cfg, args.out_features):
                 continue
             if direction == "forward":
                 fn = lambda c=config: K.lookup_forward(x, tables, spec, dict(c))
             else:
-                fn = lambda c=config: K.lookup_backward(x, tables, gy, spec, config=dict(c))
+                fn = lambda c=config: G.lookup_backward(x, tables, gy, spec, config=dict(c))
             try:
                 ms = triton.testing.do_bench(fn, return_mode="median")
             except Exception as exc:  # a config the compiler rejects is reported, not fatal
@@ -71,9 +72,9 @@ def stage_times(x: torch.Tensor, tables: torch.Tensor, gy: torch.Tensor, spec: L
         "torch.sort of the (table, row) keys": bench(lambda: torch.sort(keys, stable=True)),
         "searchsorted row offsets": bench(lambda: torch.searchsorted(sorted_keys, bounds, out_int32=True)),
         "forward, autotuned": bench(lambda: K.lookup_forward(x, tables, spec)),
-        "backward, autotuned, both gradients": bench(lambda: K.lookup_backward(x, tables, gy, spec)),
-        "backward, table gradient only": bench(lambda: K.lookup_backward(x, tables, gy, spec, need_x=False)),
-        "backward, input gradient only": bench(lambda: K.lookup_backward(x, tables, gy, spec, need_tables=False)),
+        "backward, autotuned, both gradients": bench(lambda: G.lookup_backward(x, tables, gy, spec)),
+        "backward, table gradient only": bench(lambda: G.lookup_backward(x, tables, gy, spec, need_x=False)),
+        "backward, input gradient only": bench(lambda: G.lookup_backward(x, tables, gy, spec, need_tables=False)),
     }
     return out
 

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mfbench.kernels import lookup as kernels
+from mfbench.kernels import lookup_grad as grad
 from mfbench.bench.cases import CASES
 from mfbench.bench.subject import make_layer, random_input
 from mfbench.core.providers import TOLERANCE, relative_error, relative_errors
@@ -24,7 +25,7 @@ def poisoned(monkeypatch):
         dtype = dtype or like.dtype
         fill = float("nan") if dtype.is_floating_point else -1
         return torch.full(tuple(shape), fill, device=like.device, dtype=dtype)
-    monkeypatch.setattr(kernels, "_empty", empty)
+    monkeypatch.setattr(kernels, "new_buffer", empty)
 
 
 @st.composite
@@ -35,7 +36,7 @@ def problems(draw):
                 weighting=draw(st.sampled_from(["paper", "released"])),
                 temperature=draw(st.sampled_from([1.0, 0.5])),
                 dtype=draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16])),
-                strategy=draw(st.sampled_from(kernels.BACKWARD_STRATEGIES)),  # the draw's dtypes all take both
+                strategy=draw(st.sampled_from(grad.BACKWARD_STRATEGIES)),  # the draw's dtypes all take both
                 seed=draw(st.integers(0, 2**16)))
 
 
@@ -49,7 +50,7 @@ def test_forward_and_gradients_against_float64(poisoned, p):
     tables = torch.randn(p["k"], 2 ** p["tau"], p["out"], generator=g).to(p["dtype"])
     gy = torch.randn(p["tokens"], p["out"], generator=g).to(p["dtype"])
     y = kernels.lookup_forward(x, tables, spec)
-    gx, gt = kernels.lookup_backward(x, tables, gy, spec, strategy=p["strategy"])
+    gx, gt = grad.lookup_backward(x, tables, gy, spec, strategy=p["strategy"])
     assert torch.isfinite(y).all() and torch.isfinite(gx).all() and torch.isfinite(gt).all()
     assert y.dtype == gx.dtype == gt.dtype == p["dtype"]
 
@@ -74,26 +75,26 @@ def test_forward_and_gradients_against_float64(poisoned, p):
 
 
 @interpreted
-@pytest.mark.parametrize("strategy", kernels.BACKWARD_STRATEGIES)
+@pytest.mark.parametrize("strategy", grad.BACKWARD_STRATEGIES)
 def test_only_one_gradient_when_only_one_is_needed(poisoned, strategy):
     spec = LookupSpec(8)
     x, tables, gy = torch.randn(20, 16), torch.randn(2, 256, 8), torch.randn(20, 8)
-    both = kernels.lookup_backward(x, tables, gy, spec, strategy=strategy)
-    gx, gt = kernels.lookup_backward(x, tables, gy, spec, need_x=True, need_tables=False, strategy=strategy)
+    both = grad.lookup_backward(x, tables, gy, spec, strategy=strategy)
+    gx, gt = grad.lookup_backward(x, tables, gy, spec, need_x=True, need_tables=False, strategy=strategy)
     assert gt is None and torch.isfinite(gx).all()
-    gx2, gt2 = kernels.lookup_backward(x, tables, gy, spec, need_x=False, need_tables=True, strategy=strategy)
+    gx2, gt2 = grad.lookup_backward(x, tables, gy, spec, need_x=False, need_tables=True, strategy=strategy)
     assert gx2 is None and torch.isfinite(gt2).all()
     torch.testing.assert_close(gx, both[0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(gt2, both[1], rtol=1e-6, atol=1e-6)
 
 
 def test_backward_strategy_by_shape_and_unknown_names():
-    assert kernels.backward_strategy(2048, 512, 256) == "fused"
-    assert kernels.backward_strategy(8192, 512, 256) == "sorted"
-    assert kernels.backward_strategy(2048, 2048, 256) == "sorted"
-    assert kernels.backward_strategy(2048, 512, 256, torch.float64) == "sorted"
+    assert grad.backward_strategy(2048, 512, 256) == "fused"
+    assert grad.backward_strategy(8192, 512, 256) == "sorted"
+    assert grad.backward_strategy(2048, 2048, 256) == "sorted"
+    assert grad.backward_strategy(2048, 512, 256, torch.float64) == "sorted"
     with pytest.raises(ValueError, match="unknown backward strategy 'atomics'; choose one of fused, sorted"):
-        kernels.lookup_backward(torch.randn(4, 8), torch.randn(1, 256, 4), torch.randn(4, 4), LookupSpec(8),
+        grad.lookup_backward(torch.randn(4, 8), torch.randn(1, 256, 4), torch.randn(4, 4), LookupSpec(8),
                                 strategy="atomics")
 
 
@@ -102,7 +103,7 @@ def test_autograd_function_and_out_buffer():
     spec = LookupSpec(4, "released")
     x = torch.randn(7, 8, requires_grad=True)
     tables = torch.randn(2, 16, 5, requires_grad=True)
-    y = kernels.memory_lookup(x, tables, spec)
+    y = grad.memory_lookup(x, tables, spec)
     y.sum().backward()
     ref = reference_lookup(x.detach(), tables.detach(), spec)
     torch.testing.assert_close(y.detach(), ref, rtol=1e-5, atol=1e-6)
@@ -143,12 +144,12 @@ def _float64_against_reference(device, weighting, temperature):
     y = kernels.lookup_forward(x, tables, spec)
     torch.testing.assert_close(y.cpu(), ref, rtol=1e-12, atol=1e-12)
     assert y.dtype == torch.float64
-    gx, gt = kernels.lookup_backward(x, tables, gy, spec)
+    gx, gt = grad.lookup_backward(x, tables, gy, spec)
     assert gx.dtype == gt.dtype == torch.float64
     for got, want in ((gx, rgx), (gt, rgt)):
         torch.testing.assert_close(got.cpu(), want, rtol=1e-12, atol=1e-12)
     with pytest.raises(TypeError, match="float64 takes strategy='sorted'"):
-        kernels.lookup_backward(x, tables, gy, spec, strategy="fused")
+        grad.lookup_backward(x, tables, gy, spec, strategy="fused")
 
 
 @interpreted
