@@ -1,8 +1,10 @@
 """The plots draw from the result tables alone, and say so when there is nothing to draw."""
 
+import json
+
 import pandas as pd
 
-from mfbench.report import plots
+from mfbench.report import crossover, plots, style
 from mfbench.store import results
 
 
@@ -21,10 +23,16 @@ def _rows(run, device_rows):
     return out
 
 
+def _patch(monkeypatch, name, fn):
+    """The plot modules call style's helpers by the names they imported: swap it in each."""
+    for module in (plots, crossover, style):
+        monkeypatch.setattr(module, name, fn)
+
+
 def test_all_plots_written(tmp_path, monkeypatch):
     placeholders = []
-    empty = plots._empty
-    monkeypatch.setattr(plots, "_empty", lambda out, name, message: placeholders.append(name) or empty(out, name, message))
+    empty = style.empty_plot
+    _patch(monkeypatch, "empty_plot", lambda out, name, message: placeholders.append(name) or empty(out, name, message))
     run = results.Run.start("cpu")
     rows = _rows(run, [
         ("layer", "forward", 128, "reference", 2e-3, 1e-6), ("layer", "forward", 128, "dense", 1e-3, 5e-7),
@@ -52,16 +60,16 @@ def test_all_plots_written(tmp_path, monkeypatch):
 def test_crossover_text():
     frame = pd.DataFrame({"provider": ["dense", "triton", "dense", "triton"], "seq": [128, 128, 1024, 1024],
                           "time": [1.0, 2.0, 3.0, 2.5]})
-    assert plots._crossover_text(frame) == "crossover: MemoryFormer faster from 1024 tokens"
+    assert crossover._crossover_text(frame) == "crossover: MemoryFormer faster from 1024 tokens"
     only_short = frame.assign(time=[2.0, 1.0, 1.0, 2.0])  # faster at 128, slower at 1024: no crossover
-    assert plots._crossover_text(only_short) == "no clean crossover: MemoryFormer faster at 128 tokens only"
+    assert crossover._crossover_text(only_short) == "no clean crossover: MemoryFormer faster at 128 tokens only"
     slower = frame.assign(time=[1.0, 2.0, 1.0, 2.0])
-    assert plots._crossover_text(slower) == "no crossover up to 1024 tokens: dense is faster everywhere"
+    assert crossover._crossover_text(slower) == "no crossover up to 1024 tokens: dense is faster everywhere"
     bound = frame.assign(host_bound=[True, True, False, False])
-    assert plots._crossover_text(bound).endswith("(ringed: 2 of 4 times are host-bound)")
+    assert crossover._crossover_text(bound).endswith("(ringed: 2 of 4 times are host-bound)")
     # on a GPU the kernels' own time gets its verdict too: here launches hide a crossover the kernels have
     kernels = frame.assign(time=[1.0, 2.0, 1.0, 2.0], kernel_time=[0.5, 0.6, 1.0, 0.4])
-    assert plots._crossover_text(kernels) == ("no crossover up to 1024 tokens: dense is faster everywhere\n"
+    assert crossover._crossover_text(kernels) == ("no crossover up to 1024 tokens: dense is faster everywhere\n"
                                              "kernels alone (dashed): crossover: MemoryFormer faster from 1024 tokens")
 
 
@@ -69,7 +77,7 @@ def test_host_bound_times_are_carried_from_their_flags():
     run = results.Run.start("cpu")
     rows = _rows(run, [("layer", "forward", 128, "dense", 1e-3, 1e-6), ("layer", "forward", 1024, "dense", 2e-3, 1e-6)])
     rows[0]["flags"] = "host-bound"  # the first row is the s=128 time
-    wide = plots._wide(plots._expand(pd.DataFrame(rows)))
+    wide = style.to_wide(style.expand(pd.DataFrame(rows)))
     assert dict(zip(wide["seq"], wide["host_bound"])) == {128: True, 1024: False}
 
 
@@ -122,7 +130,7 @@ def _device_rows(device, cases, dtype="float32", d=64, energy=True):
     return [{**row, "device": device} for row in out]
 
 
-_SAVE, _EMPTY = plots._save, plots._empty
+_SAVE, _EMPTY = style.save, style.empty_plot
 
 
 def _figures(monkeypatch):
@@ -134,14 +142,14 @@ def _figures(monkeypatch):
         drawn.pop(name)
         return paths
 
-    monkeypatch.setattr(plots, "_empty", card)
+    _patch(monkeypatch, "empty_plot", card)
 
     def keep(fig, out, name):
         paths = _SAVE(fig, out, name)
         drawn[name] = fig
         return paths
 
-    monkeypatch.setattr(plots, "_save", keep)
+    _patch(monkeypatch, "save", keep)
     return drawn
 
 
@@ -183,11 +191,11 @@ def test_a_provider_keeps_its_colour_in_every_figure_whatever_else_is_drawn(tmp_
             for provider, colour in _legend_colours(figures[name]).items():
                 if provider in ("reference", "triton", "dense"):
                     seen.setdefault(provider, set()).add(colour)
-    assert seen == {p: {to_hex(plots.provider_colour(p))} for p in ("reference", "triton", "dense")}
+    assert seen == {p: {to_hex(style.provider_colour(p))} for p in ("reference", "triton", "dense")}
     assert len({c for cs in seen.values() for c in cs}) == 3  # and three providers, three colours
     # a provider the registry does not know keeps its colour too, whatever figure it is in
-    assert plots.provider_colour("someone_elses_kernel") == plots.provider_colour("someone_elses_kernel")
-    assert plots.provider_order(["dense", "zzz", "triton", "reference"]) == ["reference", "triton", "dense", "zzz"]
+    assert style.provider_colour("someone_elses_kernel") == style.provider_colour("someone_elses_kernel")
+    assert style.provider_order(["dense", "zzz", "triton", "reference"]) == ["reference", "triton", "dense", "zzz"]
 
 
 def test_legends_cover_no_panel_titles_state_dtype_and_shape_and_no_panel_is_empty(tmp_path, monkeypatch):
@@ -218,3 +226,37 @@ def test_legends_cover_no_panel_titles_state_dtype_and_shape_and_no_panel_is_emp
     assert len(figures["crossover"].axes) == 2 + 6
     titles = [ax.get_title() for ax in figures["crossover"].axes]
     assert "layer forward, d=64, float32, cpu-a" in titles and "model forward, d=512, float16, H100-x" in titles
+
+
+def test_the_crossover_draws_the_lookups_floor_and_says_where_it_lies_against_dense():
+    rows = pd.DataFrame([{"benchmark": "layer", "device": "GPU-X", "metric": "time", "provider": "triton",
+                          "params": json.dumps({"batch": 1, "d": 512, "direction": "forward", "dtype": "float16",
+                                                "seq": seq, "tau": 8}), "time_utc": "t", "value": 1.0}
+                         for seq in (2048, 8192)])
+    ceilings = pd.DataFrame([{"benchmark": "ceiling", "device": "GPU-X", "metric": m, "value": v, "time_utc": "t"}
+                             for m, v in (("copy_bandwidth", 4e12), ("matmul_rate", 7e14), ("onchip_bandwidth", 3e13))])
+    rows["direction"] = "forward"
+    floors = crossover.layer_floors(rows, pd.concat([rows, ceilings]))
+    assert list(floors["seq"]) == [2048, 8192]
+    # 2048 tokens x 64 rows x 512 wide x 2 bytes through the on-chip gather at 3e13 B/s
+    assert floors["floor"].iloc[0] == max(134217728 / 3e13, (64 * 256 * 512 + 2048 * 512 * 2) * 2 / 4e12)
+    part = pd.DataFrame({"seq": [2048, 8192, 2048, 8192], "provider": ["dense", "dense", "triton", "triton"],
+                         "time": [1e-5, 1e-5, 1e-4, 1e-4], "kernel_time": [1e-6, 1e-4, 5e-5, 5e-4]})
+    assert crossover._floor_verdict(part, floors) == "floor (dash-dot) above dense's kernel time at 2048 tokens"
+    assert crossover._floor_verdict(part, floors.iloc[0:0]) is None
+
+
+def test_the_roofline_places_profiled_cases_by_their_measured_bytes():
+    def row(provider, metric, value):
+        params = {"direction": "forward", "tokens": 2048, "in_features": 512, "out_features": 512, "tau": 8,
+                  "weighting": "paper", "dtype": "float16", "target_ms": 1.0}
+        return {"benchmark": "layer-kernel", "device": "GPU-X", "params": json.dumps(params), "provider": provider,
+                "metric": metric, "value": value, "time_utc": "t"}
+    rows = pd.DataFrame([row("triton", "measured_dram_bytes", 2e7), row("triton", "kernel_time", 3e-5),
+                         row("dense", "kernel_time", 4e-6)])  # dense was not profiled: no point
+    points = plots.measured_points(rows, "GPU-X")
+    from mfbench.cost import flops
+
+    ops = flops.memory_layer(2048, 512, 512, 8).flops("2mac")  # the analytic count, not the bytes model
+    assert list(points["provider"]) == ["triton"]
+    assert points["intensity"].iloc[0] == ops / 2e7 and points["flops_per_s"].iloc[0] == ops / 3e-5

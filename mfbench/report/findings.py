@@ -31,10 +31,11 @@ def _label(params: str) -> str:
     return f"{short_direction(p['direction'])} s={p['tokens']} d={p['in_features']}"
 
 
-def newest(frame: pd.DataFrame, device: str) -> pd.DataFrame:
-    """The newest time, kernel time and floor per (shape, provider, metric) of ``device``'s layer rows."""
+def newest(frame: pd.DataFrame, device: str, metrics=METRICS) -> pd.DataFrame:
+    """The newest of ``metrics`` (time, kernel time, floor) per (shape, provider, metric) of ``device``'s
+    layer rows."""
     rows = frame[(frame["benchmark"] == "layer-kernel") & (frame["device"] == device)
-                 & frame["metric"].isin(METRICS)]
+                 & frame["metric"].isin(metrics)]
     rows = rows[rows["value"] == rows["value"]].copy()
     # One line per shape: a case's target is not part of what was measured, and targets change.
     rows["params"] = rows["params"].map(
