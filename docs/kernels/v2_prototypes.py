@@ -71,12 +71,9 @@ def fused_forward_kernel(x_ptr, t_ptr, y_ptr, S, H, K, stride_xs, stride_ys, two
                          BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr, ACC_FP64: tl.constexpr):
     """One launch: each program hashes its own tokens' chunks (again for every column block) and gathers;
     for shapes where a second launch costs more than the repeated hashing."""
-    pid_s = tl.program_id(0)
-    pid_h = tl.program_id(1)
-    offs_s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
-    offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask_s = offs_s < S
-    mask_h = offs_h < H
+    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask_s, mask_h = offs_s < S, offs_h < H
     if ACC_FP64:
         scale = v1.scale_block(two_over_t, tl.float64)
     else:
