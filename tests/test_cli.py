@@ -115,6 +115,10 @@ def test_a_time_below_its_floor_is_flagged_in_rows_and_printout():
     assert BELOW_FLOOR in rows["dense"]["flags"].split(",") and BELOW_FLOOR not in rows["reference"]["flags"]
     text = layers_summary(pd.DataFrame([record(m) for m in measured]))
     assert "190% IMPOSSIBLE" in text and "19%" in text and "--refresh-ceilings" in text
+    head, *lines = text.splitlines()
+    column = head.split().index("floor/dense") - len(head.split())  # counted from the right: cases have spaces
+    got = {name: line.split()[column] for line in lines for name in ("dense", "reference") if f" {name} " in line}
+    assert got == {"dense": "-", "reference": "1.9"}  # the lookup's floor, 0.19 ms, over dense's 0.1 ms
 
 
 def test_layers_dtype_follows_the_device_as_its_help_says(monkeypatch, capsys):

@@ -14,7 +14,8 @@ from mfbench.store.results import short_direction, worse
 
 
 def layers_summary(frame: pd.DataFrame) -> str:
-    """One line per (case, provider): median, floor, fraction of floor, ratio to dense, target, and on a GPU
+    """One line per (case, provider): median, floor, fraction of floor, ratio to dense, the lookup's floor
+    against dense's median (above 1: no lookup kernel can beat dense there), target, and on a GPU
     the host's time to issue one call ("bound" where the median is the host's) and the kernels' own device
     time (see ``measure.timing``)."""
     ran = frame[frame.get("median_ms").notna()] if "median_ms" in frame else frame.iloc[0:0]
@@ -38,6 +39,9 @@ def layers_summary(frame: pd.DataFrame) -> str:
                           for h, b in zip(ran["host_s"], ran["host_bound"])]
     if "kernel_s" in ran and ran["kernel_s"].notna().any():  # GPU only: device time of the kernels alone
         out["kernel ms"] = ran["kernel_s"].map(lambda k: "-" if pd.isna(k) else f"{k * 1e3:.3g}")
+    # The lookup's floor against dense: above 1, no lookup kernel can beat dense at this shape.
+    out["floor/dense"] = [f"{f / dense[c]:.2g}" if c in dense.index and not registry.is_baseline(p) else "-"
+                          for c, p, f in zip(ran["case"], ran["provider"], ran["floor_ms"])]
     errs = [c for c in ran.columns if c.startswith("rel_err_")]
     if errs:
         out["max rel err"] = ran[errs].max(axis=1).map(lambda v: "-" if pd.isna(v) else f"{v:.1e}")
