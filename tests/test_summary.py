@@ -51,7 +51,12 @@ def test_the_summary_compares_each_lookup_with_dense_per_case_of_the_bench_run(t
     assert table.loc["block fwd s=64 d=64 float32", ["dense", "triton"]].tolist() == ["-", "3 us"]  # no dense: no ratio
 
 
-def test_the_summary_names_the_run_and_where_the_dashboard_and_plots_are(tables, capsys):
+def test_the_summary_names_the_run_and_where_the_dashboard_and_plots_are(tables, capsys, monkeypatch):
+    # Paths are shown relative to the working directory when below it (nox's pytest runs with its temporary
+    # directory inside the checkout); from a directory beside the tables they are absolute.
+    elsewhere = tables.parent / f"{tables.name}-elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     assert summary.main(["--results-dir", str(tables)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("MemoryFormer against dense, run 20991231T000000Z-new")
