@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from mfbench.cost.traffic import floor_seconds, layer_traffic
 from mfbench.instruments.ceilings import Ceilings
@@ -19,7 +20,11 @@ import matplotlib.ticker  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+def element_bytes(dtype: str) -> int:
+    """Bytes per element of a row's dtype name ('float16'), as the measuring side counts them."""
+    return torch.finfo(getattr(torch, dtype)).bits // 8
 
 CROSSOVER_METRICS = (("time", "median time (s)"), ("energy_per_token", "J per token"))
 
@@ -51,7 +56,7 @@ def layer_floors(frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
         have = Ceilings(device, float(ceil["copy_bandwidth"]), float(ceil["matmul_rate"]), "",
                         None if onchip is None or onchip != onchip else float(onchip), "", "", "")
         p = json.loads(params)
-        traffic = layer_traffic(p["batch"] * p["seq"], p["d"], p["d"], p["tau"], ELEMENT_BYTES[p["dtype"]])
+        traffic = layer_traffic(p["batch"] * p["seq"], p["d"], p["d"], p["tau"], element_bytes(p["dtype"]))
         found.append({"device": device, "dtype": p["dtype"], "d": p["d"], "seq": p["seq"],
                       "floor": floor_seconds(traffic, have)[0]})
     return pd.DataFrame(found, columns=["device", "dtype", "d", "seq", "floor"]).drop_duplicates()

@@ -43,18 +43,17 @@ def newest(frame: pd.DataFrame, device: str, metrics=METRICS) -> pd.DataFrame:
     return rows.sort_values("time_utc").drop_duplicates(["params", "provider", "metric"], keep="last")
 
 
-def _ms(row: pd.Series | None) -> str:
-    if row is None:
-        return "-"
-    ms = row["value"] * (1e3 if row["unit"] == "s" else 1.0)
-    host = " (host)" if "host-bound" in str(row["flags"]).split(",") else ""
-    return f"{ms:.3g}{host}"
-
-
 def _value_ms(row: pd.Series | None) -> float:
     if row is None:
         return float("nan")
     return row["value"] * (1e3 if row["unit"] == "s" else 1.0)
+
+
+def _ms(row: pd.Series | None) -> str:
+    if row is None:
+        return "-"
+    host = " (host)" if "host-bound" in str(row["flags"]).split(",") else ""
+    return f"{_value_ms(row):.3g}{host}"
 
 
 def layer_table(frame: pd.DataFrame, device: str) -> str:

@@ -29,7 +29,7 @@ import seaborn as sns  # noqa: E402
 
 
 from mfbench.cost.traffic import layer_traffic  # noqa: E402
-from mfbench.report.crossover import ELEMENT_BYTES, crossover  # noqa: E402
+from mfbench.report.crossover import crossover, element_bytes  # noqa: E402
 from mfbench.report.findings import newest  # noqa: E402
 from mfbench.report.style import (empty_plot, expand, hue_args, is_baseline, legend_below,  # noqa: E402
                                   provider_colour, provider_order, save, shape, to_wide)
@@ -74,7 +74,7 @@ def measured_points(rows: pd.DataFrame, device: str) -> pd.DataFrame:
         if not {"measured_dram_bytes", "kernel_time"} <= v.keys() or not v["measured_dram_bytes"]:
             continue
         p = json.loads(params)
-        ops = layer_traffic(p["tokens"], p["in_features"], p["out_features"], p["tau"], ELEMENT_BYTES[p["dtype"]], p["direction"],
+        ops = layer_traffic(p["tokens"], p["in_features"], p["out_features"], p["tau"], element_bytes(p["dtype"]), p["direction"],
                             dense=is_baseline(provider)).flops
         points.append({"provider": provider, "d": p["in_features"], "intensity": ops / v["measured_dram_bytes"],
                        "flops_per_s": ops / v["kernel_time"]})
