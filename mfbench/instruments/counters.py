@@ -3,8 +3,15 @@
 ``ncu_command`` wraps a target command that marks the one call to profile with cudaProfilerStart/Stop
 (``--profile-from-start off``); ``--clock-control none`` leaves the GPU's clocks as they are (ncu would
 otherwise lock them to base, which is neither what the timings saw nor ours to change). ``parse`` reads
-ncu's raw CSV page (base units) and ``aggregate`` sums a call's kernels: bytes add up, percentages are
-weighted by each kernel's duration.
+ncu's raw CSV page (base units) and ``aggregate`` sums its results: bytes add up, percentages are weighted
+by each result's duration.
+
+Two replay modes (``REPLAY``). ``kernel`` replays each kernel once per counter pass, with the caches
+flushed before each kernel: a result per kernel, but a call of many kernels pays for each (the reference's
+477 took five minutes a case) and never finds in L2 what the kernel before it left there. ``range`` replays
+the whole marked call once per pass, caches flushed only before it: one result for the call, the bytes it
+moves as it runs, in seconds. A range result does not count the call's kernels; the caller counts them
+(``timing.device_activity``).
 """
 
 from __future__ import annotations
@@ -51,9 +58,14 @@ def ncu_path() -> str | None:
     return shutil.which("ncu")
 
 
-def ncu_command(target: list[str], ncu: str = "ncu") -> list[str]:
-    return [ncu, "--clock-control", "none", "--profile-from-start", "off", "--csv", "--page", "raw",
-            "--print-units", "base", "--metrics", ",".join(METRICS), *target]
+REPLAY = ("range", "kernel")
+
+
+def ncu_command(target: list[str], ncu: str = "ncu", replay: str = "range") -> list[str]:
+    if replay not in REPLAY:
+        raise ValueError(f"replay is one of {', '.join(REPLAY)}, not {replay!r}")
+    return [ncu, "--replay-mode", replay, "--clock-control", "none", "--profile-from-start", "off", "--csv",
+            "--page", "raw", "--print-units", "base", "--metrics", ",".join(METRICS), *target]
 
 
 class CounterError(Exception):
@@ -61,7 +73,7 @@ class CounterError(Exception):
 
 
 def parse(text: str) -> list[dict[str, float]]:
-    """One dict per profiled kernel, keyed by ``METRICS``' short names, from ncu's raw CSV page."""
+    """One dict per result (a kernel, or a replayed range), keyed by ``METRICS``' short names, from ncu's raw CSV page."""
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith('"ID"')), None)
     if start is None:

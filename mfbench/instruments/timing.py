@@ -135,11 +135,19 @@ def host_issue_seconds(fn: Callable[[], object], device: torch.device | str, cal
     return statistics.median(times)
 
 
-def kernel_seconds(fn: Callable[[], object], device: torch.device | str, calls: int = HOST_CALLS) -> float | None:
-    """Mean device time per call of ``fn``'s kernels, memory copies and memory sets, as CUPTI records them
-    (torch.profiler), with the idle gaps between them left out, after one warm-up call (a fresh build's
-    first call compiles, tunes and allocates). Work on concurrent streams would count twice; none of
-    mfbench's calls uses a second stream. None off a GPU or where nothing ran on the device.
+@dataclass(frozen=True)
+class DeviceActivity:
+    """What CUPTI saw a call do on the device, per call."""
+    busy_s: float  # kernels, memory copies and memory sets, the idle gaps between them left out
+    kernels: float  # kernel launches (copies and sets not counted)
+
+
+def device_activity(fn: Callable[[], object], device: torch.device | str,
+                    calls: int = HOST_CALLS) -> DeviceActivity | None:
+    """``fn``'s device activity per call as CUPTI records it (torch.profiler), over ``calls`` calls after one
+    warm-up call (a fresh build's first call compiles, tunes and allocates). Work on concurrent streams would
+    count twice; none of mfbench's calls uses a second stream. None off a GPU or where nothing ran on the
+    device.
 
     Call it after every other measurement of the process: see the module's docstring."""
     device = torch.device(device)
@@ -160,8 +168,19 @@ def kernel_seconds(fn: Callable[[], object], device: torch.device | str, calls: 
             torch.cuda.synchronize(device)
     # The raw Kineto events: building torch's FunctionEvent tree took seconds for calls of thousands of
     # kernels (the reference model), for a sum that needs none of it.
-    busy_ns = sum(e.duration_ns() for e in prof.profiler.kineto_results.events() if e.device_type() == DeviceType.CUDA)
-    return busy_ns / calls / 1e9 if busy_ns > 0 else None
+    events = [e for e in prof.profiler.kineto_results.events() if e.device_type() == DeviceType.CUDA]
+    busy_ns = sum(e.duration_ns() for e in events)
+    if busy_ns <= 0:
+        return None
+    launches = sum(1 for e in events if not e.name().startswith(("Memcpy", "Memset")))
+    return DeviceActivity(busy_ns / calls / 1e9, launches / calls)
+
+
+def kernel_seconds(fn: Callable[[], object], device: torch.device | str, calls: int = HOST_CALLS) -> float | None:
+    """Mean device time per call of ``fn``'s kernels, copies and sets (``device_activity``); None where
+    there is none."""
+    activity = device_activity(fn, device, calls)
+    return activity.busy_s if activity else None
 
 
 # --- samples of the kernels' own time, for the kernel alert ----------------------------------------

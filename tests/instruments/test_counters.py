@@ -45,6 +45,11 @@ def test_the_command_leaves_the_clocks_alone_and_profiles_only_the_marked_call()
     cmd = counters.ncu_command(["python", "x.py"])
     assert cmd[cmd.index("--clock-control") + 1] == "none"
     assert cmd[cmd.index("--profile-from-start") + 1] == "off" and cmd[-2:] == ["python", "x.py"]
+    assert cmd[cmd.index("--replay-mode") + 1] == "range"  # the whole call, replayed per pass
+    cmd = counters.ncu_command(["python", "x.py"], replay="kernel")
+    assert cmd[cmd.index("--replay-mode") + 1] == "kernel"
+    with pytest.raises(ValueError, match="range, kernel"):
+        counters.ncu_command(["python", "x.py"], replay="application")
 
 
 def _fake_ncu(tmp_path, monkeypatch, script: str):
@@ -54,17 +59,32 @@ def _fake_ncu(tmp_path, monkeypatch, script: str):
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
 
 
-def test_profile_rows_from_a_fake_ncu(tmp_path, monkeypatch):
+@pytest.mark.parametrize("replay, kernels", [("range", 5.0), ("kernel", 2.0)])
+def test_profile_rows_from_a_fake_ncu(tmp_path, monkeypatch, replay, kernels):
+    """Kernel replay counts the kernels it profiled; a range is one result, so its launches are counted apart."""
     (tmp_path / "raw.csv").write_text(RAW)
-    _fake_ncu(tmp_path, monkeypatch, f"cat {tmp_path / 'raw.csv'}\n")
+    _fake_ncu(tmp_path, monkeypatch, f"echo \"$@\" > {tmp_path / 'args'}\ncat {tmp_path / 'raw.csv'}\n")
+    monkeypatch.setattr(profile, "count_launches", lambda cmd, timeout_s: 5.0)
     run = results.Run("R", "t", "c", False, "m", "H200", "{}")
-    rows = profile.profile_rows("smoke", ["triton"], "float16", run, progress=lambda m: None)
+    rows = profile.profile_rows("smoke", ["triton"], "float16", run, progress=lambda m: None, replay=replay)
+    assert f"--replay-mode {replay}" in (tmp_path / "args").read_text()
     got = {(r["params"], r["metric"]): r for r in rows}
     metrics = {m for _, m in got}
     assert {"measured_dram_bytes", "measured_l2_bytes", "measured_l1_hit_rate", "measured_sm_throughput",
             "measured_memory_throughput", "measured_occupancy", "measured_kernels", "modelled_dram_bytes"} <= metrics
     dram = [r for r in rows if r["metric"] == "measured_dram_bytes"]
-    assert len(dram) == 2 and all(r["value"] == 6e6 and r["flags"] == results.join_flags([profile.METHOD]) for r in dram)
+    method = results.join_flags([profile.METHODS[replay]])
+    assert len(dram) == 2 and all(r["value"] == 6e6 and r["flags"] == method for r in dram)
+    assert {r["value"] for r in rows if r["metric"] == "measured_kernels"} == {kernels}
+
+
+def test_kernel_launches_are_counted_by_the_target_run_without_ncu():
+    import sys
+
+    said = [sys.executable, "-c", f"import sys; assert sys.argv[1:] == ['--count']; print('x'); "
+                                  f"print('{profile.COUNT_PREFIX}477')"]
+    assert profile.count_launches(said, timeout_s=60) == 477
+    assert math.isnan(profile.count_launches([sys.executable, "-c", "raise SystemExit(1)"], timeout_s=60))
 
 
 def test_profile_without_ncu_or_with_a_failing_one_says_unavailable(tmp_path, monkeypatch):
@@ -80,7 +100,7 @@ def test_profile_without_ncu_or_with_a_failing_one_says_unavailable(tmp_path, mo
 def test_profile_hands_over_each_case_as_soon_as_it_is_profiled(monkeypatch):
     """A slow provider takes minutes a case under ncu; a run cut short keeps every case it finished."""
     seen = []
-    monkeypatch.setattr(profile, "profile_one", lambda cases, index, name, dtype: seen.append((name, index)) or "skipped")
+    monkeypatch.setattr(profile, "profile_one", lambda cases, index, name, dtype, replay: seen.append((name, index)) or "skipped")
     run = results.Run("R", "t", "c", False, "m", "H200", "{}")
     batches = profile.profile_batches("smoke", ["reference", "triton"], "float16", run, progress=lambda m: None)
     first = next(batches)
@@ -99,6 +119,29 @@ def test_profile_needs_a_gpu(capsys):
     assert main(["profile", "--cases", "smoke"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no CUDA device" in err
+
+
+def _counter_rows(run_id, time_utc, replay, values):
+    run = results.Run(run_id, time_utc, "c", False, "m", "H200", "{}")
+    params = profile.case_params(profile.CASES["smoke"][0], "float16")
+    return [run.row("layer-kernel", params, "triton", metric, value, "B", flags=[profile.METHODS[replay]])
+            for metric, value in values.items()]
+
+
+def test_a_counters_line_is_one_runs_and_names_its_replay_mode():
+    import pandas as pd
+
+    old = _counter_rows("OLD", "2026-01-01T00:00:00+00:00", "kernel", {
+        "measured_dram_bytes": 9e6, "measured_l2_bytes": 9e6, "measured_l1_hit_rate": 9, "measured_sm_throughput": 9,
+        "measured_memory_throughput": 9, "measured_occupancy": 9, "measured_kernels": 477})
+    new = _counter_rows("NEW", "2026-02-01T00:00:00+00:00", "range", {
+        "measured_dram_bytes": 2e6, "measured_l2_bytes": 3e6, "measured_l1_hit_rate": 4, "measured_sm_throughput": 5,
+        "measured_memory_throughput": 6, "measured_occupancy": 7, "measured_kernels": float("nan")})
+    table = profile.counters_table(pd.DataFrame(old + new))
+    (line,) = [line for line in table.splitlines() if "| triton |" in line]
+    assert line.startswith("| fwd s=") and "| range |" in line and "| NEW |" in line
+    assert "| nan |" in line and "477" not in line  # the newer run counted none: never the older run's count
+    assert "2.0 (" in line and "| 4.0% |" in line
 
 
 def test_kernels_md_shows_the_counter_rows_of_the_result_tables():

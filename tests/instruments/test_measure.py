@@ -43,6 +43,11 @@ def test_a_launch_bound_call_is_host_bound_and_a_large_matmul_is_not():
     tiny_k, big_k = timing.kernel_seconds(many_tiny_kernels, "cuda"), timing.kernel_seconds(lambda: a @ a, "cuda")
     assert 0 < tiny_k < 0.5 * tiny.median_s, (tiny_k, tiny)
     assert 0.8 * big.median_s < big_k < 1.25 * big.median_s, (big_k, big)
+    # the same CUPTI pass counts launches: 200 adds are 200 kernels, a copy is no kernel
+    assert timing.device_activity(many_tiny_kernels, "cuda", calls=2).kernels == 200
+    y = torch.empty_like(x)
+    copy = timing.device_activity(lambda: y.copy_(x), "cuda")  # a contiguous copy is a cudaMemcpyAsync
+    assert copy.busy_s > 0 and copy.kernels == 0, copy
 
 
 def test_timing_reports_median_and_spread():

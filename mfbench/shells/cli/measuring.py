@@ -19,6 +19,7 @@ from mfbench.bench.measurement import Measurement, merge, record, to_rows
 from mfbench.core import providers
 from mfbench.core.model import ModelConfig
 from mfbench.instruments import ceilings
+from mfbench.instruments.counters import REPLAY
 from mfbench.report.summaries import layers_summary, run_summary
 from mfbench.shells.cli import common
 from mfbench.shells.cli.common import UsageError
@@ -198,14 +199,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown case set {args.cases!r}; choose one of {', '.join(cases.CASES)}")
     if args.dtype not in cases.DTYPES:
         raise UsageError(f"unknown dtype {args.dtype!r}; choose one of {', '.join(cases.DTYPES)}")
+    if args.replay not in REPLAY:
+        raise UsageError(f"unknown replay mode {args.replay!r}; choose one of {', '.join(REPLAY)}")
     if not torch.cuda.is_available():
         raise UsageError("mfbench profile reads a GPU's hardware counters: no CUDA device is visible to torch")
     names = common.provider_list(args.providers, [p for p in providers.names() if providers.one_process(p)])
     args.results_dir = args.results_dir or results.project_dir()
     common.ready_to_write(args.results_dir)
-    print(f"profiling {len(cases.CASES[args.cases])} cases x {len(names)} providers under Nsight Compute ...", flush=True)
+    print(f"profiling {len(cases.CASES[args.cases])} cases x {len(names)} providers under Nsight Compute "
+          f"({args.replay} replay) ...", flush=True)
     run = results.Run.start("cuda")
-    for rows in profile_batches(args.cases, names, args.dtype, run, lambda m: print(m, flush=True)):
+    for rows in profile_batches(args.cases, names, args.dtype, run, lambda m: print(m, flush=True), args.replay):
         path = common.append(rows, args.results_dir)  # a case at a time: a run cut short keeps what it profiled
         print(f"  wrote {len(rows)} rows to {path}", flush=True)
     return 0

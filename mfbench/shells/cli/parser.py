@@ -59,6 +59,9 @@ def _profile_and_run(sub) -> None:
     p.add_argument("--cases", default="gpu", help="case set: gpu, paper, cpu or smoke (default gpu)")
     p.add_argument("--dtype", default="float16", help="float32, float16 or bfloat16 (default float16)")
     p.add_argument("--providers", help="comma-separated subset of: " + ", ".join(providers.names()))
+    p.add_argument("--replay", default="range",
+                   help="range: ncu replays each call whole, caches flushed once before it (default); kernel: "
+                        "kernel by kernel, caches flushed before each, minutes a case for a call of hundreds")
     p.add_argument("--results-dir", help="result tables to append to (default: the project's results/)")
     _provider_module_option(p)
     p.set_defaults(func=measuring.cmd_profile)
