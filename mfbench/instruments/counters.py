@@ -64,8 +64,10 @@ REPLAY = ("range", "kernel")
 def ncu_command(target: list[str], ncu: str = "ncu", replay: str = "range") -> list[str]:
     if replay not in REPLAY:
         raise ValueError(f"replay is one of {', '.join(REPLAY)}, not {replay!r}")
-    return [ncu, "--replay-mode", replay, "--clock-control", "none", "--profile-from-start", "off", "--csv",
-            "--page", "raw", "--print-units", "base", "--metrics", ",".join(METRICS), *target]
+    # A range is what cudaProfilerStart/Stop enclose; ncu refuses --profile-from-start in range replay.
+    marked = ["--profile-from-start", "off"] if replay == "kernel" else []
+    return [ncu, "--replay-mode", replay, "--clock-control", "none", *marked, "--csv", "--page", "raw",
+            "--print-units", "base", "--metrics", ",".join(METRICS), *target]
 
 
 class CounterError(Exception):
