@@ -20,7 +20,8 @@ from mfbench.instruments.energy import EnergyMeter, EnergyResult, idle_power, me
 from mfbench.instruments.gpustate import GpuState, state_rows, throttle_flags
 from mfbench.instruments.memory import peak_memory
 from mfbench.instruments.rapl import RaplMeter
-from mfbench.instruments.timing import GRAPH_METHOD, graph_samples, kernel_figure, kernel_seconds, summarise, time_callable
+from mfbench.instruments.timing import (GRAPH_METHOD, NotCapturable, graph_samples, kernel_figure, kernel_seconds, summarise,
+                                        time_callable)
 from mfbench.store.results import Run
 
 GRAPH_CALLS, GRAPH_REPLAYS = 10, 10
@@ -89,7 +90,9 @@ def graph_seconds(item: Item, device: torch.device) -> tuple[list[float] | None,
     try:
         fn, stream = prepare_on_stream(item, device)
         return graph_samples(fn, device, GRAPH_CALLS, GRAPH_REPLAYS, stream), ""
-    except Exception as exc:  # noqa: BLE001 - a call that synchronises or allocates on the host
+    except NotCapturable as exc:
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - a call that allocates on the host, or fails under capture
         return None, providers.failure(exc)
     finally:
         fn = stream = None

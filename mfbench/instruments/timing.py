@@ -202,13 +202,18 @@ def graph_samples(fn: Callable[[], object], device: torch.device | str, calls: i
     stream = stream or torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
-        for _ in range(3):  # autotuning, lazy initialisation and allocator growth, before capture
+        for _ in range(2):  # autotuning, lazy initialisation and allocator growth, before capture
             fn()
+        _refuse_synchronising(fn)
     torch.cuda.synchronize(device)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        for _ in range(calls):
-            fn()
+    try:
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(calls):
+                fn()
+    except Exception:
+        _end_failed_capture(device)
+        raise
     start = time.perf_counter()
     graph.replay()
     torch.cuda.synchronize(device)
@@ -223,6 +228,37 @@ def graph_samples(fn: Callable[[], object], device: torch.device | str, calls: i
         samples.append(start.elapsed_time(end) / 1e3 / calls)
     del graph
     return samples
+
+
+class NotCapturable(RuntimeError):
+    """The call cannot be held in a CUDA graph."""
+
+
+def _refuse_synchronising(fn: Callable[[], object]) -> None:
+    """One more warm-up call with torch's sync debug mode raising: a call that waits for the device inside
+    (an ``.item()``, a ``nonzero``) is refused here, before a capture that would fail on it."""
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    except RuntimeError as exc:
+        if "synchronizing CUDA operation" in str(exc):
+            raise NotCapturable("the call synchronises with the device inside") from None
+        raise
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+def _end_failed_capture(device: torch.device) -> None:
+    """A capture that fails inside leaves torch's CUDA random generators in capture mode (capture_end
+    raises before their epilogue), and every later random draw in the process fails with "Offset increment
+    outside graph capture encountered unexpectedly": on the H200 one uncapturable item failed every item
+    after it. A capture that completes runs their epilogue and ends it."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=torch.cuda.Stream(device)):
+        torch.empty(1, device=device).zero_()
+    torch.cuda.synchronize(device)
+    del graph
 
 
 def cupti_samples(fn: Callable[[], object], device: torch.device | str, windows: int = 10,

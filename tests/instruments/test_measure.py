@@ -50,6 +50,29 @@ def test_a_launch_bound_call_is_host_bound_and_a_large_matmul_is_not():
     assert copy.busy_s > 0 and copy.kernels == 0, copy
 
 
+@pytest.mark.gpu
+def test_a_call_that_cannot_be_captured_leaves_the_process_able_to_capture_and_draw():
+    """On the H200 the reference's backward could not be captured, and every item after it in the run failed
+    with "Offset increment outside graph capture encountered unexpectedly"."""
+    x = torch.randn(1024, device="cuda")
+    with pytest.raises(timing.NotCapturable, match="synchronises with the device inside"):
+        timing.graph_samples(lambda: x.sum().item(), "cuda", calls=2, replays=5)  # refused before capture
+    seen = []
+
+    def fails_inside_the_capture():  # warm-ups pass; under capture a device sync breaks it
+        seen.append(1)
+        y = torch.randn(16, device="cuda") + x[:16]  # a random draw, as a layer's input is made
+        if len(seen) > 3:
+            torch.cuda.synchronize()
+        return y
+
+    with pytest.raises(Exception):
+        timing.graph_samples(fails_inside_the_capture, "cuda", calls=2, replays=5)
+    assert len(seen) == 4  # it did fail inside the capture, after the three warm-up calls
+    assert torch.randn(16, device="cuda").isfinite().all()  # random draws work again
+    assert len(timing.graph_samples(lambda: x * 2, "cuda", calls=2, replays=5)) == 5
+
+
 def test_timing_reports_median_and_spread():
     t = timing.time_callable(lambda: torch.randn(64, 64) @ torch.randn(64, 64), "cpu", min_run_time_s=0.05)
     assert 0 < t.q1_s <= t.median_s <= t.q3_s and t.min_s <= t.median_s <= t.max_s
