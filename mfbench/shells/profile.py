@@ -40,8 +40,11 @@ ROWS = (  # CallCounters field -> (metric, unit)
     ("dram_write_bytes", "measured_dram_write_bytes", "B"), ("l2_bytes", "measured_l2_bytes", "B"),
     ("l1_hit_rate", "measured_l1_hit_rate", "%"), ("sm_throughput", "measured_sm_throughput", "%"),
     ("memory_throughput", "measured_memory_throughput", "%"), ("occupancy", "measured_occupancy", "%"),
-    ("kernels", "measured_kernels", "count"), ("duration_s", "measured_kernel_time", "s"),
+    ("kernels", "measured_kernels", "count"),
 )
+# The time ncu's percentages are over: under kernel replay the call's kernels' summed durations, under range
+# replay the call's elapsed time on the GPU, the gaps between its kernels included.
+DURATION = {"kernel": "measured_kernel_time", "range": "measured_call_time"}
 
 
 def target(case: Case, provider: str, dtype: torch.dtype, count: bool = False) -> None:
@@ -125,7 +128,7 @@ def _case_rows(cases: str, index: int, case: Case, name: str, dtype: str, run,
              f"(modelled {modelled / 1e6:.1f} MB), L2 {found.l2_bytes / 1e6:.1f} MB, L1 hit {found.l1_hit_rate:.1f}%")
     values = found.as_dict()
     rows = [run.row("layer-kernel", params, name, metric, values[field], unit, flags=[METHODS[replay]])
-            for field, metric, unit in ROWS]
+            for field, metric, unit in (*ROWS, ("duration_s", DURATION[replay], "s"))]
     rows.append(run.row("layer-kernel", params, name, "modelled_dram_bytes", modelled, "B", flags=["measure.traffic"]))
     return rows
 
@@ -145,8 +148,8 @@ def counters_table(frame) -> str:
     # Each line is one run's: never one run's bytes beside another's kernel count or replay mode.
     newest = (rows[rows["metric"] == "measured_dram_bytes"].sort_values("time_utc")
               .drop_duplicates(["params", "provider"], keep="last")[["params", "provider", "run_id", "flags"]])
-    lines = ["| case | provider | replay | kernels | DRAM MB (modelled) | L2 MB | L1 hit | SM % | memory % | "
-             "occupancy % | run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | provider | replay | kernels | DRAM MB (modelled) | L2 MB | L1 hit | GPU ms | SM % | memory % | "
+             "occupancy % | run |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for params, provider, run_id, flags in newest.itertuples(index=False):
         group = rows[(rows["params"] == params) & (rows["provider"] == provider) & (rows["run_id"] == run_id)]
         v = dict(zip(group["metric"], group["value"]))
@@ -157,7 +160,7 @@ def counters_table(frame) -> str:
         lines.append(f"| {case} | {provider} | {replay} | {v.get('measured_kernels', nan):.0f} | "
                      f"{v['measured_dram_bytes'] / 1e6:.1f} ({v.get('modelled_dram_bytes', nan) / 1e6:.1f}) | "
                      f"{v['measured_l2_bytes'] / 1e6:.0f} | {v['measured_l1_hit_rate']:.1f}% | "
-                     f"{v['measured_sm_throughput']:.0f} | {v['measured_memory_throughput']:.0f} | "
+                     f"{v.get(DURATION[replay], nan) * 1e3:.3g} | {v['measured_sm_throughput']:.0f} | {v['measured_memory_throughput']:.0f} | "
                      f"{v['measured_occupancy']:.0f} | {run_id} |")
     return "\n".join(lines) + "\n"
 

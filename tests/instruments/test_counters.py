@@ -76,6 +76,9 @@ def test_profile_rows_from_a_fake_ncu(tmp_path, monkeypatch, replay, kernels):
     method = results.join_flags([profile.METHODS[replay]])
     assert len(dram) == 2 and all(r["value"] == 6e6 and r["flags"] == method for r in dram)
     assert {r["value"] for r in rows if r["metric"] == "measured_kernels"} == {kernels}
+    # under range replay ncu's time is the call's elapsed time, gaps included: not the kernels' summed time
+    duration = {r["metric"] for r in rows} & {"measured_kernel_time", "measured_call_time"}
+    assert duration == {profile.DURATION[replay]} and profile.DURATION["range"] == "measured_call_time"
 
 
 def test_kernel_launches_are_counted_by_the_target_run_without_ncu():
@@ -136,12 +139,13 @@ def test_a_counters_line_is_one_runs_and_names_its_replay_mode():
         "measured_memory_throughput": 9, "measured_occupancy": 9, "measured_kernels": 477})
     new = _counter_rows("NEW", "2026-02-01T00:00:00+00:00", "range", {
         "measured_dram_bytes": 2e6, "measured_l2_bytes": 3e6, "measured_l1_hit_rate": 4, "measured_sm_throughput": 5,
-        "measured_memory_throughput": 6, "measured_occupancy": 7, "measured_kernels": float("nan")})
+        "measured_memory_throughput": 6, "measured_occupancy": 7, "measured_kernels": float("nan"),
+        "measured_call_time": 0.5e-3})
     table = profile.counters_table(pd.DataFrame(old + new))
     (line,) = [line for line in table.splitlines() if "| triton |" in line]
     assert line.startswith("| fwd s=") and "| range |" in line and "| NEW |" in line
     assert "| nan |" in line and "477" not in line  # the newer run counted none: never the older run's count
-    assert "2.0 (" in line and "| 4.0% |" in line
+    assert "2.0 (" in line and "| 4.0% | 0.5 | 5 |" in line  # the percentages are over the call's 0.5 ms
 
 
 def test_kernels_md_shows_the_counter_rows_of_the_result_tables():
