@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from mfbench.report.findings import cpu_table, layer_table
+from mfbench.report.findings import cpu_table, layer_table, model_table
 from mfbench.store import results
 
 
@@ -17,6 +17,7 @@ def test_kernels_md_and_the_readme_show_the_layer_rows_of_the_result_tables():
     assert _block((results.project_dir() / "kernels.md").read_text(), "layers") == table
     assert _block((results.project_dir().parent / "README.md").read_text(), "layers") == table
     assert _block((results.project_dir() / "kernels.md").read_text(), "cpu") == cpu_table(results.load())
+    assert _block((results.project_dir().parent / "README.md").read_text(), "model") == model_table(results.load(), "H200")
 
 
 def _row(provider, metric, value, unit, flags="", t="2026-01-01T00:00:00", target=None, run="r1"):
@@ -63,3 +64,19 @@ def test_cpu_table_per_model_against_dense():
     a, b = ([c.strip() for c in l.strip("|").split("|")] for l in lines)
     assert a[:6] == ["CPU A, 2 cores", "fwd s=64 d=32", "embedding_bag 30", "10", "3", "0.3"]  # the lookup's floor
     assert b[2:6] == ["embedding_bag 12", "10", "1.2", "nan"]
+
+
+def test_model_table_takes_each_length_from_the_newest_run_with_all_four_figures():
+    def model(provider, metric, value, run, t, seq=2048):
+        params = {"batch": 1, "d": 512, "direction": "forward", "dtype": "float16", "preset": "tiny", "seq": seq,
+                  "tau": 8, "weighting": "paper"}
+        return dict(benchmark="model", device="GPU-X", params=json.dumps(params), provider=provider, metric=metric,
+                    value=value, unit="s", flags="", time_utc=t, run_id=run, commit=run * 5)
+    old = [model("triton", "time", 14e-3, "old", "1"), model("triton", "graph_time", 2e-3, "old", "1"),
+           model("dense", "time", 8e-3, "old", "1"), model("dense", "graph_time", 1e-3, "old", "1")]
+    new = [model("triton", "time", 9e-3, "new", "2"), model("triton", "graph_time", 2e-3, "new", "2"),
+           model("dense", "time", 6e-3, "new", "2")]  # dense's graph replay failed in this run
+    table = model_table(pd.DataFrame(old + new), "GPU-X")
+    assert "| tiny s=2048 | graph replay | 2 ms | 1 ms | 2.00 |" in table
+    assert "| 14 ms | 8 ms | 1.75 |" in table and "`old` (oldol" in table  # never the new run's lone figures
+    assert model_table(pd.DataFrame(old), "other").startswith("no model rows")

@@ -4,7 +4,8 @@
 ``python -m mfbench.report.findings layers --device H200`` prints the newest ``layer-kernel`` times per case and
 provider on one device, beside the lookup's floor and the verdict the floor gives: where the floor is
 above the dense layer's time, no lookup kernel can beat dense at that shape. ``results/kernels.md`` holds
-this output between markers, and a test keeps the two equal.
+this output between markers, and a test keeps the two equal. ``... model --device H200`` prints the whole
+model's forward, replayed from a CUDA graph and called eagerly, for the README's findings.
 """
 
 from __future__ import annotations
@@ -130,6 +131,41 @@ def cpu_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n\nTimes in ms.\n"
 
 
+MODEL_FIGURES = (("graph_time", "graph replay"), ("time", "eager call, host included (`time`)"))
+
+
+def model_table(frame: pd.DataFrame, device: str) -> str:
+    """The whole model's forward per preset and length, the lookup kernels' model beside dense: replayed
+    from a CUDA graph (``graph_time``, what a deployment that captures its calls sees) and called eagerly,
+    the host included (``time``). Each line pair is the newest run that measured all four figures."""
+    rows = frame[(frame["benchmark"] == "model") & (frame["device"] == device)
+                 & frame["metric"].isin([m for m, _ in MODEL_FIGURES])]
+    forward = rows["params"].map(lambda p: json.loads(p)["direction"] == "forward").astype(bool)
+    rows = rows[(rows["value"] == rows["value"]) & forward]
+    names = set(rows["provider"])
+    lookup = next((n for n in sorted(names) if n in registry.names() and registry.get(n).autotuned), None)
+    dense = next((n for n in sorted(names) if registry.is_baseline(n)), None)
+    if rows.empty or lookup is None or dense is None:
+        return f"no model rows with graph_time for a lookup kernel and dense on device {device}\n"
+    lines = [f"| model forward, {device} | figure | MemoryFormer ({lookup}) | {dense} | ratio |", "|---|---|---|---|---|"]
+    runs = []
+    for params in sorted(rows["params"].unique(), key=lambda p: (json.loads(p)["preset"], json.loads(p)["seq"])):
+        at = rows[(rows["params"] == params) & rows["provider"].isin([lookup, dense])]
+        complete = at.groupby("run_id").filter(lambda g: len(set(zip(g["provider"], g["metric"]))) == 4)
+        if complete.empty:
+            continue
+        run = complete.sort_values("time_utc")["run_id"].iloc[-1]
+        mine = complete[complete["run_id"] == run]
+        runs.append((run, mine["commit"].iloc[0]))
+        p = json.loads(params)
+        for metric, label in MODEL_FIGURES:
+            v = {r["provider"]: _value_ms(r) for _, r in mine[mine["metric"] == metric].iterrows()}
+            lines.append(f"| {p['preset']} s={p['seq']} | {label} | {v[lookup]:.3g} ms | {v[dense]:.3g} ms | "
+                         f"{v[lookup] / v[dense]:.2f} |")
+    listed = ", ".join(f"`{r}` ({c[:7]})" for r, c in dict.fromkeys(runs))
+    return "\n".join(lines) + f"\n\nRuns {listed}.\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     from mfbench.store import results
 
@@ -140,13 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     layers.add_argument("--results-dir", default=None)
     cpu = sub.add_parser("cpu", help="per CPU model, the fastest lookup against dense")
     cpu.add_argument("--results-dir", default=None)
+    model = sub.add_parser("model", help="the whole model's forward of one device, graph replay and eager")
+    model.add_argument("--device", required=True, help="the rows' device, e.g. H200")
+    model.add_argument("--results-dir", default=None)
     args = parser.parse_args(argv)
     try:
         frame = results.load(args.results_dir)
     except results.ResultsError as exc:
         print(f"mfbench.report.findings: {exc}", file=sys.stderr)
         return 2
-    sys.stdout.write(layer_table(frame, args.device) if args.command == "layers" else cpu_table(frame))
+    tables = {"layers": lambda: layer_table(frame, args.device), "cpu": lambda: cpu_table(frame),
+              "model": lambda: model_table(frame, args.device)}
+    sys.stdout.write(tables[args.command]())
     return 0
 
 
