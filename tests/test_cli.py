@@ -33,6 +33,7 @@ def test_flops_prints_table1_beside_paper():
     (["layers", "--cases", "huge"], "unknown case set"),
     (["layers", "--dtype", "int8"], "unknown dtype"),
     (["flops", "--seq", "0"], "--seq"),
+    (["profile", "--replay", "application"], "unknown replay mode 'application'; choose one of range, kernel"),
 ])
 def test_user_mistakes_get_one_line_and_exit_2(args, message, capsys):
     code = main(args)

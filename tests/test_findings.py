@@ -80,3 +80,11 @@ def test_model_table_takes_each_length_from_the_newest_run_with_all_four_figures
     assert "| tiny s=2048 | graph replay | 2 ms | 1 ms | 2.00 |" in table
     assert "| 14 ms | 8 ms | 1.75 |" in table and "`old` (oldol" in table  # never the new run's lone figures
     assert model_table(pd.DataFrame(old), "other").startswith("no model rows")
+
+
+def test_findings_for_a_device_without_rows_is_a_one_line_error(capsys):
+    from mfbench.report.findings import main
+
+    assert main(["model", "--device", "h200"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no rows for device 'h200'" in err and "H200" in err

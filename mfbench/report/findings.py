@@ -185,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     except results.ResultsError as exc:
         print(f"mfbench.report.findings: {exc}", file=sys.stderr)
         return 2
+    devices = sorted(frame["device"].dropna().unique())
+    if getattr(args, "device", None) is not None and args.device not in devices:
+        print(f"mfbench.report.findings: no rows for device {args.device!r}; the tables hold {', '.join(devices)}",
+              file=sys.stderr)
+        return 2
     tables = {"layers": lambda: layer_table(frame, args.device), "cpu": lambda: cpu_table(frame),
               "model": lambda: model_table(frame, args.device)}
     sys.stdout.write(tables[args.command]())

@@ -85,13 +85,19 @@ def profile_one(cases: str, index: int, provider: str, dtype: str, replay: str =
 
 
 def count_launches(target_cmd: list[str], timeout_s: float) -> float:
-    """The call's kernel launches, from the target run again without ncu; NaN where it says none."""
+    """The call's kernel launches, from the target run again without ncu; NaN where it says none, with
+    the reason on stderr."""
     try:
         out = subprocess.run([*target_cmd, "--count"], capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return float("nan")
-    said = [line[len(COUNT_PREFIX):] for line in out.stdout.splitlines() if line.startswith(COUNT_PREFIX)]
-    return float(said[-1]) if said else float("nan")
+        why = f"it ran past {timeout_s:g} s"
+    else:
+        said = [line[len(COUNT_PREFIX):] for line in out.stdout.splitlines() if line.startswith(COUNT_PREFIX)]
+        if said:
+            return float(said[-1])
+        why = f"exit {out.returncode}: " + ((out.stderr.strip().splitlines() or ["it printed no count"])[-1])
+    print(f"mfbench profile: the call's kernels were not counted ({why})", file=sys.stderr, flush=True)
+    return float("nan")
 
 
 def case_params(case: Case, dtype: str) -> dict:
@@ -127,7 +133,9 @@ def _case_rows(cases: str, index: int, case: Case, name: str, dtype: str, run,
     progress(f"  {case.name} {name}: {found.kernels:g} kernels, DRAM {found.dram_bytes / 1e6:.1f} MB "
              f"(modelled {modelled / 1e6:.1f} MB), L2 {found.l2_bytes / 1e6:.1f} MB, L1 hit {found.l1_hit_rate:.1f}%")
     values = found.as_dict()
-    rows = [run.row("layer-kernel", params, name, metric, values[field], unit, flags=[METHODS[replay]])
+    uncounted = ["unavailable: the kernel count failed"] if found.kernels != found.kernels else []
+    rows = [run.row("layer-kernel", params, name, metric, values[field], unit,
+                    flags=[METHODS[replay], *(uncounted if field == "kernels" else [])])
             for field, metric, unit in (*ROWS, ("duration_s", DURATION[replay], "s"))]
     rows.append(run.row("layer-kernel", params, name, "modelled_dram_bytes", modelled, "B", flags=["measure.traffic"]))
     return rows
@@ -148,7 +156,7 @@ def counters_table(frame) -> str:
     # Each line is one run's: never one run's bytes beside another's kernel count or replay mode.
     newest = (rows[rows["metric"] == "measured_dram_bytes"].sort_values("time_utc")
               .drop_duplicates(["params", "provider"], keep="last")[["params", "provider", "run_id", "flags"]])
-    lines = ["| case | provider | replay | kernels | DRAM MB (modelled) | L2 MB | L1 hit | GPU ms | SM % | memory % | "
+    lines = ["| case | provider | replay | kernels | DRAM MB (modelled) | L2 MB | L1 hit | ncu ms | SM % | memory % | "
              "occupancy % | run |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for params, provider, run_id, flags in newest.itertuples(index=False):
         group = rows[(rows["params"] == params) & (rows["provider"] == provider) & (rows["run_id"] == run_id)]

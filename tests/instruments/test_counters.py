@@ -81,13 +81,25 @@ def test_profile_rows_from_a_fake_ncu(tmp_path, monkeypatch, replay, kernels):
     assert duration == {profile.DURATION[replay]} and profile.DURATION["range"] == "measured_call_time"
 
 
-def test_kernel_launches_are_counted_by_the_target_run_without_ncu():
+def test_kernel_launches_are_counted_by_the_target_run_without_ncu(capsys):
     import sys
 
     said = [sys.executable, "-c", f"import sys; assert sys.argv[1:] == ['--count']; print('x'); "
                                   f"print('{profile.COUNT_PREFIX}477')"]
     assert profile.count_launches(said, timeout_s=60) == 477
-    assert math.isnan(profile.count_launches([sys.executable, "-c", "raise SystemExit(1)"], timeout_s=60))
+    assert math.isnan(profile.count_launches([sys.executable, "-c", "raise SystemExit('no GPU here')"], timeout_s=60))
+    assert "kernels were not counted (exit 1: no GPU here)" in capsys.readouterr().err
+
+
+def test_an_uncounted_call_keeps_its_counters_and_says_why_its_count_is_missing(tmp_path, monkeypatch):
+    (tmp_path / "raw.csv").write_text(RAW)
+    _fake_ncu(tmp_path, monkeypatch, f"cat {tmp_path / 'raw.csv'}\n")
+    monkeypatch.setattr(profile, "count_launches", lambda cmd, timeout_s: float("nan"))
+    run = results.Run("R", "t", "c", False, "m", "H200", "{}")
+    rows = profile.profile_rows("smoke", ["triton"], "float16", run, progress=lambda m: None)
+    counted = [r for r in rows if r["metric"] == "measured_kernels"]
+    assert counted and all(math.isnan(r["value"]) and "unavailable: the kernel count failed" in r["flags"] for r in counted)
+    assert {r["value"] for r in rows if r["metric"] == "measured_dram_bytes"} == {6e6}
 
 
 def test_profile_without_ncu_or_with_a_failing_one_says_unavailable(tmp_path, monkeypatch):
