@@ -71,6 +71,13 @@ def test_crossover_text():
     kernels = frame.assign(time=[1.0, 2.0, 1.0, 2.0], kernel_time=[0.5, 0.6, 1.0, 0.4])
     assert crossover._crossover_text(kernels) == ("no crossover up to 1024 tokens: dense is faster everywhere\n"
                                              "kernels alone (dashed): crossover: MemoryFormer faster from 1024 tokens")
+    # host-bound eager medians that disagree with the graph replays say which verdict is the device's
+    replays = bound.assign(time=[2.0, 1.0, 2.0, 1.0], graph_time=[1.0, 2.0, 1.0, 2.0])
+    lines = crossover._crossover_text(replays).splitlines()
+    assert lines[0].startswith("MemoryFormer faster at every") and lines[-2].startswith("graph replays (dotted): no crossover")
+    assert lines[-1] == "(the eager verdict differs: host-bound times, the graph replays show the device's)"
+    agree = replays.assign(graph_time=[2.0, 1.0, 2.0, 1.0])
+    assert "differs" not in crossover._crossover_text(agree)
 
 
 def test_host_bound_times_are_carried_from_their_flags():

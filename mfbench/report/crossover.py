@@ -157,7 +157,7 @@ def _floor_verdict(part: pd.DataFrame, floor: pd.DataFrame) -> str | None:
 
 
 def _crossover_text(part: pd.DataFrame, floor: pd.DataFrame | None = None) -> str:
-    text = _verdict(part, "time")
+    text = eager = _verdict(part, "time")
     if text is None:
         return "no dense baseline measured"
     common = part[part["seq"].isin(part.loc[part["provider"].map(is_baseline).astype(bool), "seq"])]
@@ -171,6 +171,9 @@ def _crossover_text(part: pd.DataFrame, floor: pd.DataFrame | None = None) -> st
     graphs = _verdict(part, "graph_time") if "graph_time" in part else None
     if graphs:
         text += f"\ngraph replays (dotted): {graphs}"
+        if graphs != eager and "host_bound" in part and common["host_bound"].any():
+            # the eager medians are partly the host's issue time: the device's verdict is the replays'
+            text += "\n(the eager verdict differs: host-bound times, the graph replays show the device's)"
     floors = _floor_verdict(part, floor) if floor is not None and not floor.empty else None
     if floors:
         text += f"\n{floors}"
