@@ -8,10 +8,10 @@ by each result's duration.
 
 Two replay modes (``REPLAY``). ``kernel`` replays each kernel once per counter pass, with the caches
 flushed before each kernel: a result per kernel, but a call of many kernels pays for each (the reference's
-477 took five minutes a case) and never finds in L2 what the kernel before it left there. ``range`` replays
-the whole marked call once per pass, caches flushed only before it: one result for the call, the bytes it
-moves as it runs, in seconds. A range result does not count the call's kernels; the caller counts them
-(``timing.device_activity``).
+477 took five minutes for its first case on the H200) and never finds in L2 what the kernel before it left
+there. ``range`` replays the whole marked call once per pass, caches flushed only before it: one result for
+the call, the bytes it moves as it runs (the same case in 9 s). A range result does not count the call's
+kernels; the caller counts them (``timing.device_activity``).
 """
 
 from __future__ import annotations
