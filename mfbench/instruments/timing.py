@@ -19,11 +19,12 @@ H100s), while the kernel times agreed within 5%.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -119,20 +120,31 @@ def host_issue_seconds(fn: Callable[[], object], device: torch.device | str, cal
         for _ in range(calls):
             if gpu:
                 torch.cuda.synchronize(device)
-                previous = torch.cuda.get_sync_debug_mode()
-                torch.cuda.set_sync_debug_mode("warn")
-            start = time.perf_counter()
-            try:
-                fn()
-            finally:
-                times.append(time.perf_counter() - start)
-                if gpu:
-                    torch.cuda.set_sync_debug_mode(previous)
+            with sync_debug("warn") if gpu else contextlib.nullcontext():
+                start = time.perf_counter()
+                try:
+                    fn()
+                finally:
+                    times.append(time.perf_counter() - start)
     if gpu:
         torch.cuda.synchronize(device)
-    if any("called a synchronizing CUDA operation" in str(w.message) for w in caught):
+    if any(SYNCHRONISING in str(w.message) for w in caught):
         return None
     return statistics.median(times)
+
+
+SYNCHRONISING = "called a synchronizing CUDA operation"  # torch's sync debug message, warning or error alike
+
+
+@contextlib.contextmanager
+def sync_debug(mode: str) -> Iterator[None]:
+    """torch's sync debug mode set to ``mode`` ("warn" or "error") for the block, then put back."""
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
 
 
 @dataclass(frozen=True)
@@ -237,16 +249,13 @@ class NotCapturable(RuntimeError):
 def _refuse_synchronising(fn: Callable[[], object]) -> None:
     """One more warm-up call with torch's sync debug mode raising: a call that waits for the device inside
     (an ``.item()``, a ``nonzero``) is refused here, before a capture that would fail on it."""
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
     try:
-        fn()
+        with sync_debug("error"):
+            fn()
     except RuntimeError as exc:
-        if "synchronizing CUDA operation" in str(exc):
+        if SYNCHRONISING in str(exc):
             raise NotCapturable("the call synchronises with the device inside") from None
         raise
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
 
 
 def _end_failed_capture(device: torch.device) -> None:
