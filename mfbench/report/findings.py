@@ -57,6 +57,11 @@ def _ms(row: pd.Series | None) -> str:
     return f"{_value_ms(row):.3g}{host}"
 
 
+def _autotuned(names) -> str | None:
+    """The first of ``names`` that is a registered, autotuned provider: the Triton kernels of this repository."""
+    return next((n for n in names if n in registry.names() and registry.get(n).autotuned), None)
+
+
 def layer_table(frame: pd.DataFrame, device: str) -> str:
     """Per shape: each lookup provider's time (triton's kernel time too), dense's time and kernel time,
     the lookup's floor, and floor / dense by either dense figure. ``(host)`` marks a host-bound time."""
@@ -67,7 +72,7 @@ def layer_table(frame: pd.DataFrame, device: str) -> str:
     lookups = [n for n in ("triton", "embedding_bag", "compiled", "reference") if n in set(rows["provider"])]
     lookups += sorted(set(rows["provider"]) - set(lookups) - baseline)
     # the autotuned kernels' own time beside their median: the kernels this repository writes
-    kernel = next((n for n in lookups if n in registry.names() and registry.get(n).autotuned), None)
+    kernel = _autotuned(lookups)
     dense = sorted(baseline)[0] if baseline else None
     head = ["case", *lookups, f"{kernel} kernel" if kernel else None, dense, f"{dense} kernel" if dense else None,
             "floor", "floor / dense", "floor / dense kernel"]
@@ -143,7 +148,7 @@ def model_table(frame: pd.DataFrame, device: str) -> str:
     forward = rows["params"].map(lambda p: json.loads(p)["direction"] == "forward").astype(bool)
     rows = rows[(rows["value"] == rows["value"]) & forward]
     names = set(rows["provider"])
-    lookup = next((n for n in sorted(names) if n in registry.names() and registry.get(n).autotuned), None)
+    lookup = _autotuned(sorted(names))
     dense = next((n for n in sorted(names) if registry.is_baseline(n)), None)
     if rows.empty or lookup is None or dense is None:
         return f"no model rows with graph_time for a lookup kernel and dense on device {device}\n"
