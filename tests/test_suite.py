@@ -41,6 +41,21 @@ def test_measure_all_measures_each_set_once_and_marks_the_sets_that_cannot_run(m
         suite.Prepared("layer", "forward", "cpu", "dense", 64, "float16", probe=False, measured=measured)
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_set_that_cannot_run_is_skipped_with_or_without_a_cache(cache, monkeypatch, tmp_path):
+    """asv run directly has no MFBENCH_ASV_CACHE: the probe's verdict must still reach asv as n/a."""
+    if cache:
+        monkeypatch.setenv("MFBENCH_ASV_CACHE", str(tmp_path))
+    else:
+        monkeypatch.delenv("MFBENCH_ASV_CACHE", raising=False)
+    monkeypatch.setattr(suite.providers, "readiness", lambda name, device, dtype: ("no such device here", None))
+    with pytest.raises(NotImplementedError, match="no such device here"):
+        suite.Prepared("layer", "forward", "cpu", "triton", 64, "float32", probe=True)
+    monkeypatch.setattr(suite.providers, "readiness", lambda name, device, dtype: (None, "wrong values"))
+    with pytest.raises(RuntimeError, match="wrong values"):
+        suite.Prepared("layer", "forward", "cpu", "dense", 64, "float32", probe=True)
+
+
 def test_measure_all_adds_kernel_times_in_a_last_pass_and_keeps_a_failed_set_apart(monkeypatch, tmp_path):
     order = []
 

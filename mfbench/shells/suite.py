@@ -106,11 +106,10 @@ class Prepared:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise NotImplementedError("no CUDA device")
         reason, fault = self._probe()
-        if reason:
-            self._store([_marker("skipped", reason)])
-        elif fault:
-            self._store([_marker("failed", fault)])
-        _raise_marker(self._cached() or [])
+        if reason or fault:
+            marker = _marker("skipped", reason) if reason else _marker("failed", fault)
+            self._store([marker])  # for the set's later processes, where there is a cache
+            _raise_marker([marker])
 
     def _probe(self) -> tuple[str | None, str | None]:
         """The registry's verdict (``providers.readiness``), made once per provider, device and dtype for the
