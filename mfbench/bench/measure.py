@@ -174,11 +174,9 @@ def _check_figures(m: Measurement) -> None:
     never a pass)."""
     for name, err in m.errors.items():
         m.add(f"rel_error_{name}", err, "")
-    tolerance = providers.TOLERANCE[m.item.dtype]
     worst = max(m.errors, key=m.errors.get) if m.errors else None
-    if worst is not None and not m.errors[worst] <= tolerance:
-        m.failed = (f"float64 check: relative error of {worst} {m.errors[worst]:.2g} is above the "
-                    f"{str(m.item.dtype).removeprefix('torch.')} tolerance {tolerance:g}")
+    if worst is not None:
+        m.failed = providers.tolerance_breach(worst, m.errors[worst], m.item.dtype) or m.failed
 
 
 def _energy_figures(m: Measurement, fn: Callable[[], object], bench: Bench) -> None:

@@ -117,7 +117,7 @@ def record(m: Measurement) -> dict:
         kernel = m.value("kernel_time")
         out.update(t.as_dict(), kernel_s=kernel if kernel == kernel else t.kernel_s, host_bound=t.host_bound,
                    median_ms=t.median_s * 1e3, met_target=m.met_target, kernel_config=m.config,
-                   within_tolerance=not (m.failed or "").startswith("float64 check"))
+                   within_tolerance=not (m.failed or "").startswith(providers.FLOAT64_CHECK))
         if m.floor is not None:
             out.update(floor_ms=m.floor[0] * 1e3, floor_bound=m.floor[1], fraction_of_floor=m.floor[0] / t.median_s)
         out.update(hbm_gbps=m.value("achieved_bandwidth") / 1e9)

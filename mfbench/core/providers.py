@@ -34,7 +34,7 @@ __all__ = [  # the registry's API, re-exported: one module for every runner and 
     "module_specs", "names", "one_line", "one_process", "reference", "register", "register_provider",
     "requirement_unmet", "source_globs", "touched_by", "unregister",
     "TOLERANCE", "relative_error", "relative_errors", "unavailable", "Trial", "trial", "output_problem",
-    "float64_mismatch", "trial_failure", "Readiness", "readiness", "skips", "budget", "within_budget", "failure",
+    "float64_mismatch", "FLOAT64_CHECK", "tolerance_breach", "trial_failure", "Readiness", "readiness", "skips", "budget", "within_budget", "failure",
 ]
 
 # ||out - ref|| / ||ref|| allowed against float64, by the dtype of inputs and outputs.
@@ -144,13 +144,23 @@ def float64_mismatch(layer: "MemoryLayer", x: torch.Tensor, gy: torch.Tensor, y:
     t64 = layer.tables.detach().double().requires_grad_()
     ref = reference_lookup(x64, t64, layer.spec)
     want = (ref, *torch.autograd.grad(ref, (x64, t64), gy.double()))
-    tolerance = TOLERANCE.get(dtype, TOLERANCE[torch.float32])
     for label, got, expected in zip(("y", "grad_x", "grad_tables"), (y, *grads), want):
-        err = relative_error(got, expected)
-        if not err <= tolerance:
-            return (f"float64 check: relative error of {label} {err:.2g} is above the "
-                    f"{str(dtype).removeprefix('torch.')} tolerance {tolerance:g}")
+        breach = tolerance_breach(label, relative_error(got, expected), dtype)
+        if breach:
+            return breach
     return None
+
+
+FLOAT64_CHECK = "float64 check"  # how a breach's message begins
+
+
+def tolerance_breach(label: str, err: float, dtype: torch.dtype) -> str | None:
+    """Why ``label``'s relative error against float64 is above what ``dtype`` allows (NaN is), or None."""
+    tolerance = TOLERANCE.get(dtype, TOLERANCE[torch.float32])
+    if err <= tolerance:
+        return None
+    return (f"{FLOAT64_CHECK}: relative error of {label} {err:.2g} is above the "
+            f"{str(dtype).removeprefix('torch.')} tolerance {tolerance:g}")
 
 
 def trial_failure(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:

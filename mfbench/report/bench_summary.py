@@ -22,14 +22,6 @@ from mfbench.store import results
 CASE_BENCHMARKS = ("layer", "block", "model")  # the runner's rows behind the asv suites, one per measurement
 
 
-def _is_baseline(name: str) -> bool:
-    """Whether the registry calls ``name`` the baseline; a provider not registered here is a lookup."""
-    try:
-        return providers.get(name).baseline
-    except ValueError:
-        return False
-
-
 def bench_run(rows: pd.DataFrame, run: str | None = None) -> str | None:
     """The run id to summarise: the one ``run`` names (a unique part of it), else the newest run holding
     asv values; None if there is none."""
@@ -70,8 +62,8 @@ def comparison(rows: pd.DataFrame) -> pd.DataFrame:
     if times.empty:
         return pd.DataFrame()
     names = provider_order(times["provider"].unique())  # the plots' legend order
-    dense = next((n for n in names if _is_baseline(n)), None)
-    lookups = [n for n in names if not _is_baseline(n)]
+    dense = next((n for n in names if providers.is_baseline(n)), None)
+    lookups = [n for n in names if not providers.is_baseline(n)]
     lines = []
     for (device, bench, direction, seq, d, dtype), case in times.groupby(
             ["device", "benchmark", "direction", "seq", "d", "dtype"], sort=True):

@@ -10,9 +10,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from mfbench.core.providers import is_baseline
 from mfbench.cost.traffic import floor_seconds, layer_traffic
 from mfbench.instruments.ceilings import Ceilings
-from mfbench.report.style import (RUNNER_BENCHMARKS, empty_plot, hue_args, is_baseline, legend_below,  # sets Agg
+from mfbench.report.style import (RUNNER_BENCHMARKS, empty_plot, hue_args, legend_below,  # sets Agg
                                   provider_handles, save, to_wide)
 
 import matplotlib.pyplot as plt  # noqa: E402  (after style, which picks the Agg backend)

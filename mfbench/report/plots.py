@@ -31,7 +31,8 @@ import seaborn as sns  # noqa: E402
 from mfbench.cost.traffic import layer_traffic  # noqa: E402
 from mfbench.report.crossover import crossover, element_bytes  # noqa: E402
 from mfbench.report.findings import newest  # noqa: E402
-from mfbench.report.style import (empty_plot, expand, hue_args, is_baseline, legend_below,  # noqa: E402
+from mfbench.core.providers import is_baseline  # noqa: E402
+from mfbench.report.style import (empty_plot, expand, hue_args, legend_below,  # noqa: E402
                                   provider_colour, provider_order, save, shape, to_wide)
 from mfbench.store import results  # noqa: E402
 

@@ -124,8 +124,3 @@ def legend_below(fig: plt.Figure, handles: list, labels: list[str] | None = None
 def provider_handles(names) -> list[Line2D]:
     return [Line2D([], [], color=provider_colour(n), marker="o", label=n) for n in provider_order(names)]
 
-
-
-def is_baseline(name: str) -> bool:
-    """Whether the registry marks ``name`` as the baseline (dense); a name it no longer has is not."""
-    return name in providers.names() and providers.get(name).baseline
