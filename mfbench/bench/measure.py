@@ -3,6 +3,7 @@ the kernels' own device time, after every other measurement of the process)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -174,7 +175,8 @@ def _check_figures(m: Measurement) -> None:
     never a pass)."""
     for name, err in m.errors.items():
         m.add(f"rel_error_{name}", err, "")
-    worst = max(m.errors, key=m.errors.get) if m.errors else None
+    # NaN is the worst error: max() by value would pass over it wherever it does not come first
+    worst = max(m.errors, key=lambda k: math.inf if m.errors[k] != m.errors[k] else m.errors[k]) if m.errors else None
     if worst is not None:
         m.failed = providers.tolerance_breach(worst, m.errors[worst], m.item.dtype) or m.failed
 

@@ -230,3 +230,17 @@ def test_peak_memory_cpu_sees_a_large_allocation():
     assert 200 * 2**20 < result.bytes < 400 * 2**20  # the 256 MiB tensor, give or take the allocator
     small = memory.peak_memory(lambda: torch.ones(1024).add_(1), "cpu")
     assert small.bytes < 64 * 2**20 and not math.isnan(small.bytes)
+
+
+@pytest.mark.parametrize("errors", [{"grad_x": 1e-9, "y": math.nan}, {"y": math.nan, "grad_x": 1e-9},
+                                    {"y": 1e-9, "grad_tables": 0.5}])
+def test_a_float64_error_above_tolerance_or_nan_fails_the_item_wherever_it_comes(errors):
+    from mfbench.bench.cases import Item
+    from mfbench.bench.measure import _check_figures
+    from mfbench.bench.measurement import Measurement
+
+    m = Measurement(Item("layer", "forward", 64, "triton", torch.float16))
+    m.errors = dict(errors)
+    _check_figures(m)
+    bad = next(k for k, v in errors.items() if not v <= 1e-2)
+    assert m.failed.startswith(f"float64 check: relative error of {bad} "), m.failed
