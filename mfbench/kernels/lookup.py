@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mfbench.core.lookup import LookupSpec
+from mfbench.core.lookup import LookupSpec, compute_dtype
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 _WEIGHTING_CODE = {"paper": 0, "released": 1}
@@ -148,11 +148,6 @@ def size_bucket(n: int) -> int:
 # Input dtypes the kernels take. Half and single precision are computed in float32, which holds them
 # exactly; float64 is computed in float64, so its hashes and weights are those of the reference.
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the kernels hash, weight and accumulate in for input of ``dtype``."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_inputs(x: torch.Tensor, tables: torch.Tensor, spec: LookupSpec) -> None:

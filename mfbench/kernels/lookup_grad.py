@@ -15,9 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
-from mfbench.core.lookup import LookupSpec
+from mfbench.core.lookup import LookupSpec, compute_dtype
 from mfbench.kernels import lookup as fwd
-from mfbench.kernels.lookup import (HASH_BLOCK, INTERPRETING, check_inputs, compute_dtype, hash_and_weight, hash_args,
+from mfbench.kernels.lookup import (HASH_BLOCK, INTERPRETING, check_inputs, hash_and_weight, hash_args,
                                     hash_weight_block, launch, lookup_forward, name_the_triton, scale_block,
                                     size_bucket)
 
