@@ -27,7 +27,7 @@ def _shape(params: str) -> tuple:
     return (p["direction"] != "forward", -p["in_features"], p["tokens"], p["tau"], p["dtype"])
 
 
-def _label(params: str) -> str:
+def case_label(params: str) -> str:
     p = json.loads(params)
     return f"{short_direction(p['direction'])} s={p['tokens']} d={p['in_features']}"
 
@@ -38,10 +38,14 @@ def newest(frame: pd.DataFrame, device: str, metrics=METRICS) -> pd.DataFrame:
     rows = frame[(frame["benchmark"] == "layer-kernel") & (frame["device"] == device)
                  & frame["metric"].isin(metrics)]
     rows = rows[rows["value"] == rows["value"]].copy()
-    # One line per shape: a case's target is not part of what was measured, and targets change.
-    rows["params"] = rows["params"].map(
-        lambda p: json.dumps({k: v for k, v in json.loads(p).items() if k != "target_ms"}, sort_keys=True))
+    rows["params"] = rows["params"].map(shape_params)
     return rows.sort_values("time_utc").drop_duplicates(["params", "provider", "metric"], keep="last")
+
+
+def shape_params(params: str) -> str:
+    """A layer row's params without its target: one line per shape, since a case's target is not part of
+    what was measured, and targets change."""
+    return json.dumps({k: v for k, v in json.loads(params).items() if k != "target_ms"}, sort_keys=True)
 
 
 def _value_ms(row: pd.Series | None) -> float:
@@ -87,7 +91,7 @@ def layer_table(frame: pd.DataFrame, device: str) -> str:
 
         floors = at[(at["metric"] == "floor_time") & ~at["provider"].isin(baseline)]
         floor = floors.iloc[-1] if not floors.empty else None
-        cells = [_label(params), *(_ms(get(n, "time")) for n in lookups)]
+        cells = [case_label(params), *(_ms(get(n, "time")) for n in lookups)]
         if kernel:
             cells.append(_ms(get(kernel, "kernel_time")))
         if dense:
@@ -130,7 +134,7 @@ def cpu_table(frame: pd.DataFrame) -> str:
                 continue
             best, dense = look.loc[look["value"].idxmin()], base.iloc[-1]
             floor_ms = _value_ms(floor.iloc[-1]) if not floor.empty else float("nan")  # rows in ms or s
-            lines.append(f"| {model} | {_label(params)} | {best['provider']} {best['value'] * 1e3:.3g} | "
+            lines.append(f"| {model} | {case_label(params)} | {best['provider']} {best['value'] * 1e3:.3g} | "
                          f"{dense['value'] * 1e3:.3g} | {best['value'] / dense['value']:.2g} | "
                          f"{floor_ms / (dense['value'] * 1e3):.2g} | `{best['run_id']}` ({best['commit'][:7]}) |")
     return "\n".join(lines) + "\n\nTimes in ms.\n"

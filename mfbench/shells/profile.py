@@ -144,15 +144,11 @@ def _case_rows(cases: str, index: int, case: Case, name: str, dtype: str, run,
 def counters_table(frame) -> str:
     """Markdown of the newest counters per case and provider in a result table (``results.load``): what
     ``results/kernels.md`` shows, so its figures are the rows'."""
-    import json
-
-    from mfbench.store.results import short_direction
+    from mfbench.report.findings import case_label, shape_params
 
     rows = frame[(frame["benchmark"] == "layer-kernel") & frame["metric"].str.startswith(("measured_", "modelled_"))]
     rows = rows[rows["value"] == rows["value"]].copy()
-    # One line per shape: a case's target is not part of what was measured, and targets change.
-    rows["params"] = rows["params"].map(lambda p: json.dumps({k: v for k, v in json.loads(p).items() if k != "target_ms"},
-                                                           sort_keys=True))
+    rows["params"] = rows["params"].map(shape_params)
     # Each line is one run's: never one run's bytes beside another's kernel count or replay mode.
     newest = (rows[rows["metric"] == "measured_dram_bytes"].sort_values("time_utc")
               .drop_duplicates(["params", "provider"], keep="last")[["params", "provider", "run_id", "flags"]])
@@ -162,8 +158,7 @@ def counters_table(frame) -> str:
         group = rows[(rows["params"] == params) & (rows["provider"] == provider) & (rows["run_id"] == run_id)]
         v = dict(zip(group["metric"], group["value"]))
         nan = float("nan")
-        p = json.loads(params)
-        case = f"{short_direction(p['direction'])} s={p['tokens']} d={p['in_features']}"
+        case = case_label(params)
         replay = "range" if "--replay-mode range" in flags else "kernel"  # ncu's default mode is kernel
         lines.append(f"| {case} | {provider} | {replay} | {v.get('measured_kernels', nan):.0f} | "
                      f"{v['measured_dram_bytes'] / 1e6:.1f} ({v.get('modelled_dram_bytes', nan) / 1e6:.1f}) | "
