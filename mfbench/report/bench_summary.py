@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from mfbench.bench.cases import BENCHMARKS
 from mfbench.core import providers
-from mfbench.report.plots import provider_order
+from mfbench.report.summaries import provider_order
 from mfbench.store import results
-
-CASE_BENCHMARKS = ("layer", "block", "model")  # the runner's rows behind the asv suites, one per measurement
 
 
 def bench_run(rows: pd.DataFrame, run: str | None = None) -> str | None:
@@ -45,7 +44,8 @@ def _seconds(value: float) -> str:
 
 def _times(rows: pd.DataFrame) -> pd.DataFrame:
     """A run's runner time rows, with the case's parameters as columns and ``bound`` for a host-bound time."""
-    times = rows[rows["benchmark"].isin(CASE_BENCHMARKS) & (rows["metric"] == "time")].dropna(subset=["value"])
+    # the runner's rows behind the asv suites, one per measurement
+    times = rows[rows["benchmark"].isin(BENCHMARKS) & (rows["metric"] == "time")].dropna(subset=["value"])
     if times.empty:
         return times
     params = pd.DataFrame([json.loads(p) for p in times["params"]], index=times.index)
@@ -58,7 +58,10 @@ def comparison(rows: pd.DataFrame) -> pd.DataFrame:
     """One line per case of one run's rows (device, benchmark, direction, tokens, width, dtype): dense's
     median time, then each lookup provider's time and its ratio to dense (above 1: dense is faster); a
     host-bound time is starred."""
-    times = _times(rows)
+    return _comparison(_times(rows))
+
+
+def _comparison(times: pd.DataFrame) -> pd.DataFrame:
     if times.empty:
         return pd.DataFrame()
     names = provider_order(times["provider"].unique())  # the plots' legend order
@@ -87,7 +90,8 @@ def text(rows: pd.DataFrame, run_id: str | None, html_dir: Path, plots_dir: Path
     """The summary as printed: the comparison of run ``run_id``, then where to look next."""
     out = []
     mine = rows[rows["run_id"] == run_id] if run_id else rows.iloc[0:0]
-    table = comparison(mine)
+    times = _times(mine)
+    table = _comparison(times)
     if run_id is None:
         out.append("No bench run in the result tables yet.")
     elif table.empty:
@@ -97,7 +101,7 @@ def text(rows: pd.DataFrame, run_id: str | None, html_dir: Path, plots_dir: Path
                    "call; xN: the lookup's time over dense's, above 1 dense is faster):")
         for device, part in table.groupby("device", sort=False):
             out.append(f"{device}\n" + part.drop(columns="device").set_index("case").rename_axis(None).to_string())
-        if _times(mine)["bound"].any():
+        if times["bound"].any():
             out.append("*: host-bound, the time is the host's issue time, not the device's")
     html_dir, plots_dir = _shown(html_dir), _shown(plots_dir)
     index = html_dir / "index.html"

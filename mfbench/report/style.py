@@ -19,6 +19,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from mfbench.core import providers  # noqa: E402
+from mfbench.report.summaries import builtin_names, provider_order  # noqa: E402  (no plotting inside)
 
 RUNNER_BENCHMARKS = ("layer", "block", "model")
 
@@ -75,10 +76,6 @@ _LOOKUP_COLOURS = [c for i, c in enumerate(sns.color_palette("tab10")) if i != 7
 _OTHER_COLOURS = sns.color_palette("tab20b")
 
 
-def builtin_names() -> list[str]:
-    return [n for n in providers.names() if providers.get(n).origin == "built-in"]
-
-
 def provider_colour(name: str) -> str | tuple:
     """The colour ``name`` has in every plot: fixed by the registry, not by which providers a plot holds."""
     builtins = builtin_names()
@@ -88,14 +85,6 @@ def provider_colour(name: str) -> str | tuple:
         lookups = [n for n in builtins if not providers.get(n).baseline]
         return _LOOKUP_COLOURS[lookups.index(name) % len(_LOOKUP_COLOURS)]
     return _OTHER_COLOURS[zlib.crc32(name.encode()) % len(_OTHER_COLOURS)]
-
-
-def provider_order(names) -> list[str]:
-    """``names`` in registry order (built-ins first), the others after them alphabetically: every legend
-    lists the providers in one order."""
-    builtins = builtin_names()
-    present = set(names)
-    return [n for n in builtins if n in present] + sorted(present - set(builtins))
 
 
 def hue_args(frame: pd.DataFrame) -> dict:

@@ -148,3 +148,15 @@ def compare_table(compared: list[dict]) -> str:
             line["kernel B/A"] = "-" if k != k else f"{k:.3f}"
         out.append(line)
     return pd.DataFrame(out).to_string(index=False)
+
+
+def builtin_names() -> list[str]:
+    return [n for n in registry.names() if registry.get(n).origin == "built-in"]
+
+
+def provider_order(names) -> list[str]:
+    """``names`` in registry order (built-ins first), the others after them alphabetically: every legend
+    and table lists the providers in one order."""
+    builtins = builtin_names()
+    present = set(names)
+    return [n for n in builtins if n in present] + sorted(present - set(builtins))
