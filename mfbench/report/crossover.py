@@ -10,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from mfbench.bench.cases import BENCHMARKS
 from mfbench.core.providers import is_baseline
 from mfbench.cost.traffic import floor_seconds, layer_traffic
 from mfbench.instruments.ceilings import Ceilings
-from mfbench.report.style import (RUNNER_BENCHMARKS, empty_plot, hue_args, legend_below,  # sets Agg
+from mfbench.report.style import (empty_plot, hue_args, legend_below,  # sets Agg
                                   provider_handles, save, to_wide)
 
 import matplotlib.pyplot as plt  # noqa: E402  (after style, which picks the Agg backend)
@@ -36,7 +37,7 @@ def _crossover_panels(latest: pd.DataFrame) -> list[tuple[tuple, str, str, str, 
     panels = []
     for key, group in latest.groupby(["device", "dtype", "d"], sort=False):
         for metric, label in CROSSOVER_METRICS:
-            for bench in RUNNER_BENCHMARKS:
+            for bench in BENCHMARKS:
                 part = group[group["benchmark"] == bench]
                 if metric in part and part[metric].notna().any():
                     panels.append((key, bench, metric, label, part))
@@ -72,7 +73,7 @@ def crossover(frame: pd.DataFrame, out: Path, rows: pd.DataFrame | None = None) 
     keys = ["device", "dtype", "d", "benchmark", "seq", "provider"]
     latest = wide.sort_values("time_utc").groupby(keys, sort=False).last().reset_index()
     panels = _crossover_panels(latest)
-    ncols = min(len(RUNNER_BENCHMARKS), len(panels))
+    ncols = min(len(BENCHMARKS), len(panels))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.6 * ncols, 4.6 * nrows), squeeze=False)
     for ax in axes.flat[len(panels):]:  # the grid's unused cells: left out, not drawn empty

@@ -18,15 +18,14 @@ import seaborn as sns  # noqa: E402
 
 from matplotlib.lines import Line2D  # noqa: E402
 
+from mfbench.bench.cases import BENCHMARKS  # noqa: E402
 from mfbench.core import providers  # noqa: E402
 from mfbench.report.summaries import builtin_names, provider_order  # noqa: E402  (no plotting inside)
-
-RUNNER_BENCHMARKS = ("layer", "block", "model")
 
 
 def expand(frame: pd.DataFrame) -> pd.DataFrame:
     """Runner rows with their params as columns, newest run per (device, commit, measurement) kept."""
-    frame = frame[frame["benchmark"].isin(RUNNER_BENCHMARKS)].copy()
+    frame = frame[frame["benchmark"].isin(BENCHMARKS)].copy()
     if frame.empty:
         return frame
     params = pd.DataFrame([json.loads(p) for p in frame["params"]], index=frame.index)
