@@ -5,8 +5,15 @@ weight (Eq. 10, or the released variant) as (K, S) arrays. ``_forward_kernel`` g
 BLOCK_S tokens x BLOCK_H output columns; it walks the K tables, UNROLL at a time so that several
 independent row gathers are in flight, and accumulates p * T_k[idx] in float32 (Eq. 11; in float64 for
 float64 input, see ``scale_block``). Consecutive programs share an output-column block, so they sweep the
-same table slices at about the same time and the tables stream from HBM close to once. The backward and
-the autograd Function are in ``kernels.lookup_grad``.
+same table slices at about the same time and the tables stream from HBM close to once.
+
+Decode, one launch. At a few tokens per call (one per sequence in autoregressive decoding) that grid has a
+handful of programs, each walking all K tables in series. ``_decode_kernel`` instead splits the tables too:
+each program hashes BLOCK_K chunks of BLOCK_S tokens itself and gathers their rows at once for BLOCK_H
+columns, adds its partial sum into a float32 (float64) workspace by atomics, and the last program of each
+output tile (counted on a per-tile semaphore) moves the tile to y and leaves workspace and semaphore zeroed
+for the next call. ``forward_kernel`` picks it by token count. The backward and the autograd Function are in
+``kernels.lookup_grad``.
 
 Set TRITON_INTERPRET=1 before importing this module to run the kernels on CPU tensors.
 """
@@ -115,6 +122,47 @@ def _forward_kernel(idx_ptr, p_ptr, t_ptr, y_ptr, S, H, K, stride_ys, S_BUCKET,
     tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask_s[:, None] & mask_h[None, :])
 
 
+@triton.jit
+def _decode_kernel(x_ptr, t_ptr, y_ptr, ws_ptr, sem_ptr, S, H, K, stride_xs, stride_ys, two_over_t: tl.float64,
+                   S_BUCKET, TAU: tl.constexpr, TAU_P2: tl.constexpr, WEIGHTING: tl.constexpr, ROWS: tl.constexpr,
+                   BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Programs (table split, column block, token block); each hashes and gathers BLOCK_S x BLOCK_K rows at
+    once, so the whole launch has every row load in flight together instead of K in series."""
+    pid_k = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    # Row r of the block is token r // BLOCK_K and table r % BLOCK_K of this split.
+    r = tl.arange(0, BLOCK_S * BLOCK_K)
+    offs_s = pid_s * BLOCK_S + r // BLOCK_K
+    ks = pid_k * BLOCK_K + r % BLOCK_K
+    live = (offs_s < S) & (ks < K)
+    scale = scale_block(two_over_t, ws_ptr.dtype.element_ty)
+    idx, p, _z, _a, _sig, _q = hash_weight_block(x_ptr, offs_s, live, stride_xs, ks[:, None], scale,
+                                                TAU, TAU_P2, WEIGHTING)
+    offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask_h = offs_h < H
+    row = (ks.to(tl.int64) * ROWS + idx) * H
+    rows = tl.load(t_ptr + row[:, None] + offs_h[None, :], mask=live[:, None] & mask_h[None, :], other=0.0)
+    part = tl.sum(tl.reshape(p[:, None] * rows.to(p.dtype), (BLOCK_S, BLOCK_K, BLOCK_H)), axis=1)
+
+    tok = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
+    mask = (tok < S)[:, None] & mask_h[None, :]
+    ws = ws_ptr + tok[:, None].to(tl.int64) * H + offs_h[None, :]
+    tl.atomic_add(ws, part, mask=mask, sem="relaxed")
+    tl.debug_barrier()  # every thread's adds are issued before the release below
+    tile = sem_ptr + pid_s * tl.num_programs(1) + pid_h
+    if tl.atomic_add(tile, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+        # The last split of this tile: read the sum by an atomic (atomics act in L2, so no stale cached line
+        # of the other programs' adds is read; the interpreter has no float exchange), zero it, reset the
+        # semaphore: the next call, a later launch, finds both zeroed.
+        zero = tl.zeros_like(part)
+        total = tl.atomic_add(ws, zero, mask=mask, sem="relaxed")
+        tl.store(ws, zero, mask=mask)
+        out = y_ptr + tok[:, None].to(tl.int64) * stride_ys + offs_h[None, :]
+        tl.store(out, total.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.atomic_xchg(tile, 0)
+
+
 # --- launch configuration ------------------------------------------------------------------------
 
 FORWARD_CONFIGS = [
@@ -128,12 +176,36 @@ FORWARD_CONFIGS = [
 ]
 
 
+DECODE_CONFIGS = [
+    triton.Config({"BLOCK_S": bs, "BLOCK_K": bk, "BLOCK_H": bh}, num_warps=w)
+    for bs, bk, bh, w in [
+        (1, 8, 256, 4), (1, 16, 256, 4), (1, 32, 256, 8), (1, 16, 512, 4), (1, 32, 512, 8), (1, 64, 256, 8),
+        (2, 8, 256, 4), (2, 16, 256, 8), (2, 16, 512, 8), (4, 8, 256, 4), (4, 8, 512, 8), (4, 16, 256, 8),
+        (8, 4, 256, 4), (8, 8, 256, 8), (8, 4, 512, 8), (16, 4, 256, 8), (16, 2, 512, 8), (32, 2, 256, 8),
+        (32, 1, 512, 8), (64, 1, 256, 8),
+    ]
+]
+# At most this many tokens a call take the decode kernel. Above it the token blocks alone give the
+# gather kernel enough programs, and the decode kernel's atomics grow with the tokens.
+DECODE_MAX_TOKENS = 64
+
+
+def _prune_decode(configs, named_args, **kwargs):
+    """No token block wider than the call (those programs would idle), none splitting finer than K."""
+    s, k = named_args["S"], named_args["K"]
+    kept = [c for c in configs if c.kwargs["BLOCK_S"] <= size_bucket(s) and c.kwargs["BLOCK_K"] <= size_bucket(k)]
+    return kept or configs[:1]
+
+
 # Fixed configurations for the CPU interpreter, where autotuning would time every config on the CPU.
 INTERPRETER_FORWARD = {"BLOCK_S": 16, "BLOCK_H": 32, "UNROLL": 2}
+INTERPRETER_DECODE = {"BLOCK_S": 2, "BLOCK_K": 2, "BLOCK_H": 32}
 HASH_BLOCK = 128
 
 # cache_results: the choice is kept on disk, so each of asv's benchmark processes does not tune again.
 FORWARD_TUNER = triton.autotune(FORWARD_CONFIGS, key=["S_BUCKET", "H", "K", "ROWS"], cache_results=True)(_forward_kernel)
+DECODE_TUNER = triton.autotune(DECODE_CONFIGS, key=["S_BUCKET", "H", "K", "ROWS"], cache_results=True,
+                               prune_configs_by={"early_config_prune": _prune_decode})(_decode_kernel)
 
 
 def new_buffer(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -230,19 +302,79 @@ def launch(tuned, kernel, grid_of, args: dict, config: dict | None, default: dic
     kernel[grid_of(cfg)](**args, **cfg, num_warps=warps, **extra)
 
 
+FORWARD_KERNELS = ("gather", "decode")
+_last_forward = "gather"
+
+
+def forward_kernel(tokens: int, config: dict | None = None) -> str:
+    """The forward kernel for a call of ``tokens`` tokens: ``decode`` up to DECODE_MAX_TOKENS, else ``gather``;
+    a given launch configuration belongs to the kernel whose parameters it names."""
+    if config is not None:
+        return "decode" if "BLOCK_K" in config else "gather"
+    return "decode" if tokens <= DECODE_MAX_TOKENS else "gather"
+
+
+def last_forward() -> tuple[str, object, dict]:
+    """(kernel name, its autotuner, its interpreter configuration) of the last forward call."""
+    if _last_forward == "decode":
+        return "decode", DECODE_TUNER, INTERPRETER_DECODE
+    return "gather", FORWARD_TUNER, INTERPRETER_FORWARD
+
+
+_workspaces: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def decode_workspace(like: torch.Tensor, dtype: torch.dtype, tokens: int, out_features: int):
+    """The decode kernel's zeroed accumulator (tokens x out_features of ``dtype``) and per-tile semaphores,
+    one pair per device and dtype, grown when a call needs more. Every complete call leaves both zeroed, so
+    they are allocated once, outside any CUDA graph that is captured after a first eager call, and calls on
+    one device must not run concurrently on two streams."""
+    tiles = tokens * triton.cdiv(out_features, min(c["BLOCK_H"] for c in decode_configs()))
+    ws, sem = _workspaces.get((like.device, dtype), (None, None))
+    if ws is None or ws.numel() < tokens * out_features or sem.numel() < tiles:
+        ws = torch.zeros(max(tokens * out_features, 0 if ws is None else ws.numel()), device=like.device, dtype=dtype)
+        sem = torch.zeros(max(tiles, 0 if sem is None else sem.numel()), device=like.device, dtype=torch.int32)
+        _workspaces[(like.device, dtype)] = ws, sem
+    return ws, sem
+
+
+def decode_configs() -> list[dict]:
+    return [c.kwargs for c in DECODE_CONFIGS] + [INTERPRETER_DECODE]
+
+
+def _decode(x: torch.Tensor, tables: torch.Tensor, spec: LookupSpec, y: torch.Tensor, config: dict | None) -> None:
+    s, (k, rows, h) = x.shape[0], tables.shape
+    ws, sem = decode_workspace(x, compute_dtype(x.dtype), s, h)
+    args = dict(x_ptr=x, t_ptr=tables, y_ptr=y, ws_ptr=ws, sem_ptr=sem, H=h, K=k, stride_ys=y.stride(0),
+                S_BUCKET=size_bucket(s), ROWS=rows, **hash_args(x, spec))
+    grid = lambda m: (triton.cdiv(k, m["BLOCK_K"]), triton.cdiv(h, m["BLOCK_H"]), triton.cdiv(s, m["BLOCK_S"]))
+    launch(DECODE_TUNER, _decode_kernel, grid, args, config, INTERPRETER_DECODE)
+
+
 @name_the_triton
 def lookup_forward(x: torch.Tensor, tables: torch.Tensor, spec: LookupSpec, config: dict | None = None,
-                   out: torch.Tensor | None = None) -> torch.Tensor:
-    """y = sum_k p(z_k) T_k[h(z_k)] for x (S, d), tables (K, 2**tau, h): a hash pass, then the gather.
+                   out: torch.Tensor | None = None, kernel: str | None = None) -> torch.Tensor:
+    """y = sum_k p(z_k) T_k[h(z_k)] for x (S, d), tables (K, 2**tau, h): a hash pass, then the gather; or,
+    at a few tokens, both in the one decode launch (``kernel``: ``forward_kernel``'s choice if None).
 
     ``out`` (S, h), contiguous and of x's dtype, receives the result if given (tests poison it first).
     """
+    global _last_forward
     check_inputs(x, tables, spec)
     x, tables = x.contiguous(), tables.contiguous()
     s, (k, rows, h) = x.shape[0], tables.shape
     y = new_buffer((s, h), x) if out is None else out
     if y.shape != (s, h) or y.dtype != x.dtype or not y.is_contiguous():
         raise ValueError(f"out must be a contiguous {x.dtype} tensor of shape {(s, h)}")
+    kernel = kernel or forward_kernel(s, config)
+    if kernel not in FORWARD_KERNELS:
+        raise ValueError(f"unknown forward kernel {kernel!r}; choose one of {', '.join(FORWARD_KERNELS)}")
+    _last_forward = kernel
+    if s == 0:
+        return y
+    if kernel == "decode":
+        _decode(x, tables, spec, y, config)
+        return y
     idx, p = hash_and_weight(x, spec)
     args = dict(idx_ptr=idx, p_ptr=p, t_ptr=tables, y_ptr=y, S=s, H=h, K=k, stride_ys=y.stride(0),
                 S_BUCKET=size_bucket(s), ROWS=rows)

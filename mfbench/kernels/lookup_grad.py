@@ -273,8 +273,12 @@ def memory_lookup(x: torch.Tensor, tables: torch.Tensor, spec: LookupSpec,
 
 def last_config(direction: str) -> str:
     """The launch configuration the autotuner last picked for ``direction`` ('forward' or 'backward')."""
-    tuner = fwd.FORWARD_TUNER if direction == "forward" else BACKWARD_TUNER
+    if direction == "forward":
+        name, tuner, interpreted = fwd.last_forward()
+    else:
+        name, tuner, interpreted = "backward", BACKWARD_TUNER, INTERPRETER_BACKWARD
+    label = f"{name}: " if direction == "forward" else ""
     cfg = getattr(tuner, "best_config", None)
     if INTERPRETING:
-        return "interpreter: " + str(fwd.INTERPRETER_FORWARD if direction == "forward" else INTERPRETER_BACKWARD)
-    return "untuned" if cfg is None else f"{cfg.kwargs} warps={cfg.num_warps} stages={cfg.num_stages}"
+        return f"{label}interpreter: {interpreted}"
+    return label + ("untuned" if cfg is None else f"{cfg.kwargs} warps={cfg.num_warps} stages={cfg.num_stages}")

@@ -37,6 +37,7 @@ def problems(draw):
                 temperature=draw(st.sampled_from([1.0, 0.5])),
                 dtype=draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16])),
                 strategy=draw(st.sampled_from(grad.BACKWARD_STRATEGIES)),  # the draw's dtypes all take both
+                kernel=draw(st.sampled_from(kernels.FORWARD_KERNELS)),
                 seed=draw(st.integers(0, 2**16)))
 
 
@@ -49,7 +50,7 @@ def test_forward_and_gradients_against_float64(poisoned, p):
     x = torch.randn(p["tokens"], p["k"] * p["tau"], generator=g).to(p["dtype"])
     tables = torch.randn(p["k"], 2 ** p["tau"], p["out"], generator=g).to(p["dtype"])
     gy = torch.randn(p["tokens"], p["out"], generator=g).to(p["dtype"])
-    y = kernels.lookup_forward(x, tables, spec)
+    y = kernels.lookup_forward(x, tables, spec, kernel=p["kernel"])
     gx, gt = grad.lookup_backward(x, tables, gy, spec, strategy=p["strategy"])
     assert torch.isfinite(y).all() and torch.isfinite(gx).all() and torch.isfinite(gt).all()
     assert y.dtype == gx.dtype == gt.dtype == p["dtype"]
@@ -86,6 +87,28 @@ def test_only_one_gradient_when_only_one_is_needed(poisoned, strategy):
     assert gx2 is None and torch.isfinite(gt2).all()
     torch.testing.assert_close(gx, both[0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(gt2, both[1], rtol=1e-6, atol=1e-6)
+
+
+@interpreted
+def test_decode_kernel_leaves_its_workspace_zeroed_and_repeats_exactly(poisoned):
+    """Each call's last program per tile zeroes the accumulator and the semaphore it used, so a second call
+    (and a CUDA graph replay) starts from zero; splits over tables and columns are both exercised here."""
+    spec = LookupSpec(8)
+    x, tables = torch.randn(5, 8 * 7), torch.randn(7, 256, 70)
+    first = kernels.lookup_forward(x, tables, spec, kernel="decode")
+    ws, sem = kernels.decode_workspace(x, torch.float32, 5, 70)
+    assert not ws.any() and not sem.any()
+    assert torch.equal(kernels.lookup_forward(x, tables, spec, kernel="decode"), first)
+    torch.testing.assert_close(first, kernels.lookup_forward(x, tables, spec, kernel="gather"), rtol=1e-6, atol=1e-6)
+
+
+def test_forward_kernel_by_token_count_config_and_unknown_names():
+    assert kernels.forward_kernel(1) == kernels.forward_kernel(kernels.DECODE_MAX_TOKENS) == "decode"
+    assert kernels.forward_kernel(kernels.DECODE_MAX_TOKENS + 1) == "gather"
+    assert kernels.forward_kernel(1, {"BLOCK_S": 16, "BLOCK_H": 32, "UNROLL": 2}) == "gather"
+    assert kernels.forward_kernel(4096, kernels.INTERPRETER_DECODE) == "decode"
+    with pytest.raises(ValueError, match="unknown forward kernel 'tiled'; choose one of gather, decode"):
+        kernels.lookup_forward(torch.randn(2, 8), torch.randn(1, 256, 4), LookupSpec(8), kernel="tiled")
 
 
 def test_backward_strategy_by_shape_and_unknown_names():
@@ -141,9 +164,10 @@ def _float64_against_reference(device, weighting, temperature):
     assert p.dtype == torch.float64
     assert torch.equal(idx.long().T.cpu(), sign_hash(z))
     torch.testing.assert_close(p.T.cpu(), bucket_weight(z, spec.weighting, spec.temperature), rtol=1e-13, atol=0)
-    y = kernels.lookup_forward(x, tables, spec)
-    torch.testing.assert_close(y.cpu(), ref, rtol=1e-12, atol=1e-12)
-    assert y.dtype == torch.float64
+    for kernel in kernels.FORWARD_KERNELS:
+        y = kernels.lookup_forward(x, tables, spec, kernel=kernel)
+        torch.testing.assert_close(y.cpu(), ref, rtol=1e-12, atol=1e-12)
+        assert y.dtype == torch.float64
     gx, gt = grad.lookup_backward(x, tables, gy, spec)
     assert gx.dtype == gt.dtype == torch.float64
     for got, want in ((gx, rgx), (gt, rgt)):
@@ -188,6 +212,26 @@ def test_benchmark_shapes_on_gpu(case, poisoned):
         x, gy = random_input(case, torch.device("cuda"), dtype, seed)
         errors = relative_errors(layer, x, gy, case.direction)
         assert all(v <= TOLERANCE[dtype] for v in errors.values()), errors
+
+
+DECODE_SHAPES = [(b, d) for d in (1024, 2048, 4096, 8192) for b in (1, 2, 4, 8, 16, 32, 64)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens, width", DECODE_SHAPES, ids=lambda v: str(v))
+def test_decode_shapes_on_gpu(tokens, width, poisoned):
+    """The forward at the decode benchmark's shapes (d = h), each kernel, twice with fresh inputs: the
+    second call checks the workspace the first left behind."""
+    from mfbench.bench.cases import Case
+
+    case = Case("forward", tokens, width, width)
+    layer = make_layer(case, "triton", torch.device("cuda"), torch.float16)
+    for seed in (1, 2):
+        x, _ = random_input(case, torch.device("cuda"), torch.float16, seed)
+        ref = reference_lookup(x.double(), layer.tables.double(), layer.spec)
+        for kernel in kernels.FORWARD_KERNELS:
+            y = kernels.lookup_forward(x, layer.tables, layer.spec, kernel=kernel)
+            assert relative_error(y, ref) <= TOLERANCE[torch.float16], (kernel, seed)
 
 
 @pytest.mark.gpu

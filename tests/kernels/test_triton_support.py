@@ -40,8 +40,8 @@ def test_the_provider_runs_on_this_triton_in_every_dtype_it_takes():
 
 @pytest.fixture
 def refusing_triton(monkeypatch):
-    """Every launch of the hash kernel fails the way Triton 3.9's interpreter failed; the provider's
-    cached availability is recomputed before and after."""
+    """Every launch of the hash and decode kernels (the two first launches of a forward) fails the way
+    Triton 3.9's interpreter failed; the provider's cached availability is recomputed before and after."""
     class Refusing:
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
@@ -49,6 +49,7 @@ def refusing_triton(monkeypatch):
             return launch
 
     monkeypatch.setattr(kernels, "_hash_kernel", Refusing())
+    monkeypatch.setattr(kernels, "_decode_kernel", Refusing())
     providers.unavailable.cache_clear()
     providers.trial.cache_clear()  # the one cache of trial runs
     yield
