@@ -8,8 +8,8 @@ fp16, tau = 8, d = h. Per (d, B): dense (x @ W), the gather kernel (hash pass + 
 - ``same``: every call on the same x (and W), the issue's method; what a call reads stays in L2 when it fits;
 - ``rotating``: 20 calls over 20 different x (and, for dense, 20 different W), so each call reads what the
   previous ones did not, as consecutive layers of a decoding step do.
-The floor is the fewest bytes (B x K rows of h, x, y; dense: W, x, y) over the copy bandwidth the script
-measures first. Every figure is also checked against a float64 reference. Rows go to OUT_DIR/decode.json
+The floor is the fewest bytes (B x K rows of h, x, y; dense: W, x, y) over the suite's copy ceiling
+(``instruments.ceilings``). Every figure is also checked against a float64 reference. Rows go to OUT_DIR/decode.json
 as they are measured.
 """
 from __future__ import annotations
@@ -24,18 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from mfbench.core.lookup import LookupSpec, reference_lookup
+from mfbench.instruments.ceilings import ceilings
 from mfbench.instruments.timing import graph_samples
 from mfbench.kernels import lookup as kernels
 
 CALLS = 20
-
-
-def copy_bandwidth() -> float:
-    """Bytes per second of a 2 GiB device-to-device copy (read plus write)."""
-    a = torch.empty(2**30, dtype=torch.float16, device="cuda")
-    b = torch.empty_like(a)
-    seconds = statistics.median(graph_samples(lambda: b.copy_(a), "cuda", calls=5, replays=10))
-    return 2 * a.numel() * 2 / seconds
 
 
 def graph_us(calls) -> float:
@@ -52,7 +45,7 @@ def rel(a, b) -> float:
 
 def probe(widths, batches, out: Path) -> None:
     spec = LookupSpec(8)
-    bandwidth = copy_bandwidth()
+    bandwidth = ceilings("cuda").copy_bytes_per_s  # the suite's own copy ceiling, cached per device
     rows = [dict(what="copy_bandwidth", bytes_per_s=bandwidth, device=torch.cuda.get_device_name())]
     for d in widths:
         torch.manual_seed(d)

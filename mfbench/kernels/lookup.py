@@ -192,7 +192,8 @@ DECODE_MAX_TOKENS = 64
 
 def _prune_decode(configs, named_args, **kwargs):
     """No token block wider than the call (those programs would idle), none splitting finer than K."""
-    s, k = named_args["S"], named_args["K"]
+    args = {**named_args, **kwargs}  # the launch passes every argument by keyword
+    s, k = args["S"], args["K"]
     kept = [c for c in configs if c.kwargs["BLOCK_S"] <= size_bucket(s) and c.kwargs["BLOCK_K"] <= size_bucket(k)]
     return kept or configs[:1]
 

@@ -2,7 +2,8 @@
 
     python -m mfbench.kernels.sweep --tokens 2048 --in-features 2048 --out-features 2048
 
-Prints one line per configuration, fastest first, so the autotuner's choice can be checked by eye.
+Prints one line per configuration, fastest first, so the autotuner's choice can be checked by eye; the
+forward's two kernels (gather, and decode for a few tokens) are both swept at any token count.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     tables = torch.randn(args.in_features // args.tau, spec.rows, args.out_features, device="cuda", dtype=dtype)
     gy = torch.randn(args.tokens, args.out_features, device="cuda", dtype=dtype)
     rows = []
-    for direction, configs in (("forward", K.FORWARD_CONFIGS), ("backward", G.BACKWARD_CONFIGS)):
+    sets = (("forward", K.FORWARD_CONFIGS), ("decode", K.DECODE_CONFIGS), ("backward", G.BACKWARD_CONFIGS))
+    for direction, configs in sets:
         for cfg in configs:
             config = {**cfg.kwargs, "num_warps": cfg.num_warps}
             if cfg.num_stages is not None:
                 config["num_stages"] = cfg.num_stages
             if direction == "backward" and not G.backward_config_fits(cfg, args.out_features):
                 continue
-            if direction == "forward":
+            if direction in ("forward", "decode"):  # the configuration's parameters name its kernel
                 fn = lambda c=config: K.lookup_forward(x, tables, spec, dict(c))
             else:
                 fn = lambda c=config: G.lookup_backward(x, tables, gy, spec, config=dict(c))
