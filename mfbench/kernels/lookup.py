@@ -323,18 +323,22 @@ def last_forward() -> tuple[str, object, dict]:
 
 
 _workspaces: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+_retired: list[tuple[torch.Tensor, torch.Tensor]] = []
 
 
 def decode_workspace(like: torch.Tensor, dtype: torch.dtype, tokens: int, out_features: int):
     """The decode kernel's zeroed accumulator (tokens x out_features of ``dtype``) and per-tile semaphores,
-    one pair per device and dtype, grown when a call needs more. Every complete call leaves both zeroed, so
-    they are allocated once, outside any CUDA graph that is captured after a first eager call, and calls on
-    one device must not run concurrently on two streams."""
+    one pair per device and dtype. Every complete call leaves both zeroed, so they are allocated once, outside
+    any CUDA graph captured after a first eager call; calls on one device must not run concurrently on two
+    streams. A pair outgrown is kept, never freed: a graph captured on it still writes there when replayed."""
     tiles = tokens * triton.cdiv(out_features, min(c["BLOCK_H"] for c in decode_configs()))
     ws, sem = _workspaces.get((like.device, dtype), (None, None))
     if ws is None or ws.numel() < tokens * out_features or sem.numel() < tiles:
-        ws = torch.zeros(max(tokens * out_features, 0 if ws is None else ws.numel()), device=like.device, dtype=dtype)
-        sem = torch.zeros(max(tiles, 0 if sem is None else sem.numel()), device=like.device, dtype=torch.int32)
+        if ws is not None:
+            _retired.append((ws, sem))
+        grown = lambda need, old: max(need, 0 if old is None else 2 * old.numel())
+        ws = torch.zeros(grown(tokens * out_features, ws), device=like.device, dtype=dtype)
+        sem = torch.zeros(grown(tiles, sem), device=like.device, dtype=torch.int32)
         _workspaces[(like.device, dtype)] = ws, sem
     return ws, sem
 

@@ -102,6 +102,21 @@ def test_decode_kernel_leaves_its_workspace_zeroed_and_repeats_exactly(poisoned)
     torch.testing.assert_close(first, kernels.lookup_forward(x, tables, spec, kernel="gather"), rtol=1e-6, atol=1e-6)
 
 
+def test_an_outgrown_decode_workspace_is_kept_alive_for_graphs_captured_on_it():
+    import gc
+    import weakref
+
+    x = torch.empty(1, 8, dtype=torch.float64)  # a dtype of its own: no other test's workspace
+    small, small_sem = kernels.decode_workspace(x, torch.float64, 3, 40)
+    kept = weakref.ref(small)
+    assert kernels.decode_workspace(x, torch.float64, 2, 40)[0] is small  # big enough: the same pair
+    big, big_sem = kernels.decode_workspace(x, torch.float64, 30, 400)
+    assert big.numel() >= 30 * 400 and big_sem.numel() > small_sem.numel() and not big.any()
+    del small, small_sem
+    gc.collect()
+    assert kept() is not None
+
+
 def test_forward_kernel_by_token_count_config_and_unknown_names():
     assert kernels.forward_kernel(1) == kernels.forward_kernel(kernels.DECODE_MAX_TOKENS) == "decode"
     assert kernels.forward_kernel(kernels.DECODE_MAX_TOKENS + 1) == "gather"
