@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mfbench.instruments import percall
-from mfbench.shells import alert, alert_git, alert_rule, kernelprobe
+from mfbench.shells import alert, alert_rule, kernelprobe
 from mfbench.shells.alert_report import markdown, summary, verdict_text
 
 from .plant import plant_launch

@@ -44,7 +44,7 @@ from mfbench.shells.alert_report import REPORT_SCHEMA, SCHEMA_FILE, markdown, su
 from mfbench.shells.alert_rule import Rule, SetRecord, outcome, overall, paired_log_ratio, still_open
 from mfbench.shells.asvrun import tree_pythonpath
 from mfbench.shells.kernelprobe import DIRECTIONS, SCHEMA as PROBE_SCHEMA
-from mfbench.shells.kernelprobe import default_sets, parse_key, parse_sets, wanted_sets
+from mfbench.shells.kernelprobe import default_sets, parse_key, parse_sets, set_key, wanted_sets
 
 KERNEL_GLOBS = providers.source_globs(plugins=False)  # the built-ins': what the workflows' path filters list
 __all__ = ["ROOT", "AlertError", "REPORT_SCHEMA", "SCHEMA_FILE", "KERNEL_GLOBS", "alert", "main", "summary",
