@@ -247,6 +247,10 @@ def clone(tmp_path_factory) -> Path:
     return path
 
 
+# one round on a shared 2-core CPU: the factor keeps its time noise out, so the counts decide
+ONE_ROUND = ("--min-rounds", "1", "--max-rounds", "1", "--no-accuracy", "--factor", "3")
+
+
 def _alert(repo: Path, tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     (tmp / "tmpdir").mkdir(exist_ok=True)
     full = {**os.environ, **ENV, **ALERT_ENV, "PYTHONPATH": str(repo), "TMPDIR": str(tmp / "tmpdir"), **env}
@@ -285,8 +289,7 @@ def test_outside_a_git_repository_the_message_says_so(tmp_path):
 
 def test_a_planted_launch_fails_by_its_counts_on_the_cpu(clone, tmp_path):
     """One extra torch op a call (the CPU's count: the GPU counts the launch, its bytes and its ops)."""
-    result = _alert(clone, tmp_path, "--base", "alert-base", "--head", "launch", "--min-rounds", "1",
-                    "--max-rounds", "1", "--no-accuracy")
+    result = _alert(clone, tmp_path, "--base", "alert-base", "--head", "launch", *ONE_ROUND)
     report = json.loads((tmp_path / "r.json").read_text())
     validate(report)
     assert result.returncode == 1 and report["verdict"] == "counts", result.stderr[-2000:]
@@ -302,7 +305,7 @@ def test_a_dirty_tree_is_measured_as_head_and_said_so(clone, tmp_path):
     kernel = work / "mfbench" / "kernels" / "lookup.py"
     kernel.write_text(plant_launch(kernel.read_text()))
     head_before = _git(work, "rev-parse", "HEAD")
-    result = _alert(work, tmp_path, "--base", "HEAD", "--min-rounds", "1", "--max-rounds", "1", "--no-accuracy")
+    result = _alert(work, tmp_path, "--base", "HEAD", *ONE_ROUND)
     report = json.loads((tmp_path / "r.json").read_text())
     validate(report)
     assert result.returncode == 1 and report["verdict"] == "counts", result.stderr[-2000:]

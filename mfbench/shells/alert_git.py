@@ -48,8 +48,8 @@ def commit_of(ref: str) -> str:
 
 def dirty_files() -> list[str]:
     """Tracked files changed and untracked files not ignored, relative to the repository."""
-    lines = git("status", "--porcelain", "--untracked-files=all").splitlines()
-    return sorted(line[3:].split(" -> ")[-1] for line in lines if line.strip())
+    changed = git("diff", "--name-only", "--no-renames", "HEAD", "--").splitlines()
+    return sorted({*changed, *git("ls-files", "--others", "--exclude-standard").splitlines()})
 
 
 def working_tree_commit() -> str:
