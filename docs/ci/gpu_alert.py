@@ -154,6 +154,7 @@ def main() -> int:
     reports.mkdir(exist_ok=True)
     alert_env = {"MFBENCH_ALERT_PROVIDERS": "triton", "MFBENCH_ALERT_DIRECTIONS": "forward",
                  "MFBENCH_ALERT_SEQS": args.seqs, "MFBENCH_ALERT_MAX_ROUNDS": str(args.max_rounds),
+                 "MFBENCH_ALERT_ROUNDS": str(min(2, args.max_rounds)),
                  "MFBENCH_ALERT_ACCURACY_SEQUENCES": str(args.accuracy_sequences)}
     env = {**os.environ, **alert_env, "PYTHONPATH": str(args.repo), "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp)}
     import torch
