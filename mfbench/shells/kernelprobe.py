@@ -2,12 +2,18 @@
 written as JSON. The kernel alert (``mfbench.shells.alert``) runs it once per commit and round, in that commit's
 checkout, so each commit measures its own kernels.
 
-    python -m mfbench.shells.kernelprobe --providers triton --seqs 2048,8192 --out probe.json
+    python -m mfbench.shells.kernelprobe --providers triton --seqs 1@2048,8@2048,2048,8192 --counts --out probe.json
+
+A set is PROVIDER/DIRECTION/TOKENS at the preset's width, or PROVIDER/forward/TOKENS@WIDTH, a decode set:
+TOKENS per call (one per sequence) through a Memory Layer of d = h = WIDTH.
 
 On a GPU each set's call is captured ``--calls`` times in one CUDA graph and the graph is replayed
 ``--replays`` times, one sample per replay (``timing.graph_samples``): the host's speed stays out of the
 figure. A call that cannot be captured is timed by its CUPTI busy time instead, after every graph set
 (``timing.cupti_samples``), and its entry says so. On the CPU a sample is one call's process CPU time.
+On a GPU each set also gets samples of the eager call (``percall.eager_samples``, host included); with
+``--counts``, after every time measurement, its per-call counts (``percall.call_counts``: kernels,
+syncs, bytes allocated, torch ops; only ops on a CPU), or the reason they could not be taken.
 
 A set this machine cannot run at all (the registry's static requirement: no CUDA, no Triton) is
 ``unavailable``; a set that raises is ``failed`` with the reason. Neither stops the other sets.
