@@ -201,6 +201,7 @@ def test_a_decode_set_is_measured_and_counted_on_the_cpu():
     (["--device", "tpu"], {}, "device"),
     (["--factor", "abc"], {}, "--factor"),
     (["--min-rounds", "x"], {}, "--min-rounds takes a whole number"),
+    ([], {"MFBENCH_ALERT_MAX_ROUNDS": "six"}, "MFBENCH_ALERT_MAX_ROUNDS takes a whole number, got 'six'"),
     (["--fail-on", "faster"], {}, "--fail-on"),
     (["--eager-factor", "0.5"], {}, "--eager-factor must be above 1"),
 ])

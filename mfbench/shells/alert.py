@@ -354,6 +354,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        wrong = [p for p in settings().problems if p.startswith("MFBENCH_ALERT_")]
+        if wrong:
+            raise AlertError(wrong[0])
         args = _parser().parse_args(argv)
         opts = checked_options(args)
         return alert(opts)
