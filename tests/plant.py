@@ -19,15 +19,16 @@ WASTE = """    waste = tl.zeros((BLOCK_S, BLOCK_H), dtype=tl.float32)
 """
 
 
-# lookup_forward's hash pass; the extra launch goes just before it.
-LAUNCH_ANCHOR = "    idx, p = hash_and_weight(x, spec)\n"
+# lookup_forward's output buffer; the extra launch goes just after it, before any choice of kernel, so every
+# forward (the gather kernel's and the decode kernel's) makes it.
+LAUNCH_ANCHOR = "    y = new_buffer((s, h), x) if out is None else out\n"
 LAUNCH = "    torch.empty(1, device=x.device, dtype=torch.float32).zero_()  # planted: one extra launch per call\n"
 
 
 def plant_launch(source: str) -> str:
     if source.count(LAUNCH_ANCHOR) != 1:
-        raise ValueError("lookup_forward's hash pass moved; update tests/plant.py")
-    return source.replace(LAUNCH_ANCHOR, LAUNCH + LAUNCH_ANCHOR)
+        raise ValueError("lookup_forward's output buffer moved; update tests/plant.py")
+    return source.replace(LAUNCH_ANCHOR, LAUNCH_ANCHOR + LAUNCH)
 
 
 def plant_slowdown(source: str, share: float) -> str:
