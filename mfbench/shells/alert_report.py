@@ -115,7 +115,7 @@ def markdown(report: dict) -> str:
               f"{', any count increase' if rule['counts'] == 'fail' else ''}, an eager interval above "
               f"x{rule['eager_factor']:g}. {report['rounds']} round(s) in {report['seconds']:.0f} s.", "",
               "| provider | dir | tokens | base | head | head/base [interval] | rounds | verdict | eager head/base | "
-              "kernels, syncs, bytes per call |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "head kernels, syncs, bytes per call |", "|---|---|---|---|---|---|---|---|---|---|"]
     rows = sorted(report["sets"], key=_order)
     for r in rows:
         eager = r["eager"]
