@@ -88,6 +88,9 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         seqs = tuple(int(s) for s in _list(get("MFBENCH_ASV_SEQS")))
     except ValueError:
         problems.append(f"MFBENCH_ASV_SEQS takes whole numbers, got {get('MFBENCH_ASV_SEQS')!r}")
+    for name in ("MFBENCH_ALERT_ROUNDS", "MFBENCH_ALERT_MAX_ROUNDS", "MFBENCH_ALERT_ACCURACY_SEQUENCES"):
+        if get(name) and _int(get(name)) is None:
+            problems.append(f"{name} takes a whole number, got {get(name)!r}")
     budget = _number(get("MFBENCH_CALL_BUDGET_S"), None)
     return Settings(
         provider_modules=get("MFBENCH_PROVIDER_MODULES", ""),

@@ -1,7 +1,10 @@
-"""A known kernel slowdown for the alert's tests, planted in a clone's source (the production kernel has
-no knob for it): the Triton forward gathers ``share`` of its tables a second time and throws the sum away.
+"""Known kernel changes for the alert's tests, planted in a clone's source (the production kernel has no
+knob for them): ``plant_slowdown``, the Triton forward gathers ``share`` of its tables a second time and
+throws the sum away; ``plant_launch``, its host function launches one extra tiny kernel per call (an
+allocation and a fill) whose result nothing reads: more launches, bytes and ops per call, next to no GPU time.
 
     python -m tests.plant mfbench/kernels/lookup.py 0.2
+    python -m tests.plant mfbench/kernels/lookup.py launch
 """
 
 import sys
@@ -16,6 +19,18 @@ WASTE = """    waste = tl.zeros((BLOCK_S, BLOCK_H), dtype=tl.float32)
 """
 
 
+# lookup_forward's output buffer; the extra launch goes just after it, before any choice of kernel, so every
+# forward (the gather kernel's and the decode kernel's) makes it.
+LAUNCH_ANCHOR = "    y = new_buffer((s, h), x) if out is None else out\n"
+LAUNCH = "    torch.empty(1, device=x.device, dtype=torch.float32).zero_()  # planted: one extra launch per call\n"
+
+
+def plant_launch(source: str) -> str:
+    if source.count(LAUNCH_ANCHOR) != 1:
+        raise ValueError("lookup_forward's output buffer moved; update tests/plant.py")
+    return source.replace(LAUNCH_ANCHOR, LAUNCH_ANCHOR + LAUNCH)
+
+
 def plant_slowdown(source: str, share: float) -> str:
     if source.count(ANCHOR) != 1:
         raise ValueError("the forward kernel's store moved; update tests/plant.py")
@@ -24,4 +39,5 @@ def plant_slowdown(source: str, share: float) -> str:
 
 if __name__ == "__main__":
     path = Path(sys.argv[1])
-    path.write_text(plant_slowdown(path.read_text(), float(sys.argv[2])))
+    text = path.read_text()
+    path.write_text(plant_launch(text) if sys.argv[2] == "launch" else plant_slowdown(text, float(sys.argv[2])))

@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,13 @@ def _git(repo: Path, *args: str) -> str:
     ([1.0, 0.99], "same", True),          # clearly below
     ([0.7, 0.72], "improved", True),      # clearly below 1/1.1
     ([1.2], "regressed", False),          # one round has no spread: judged by its value, never settled
-    ([1.12, 1.09], "regressed", False),   # straddles the threshold: open, the mean decides at the last round
-    ([1.25, 0.95], "same", False),        # rounds disagree: the spread keeps it open
-    ([1.08, 1.08, 1.08], "same", False),  # within the floor of the standard error of x1.1
+    ([1.12, 1.09], "regressed", False),   # straddles the threshold: open, a mean above it fails at the last round
+    ([1.25, 0.95], "unsettled", False),   # rounds disagree: spans 1.0 and x1.1
+    ([1.08, 1.08, 1.08], "slower", False),  # certainly slower; the floor of the standard error reaches x1.1
+    ([1.05, 1.05], "slower", True),       # certain and wholly below x1.1
+    ([0.95, 0.95], "faster", True),
+    ([0.93, 0.93], "faster", False),      # certainly faster; the interval reaches below 1/1.1
+    ([0.85, 0.86], "improved", True),
 ])
 def test_judge(ratios, verdict, settled):
     j = alert_rule.judge([math.log(r) for r in ratios], alert_rule.Rule())
@@ -69,10 +74,13 @@ def test_a_round_pairs_the_medians():
     assert alert_rule.paired_log_ratio([1.0, 1.0, 5.0], [1.2, 1.2, 0.1]) == pytest.approx(math.log(1.2))
 
 
-def _rec(base: list[tuple[str, str]], head: list[tuple[str, str]], ratios=()) -> alert_rule.SetRecord:
-    side = lambda runs: [{"status": s, "reason": f"{s} here", "method": m, "samples_s": [1.0] if s == "ok" else []}
-                         for s, m in runs]
-    return alert_rule.SetRecord("triton", "forward", 64, "float32", side(base), side(head), list(ratios))
+COUNTS = {"kernels": 2.0, "syncs": 0.0, "bytes": 1024.0, "ops": 9.0}
+
+
+def _rec(base: list[tuple[str, str]], head: list[tuple[str, str]], ratios=(), counts=COUNTS) -> alert_rule.SetRecord:
+    side = lambda runs: [{"status": s, "reason": f"{s} here", "method": m, "samples_s": [1.0] if s == "ok" else [],
+                          "counts": counts if s == "ok" else None} for s, m in runs]
+    return alert_rule.SetRecord("triton", "forward", 64, None, "float32", side(base), side(head), list(ratios))
 
 
 G = "cuda-graph-replay"
@@ -124,11 +132,12 @@ def test_the_alert_measures_the_providers_a_change_touches():
                                        "mfbench/core/builtins.py"}
 
 
-def _report(rows: list[dict], verdict: str) -> dict:
-    return {"schema": alert.REPORT_SCHEMA, "base": "a" * 40, "head": "b" * 40, "files": ["mfbench/kernels/lookup.py"],
-            "rule": {"factor": 1.1, "z": 3.0, "min_se": 0.01, "min_rounds": 2, "max_rounds": 6}, "device": "H200",
+def _report(rows: list[dict], verdict: str, rule: alert_rule.Rule = alert_rule.Rule()) -> dict:
+    return {"schema": alert.REPORT_SCHEMA, "base": "a" * 40, "head": "b" * 40, "head_ref": "HEAD", "head_uncommitted": [],
+            "files": ["mfbench/kernels/lookup.py"], "rule": asdict(rule), "device": "H200",
             "providers": ["triton"], "rounds": 2, "seconds": 50.0, "sets": rows,
-            "accuracy": {"checked": True, "exit_code": 0, "output": "agrees"}, "verdict": verdict, "exit_code": 1}
+            "accuracy": {"checked": True, "exit_code": 0, "output": "agrees"}, "verdict": verdict,
+            "exit_code": 0 if verdict in ("pass", "no-kernel-change") else 1}
 
 
 def test_reports_list_broken_and_regressed_sets_first_and_the_json_validates(tmp_path):
@@ -151,6 +160,10 @@ def test_schema_rejects_a_report_that_lies():
     jsonschema = pytest.importorskip("jsonschema")
     report = _report([], "pass")
     validate(report)
+    with pytest.raises(jsonschema.ValidationError):
+        validate({**report, "exit_code": 1})  # a pass exits 0
+    with pytest.raises(jsonschema.ValidationError):
+        validate({**report, "verdict": "regression", "exit_code": 0})
     with pytest.raises(jsonschema.ValidationError):
         validate({**report, "verdict": "fine"})
     with pytest.raises(jsonschema.ValidationError):

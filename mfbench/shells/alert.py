@@ -1,23 +1,26 @@
-"""The kernel alert: did a change make the lookup kernels slower, break them, or change their answers?
+"""The kernel alert: did a change make the lookup kernels slower, do more work per call, break them, or
+change their answers?
 
-    python -m mfbench.shells.alert --base REF [--head REF] [--factor 1.1] [--report alert-report.md]
+    python -m mfbench.shells.alert --base REF [--head REF] [--factor 1.1] [--fail-on slower] [--report alert-report.md]
 
-If files that a provider depends on changed between base and head (``providers.touched_by``), both
-commits are checked out as git worktrees and each measures its own kernels with the kernel probe
-(``mfbench.shells.kernelprobe``): one process per commit and round, every parameter set in it. On a GPU the
-deciding signal is the kernels' own time (CUDA-graph replays), never the host-bound time of a call.
+If files that a provider depends on differ between base and head (``providers.touched_by``; the two trees
+compared directly, whichever commit is older), both commits are checked out as git worktrees and each
+measures its own kernels with the kernel probe (``mfbench.shells.kernelprobe``): one process per commit and
+round, every parameter set in it, decode sets (1 and 8 tokens per call at d = h = 2048) included. ``--head
+HEAD`` (the default) with uncommitted changes measures the working tree as it is, as a temporary commit,
+and the report says so. On a GPU the deciding signal is the kernels' own time (CUDA-graph replays); the
+eager call's time is judged beside it at its own wider factor, and the first round counts per call the
+kernels launched, host-device synchronisations and device bytes allocated (and torch ops, also on a CPU):
+any increase is named and fails by default, and a GPU set whose counts cannot be taken is broken.
 
-Rounds alternate the order (base, head, then head, base, ...). Each round gives every set one paired
-log-ratio: log(median of head's samples / median of base's). After ``min_rounds`` a set is settled when
-the interval mean +- z standard errors of its log-ratios lies wholly above log(factor) (regressed) or below
-it (same, or improved when below -log(factor)); open sets are measured again, up to ``max_rounds``, and a
-set still open then is judged by its mean. The alert stops as soon as a regression is settled.
-
-It fails closed: a set that ran at base but fails, is skipped or gives no value at head is ``broken``, as
-is a head whose probe cannot run at all; only a set the machine cannot run at either commit is left out.
-It also re-scores HEAD's newest MemoryFormer snapshot through the touched exact providers (``mfbench
-snapshot eval``). Exit 0: no regression; 1: regression, broken, accuracy, or nothing could be compared;
-2: a usage or environment problem (bad ref, no git).
+Rounds alternate the order (base, head, then head, base, ...) and give every set one paired log-ratio a
+round; ``alert_rule`` turns them into same / slower / faster / regressed / improved / unsettled. It fails
+closed: a set that ran at base but fails, is skipped or gives no value at head is ``broken``, as is a head
+whose probe cannot run at all; only a set the machine cannot run at either commit is left out. It also
+re-scores HEAD's newest MemoryFormer snapshot through the touched exact providers (``mfbench snapshot
+eval``). Exit 0: no failure; 1: regression (or --fail-on slower and a certain slowdown), a per-call count
+increase, an eager regression, broken, accuracy, or nothing compared; 2: a usage or environment problem
+(bad ref or option, no git, an unwritable report), one line. Temporary checkouts are removed on every path.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,55 +38,31 @@ from pathlib import Path
 
 from mfbench.config import settings
 from mfbench.core import providers
+from mfbench.shells.alert_git import (ROOT, AlertError, add_worktree, changed_files, check_repository, commit_of,
+                                      remove_worktrees, resolve_head)
+from mfbench.shells.alert_report import REPORT_SCHEMA, SCHEMA_FILE, markdown, summary, write_reports
 from mfbench.shells.alert_rule import Rule, SetRecord, outcome, overall, paired_log_ratio, still_open
 from mfbench.shells.asvrun import tree_pythonpath
-from mfbench.shells.kernelprobe import SCHEMA as PROBE_SCHEMA
-from mfbench.shells.kernelprobe import default_seqs, set_key
-from mfbench.store.results import short_direction
+from mfbench.shells.kernelprobe import DIRECTIONS, SCHEMA as PROBE_SCHEMA
+from mfbench.shells.kernelprobe import default_sets, parse_key, parse_sets, set_key, wanted_sets
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository: mfbench/shells/ is two levels down
 KERNEL_GLOBS = providers.source_globs(plugins=False)  # the built-ins': what the workflows' path filters list
-REPORT_SCHEMA = "mfbench-alert-report/1"
-SCHEMA_FILE = Path(__file__).with_name("alert-report.schema.json")
-
-
-class AlertError(Exception):
-    """A problem with what was asked (bad ref, no git, a base without the probe); reported in one line."""
-
-
-def git(*args: str, cwd: Path | None = None) -> str:
-    out = subprocess.run(["git", *args], cwd=cwd or ROOT, capture_output=True, text=True)
-    if out.returncode != 0:
-        said = (out.stderr.strip() or out.stdout.strip()).splitlines()
-        raise AlertError(f"git {' '.join(args)}: {said[-1] if said else f'exit {out.returncode}'}")
-    return out.stdout.strip()
-
-
-def commit_of(ref: str) -> str:
-    """The commit ``ref`` names; a ref that looks like an option never reaches git as one."""
-    try:
-        return git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
-    except AlertError:
-        raise AlertError(f"{ref!r} names no commit in {ROOT}") from None
-
-
-def changed_files(base: str, head: str, globs: tuple[str, ...] = KERNEL_GLOBS) -> list[str]:
-    import fnmatch
-
-    files = git("diff", "--name-only", f"{base}...{head}", "--").splitlines()
-    return [f for f in files if any(fnmatch.fnmatch(f, g) for g in globs)]
+__all__ = ["ROOT", "AlertError", "REPORT_SCHEMA", "SCHEMA_FILE", "KERNEL_GLOBS", "alert", "main", "summary",
+           "markdown", "write_reports", "changed_files"]
 
 
 # --- measuring ------------------------------------------------------------------------------------
 
 
-# Where a tree keeps its kernel probe: since the layered folders, and before them (a base older than them).
-PROBE_MODULES = ("mfbench.shells.kernelprobe", "mfbench.kernelprobe")
+PROBE_FILE = "mfbench/shells/kernelprobe.py"
 
 
-def probe_module(tree: Path) -> str | None:
-    """The module name of ``tree``'s kernel probe, or None where it has none."""
-    return next((m for m in PROBE_MODULES if (tree / (m.replace(".", "/") + ".py")).exists()), None)
+def check_probe(tree: Path, sha: str) -> None:
+    """Raise where ``sha``'s kernel probe is missing or older than this alert's (it would give no counts)."""
+    path = tree / PROBE_FILE
+    if not path.exists() or f'"{PROBE_SCHEMA}"' not in path.read_text():
+        raise AlertError(f"{sha[:10]} has no {PROBE_SCHEMA} kernel probe ({PROBE_FILE}, with per-call counts): "
+                         "compare with a base that has one")
 
 
 def probe(tree: Path, args: list[str], out: Path, timeout_s: float) -> tuple[dict | None, str]:
@@ -93,7 +71,7 @@ def probe(tree: Path, args: list[str], out: Path, timeout_s: float) -> tuple[dic
     import threading
 
     env = {**os.environ, "PYTHONPATH": tree_pythonpath(tree)}
-    cmd = [sys.executable, "-m", probe_module(tree), *args, "--out", str(out)]
+    cmd = [sys.executable, "-m", "mfbench.shells.kernelprobe", *args, "--out", str(out)]
     tail: list[str] = []
 
     def relay(stream) -> None:
@@ -125,13 +103,14 @@ def probe(tree: Path, args: list[str], out: Path, timeout_s: float) -> tuple[dic
 
 def record(records: dict[str, SetRecord], side: str, sets: list[dict] | None, why: str, wanted: list[str]) -> None:
     """File one probe run's sets under ``side``; a run that gave nothing marks every wanted set failed."""
-    found = {set_key(s["provider"], s["direction"], s["seq"]): s for s in sets or []}
+    found = {set_key(s["provider"], s["direction"], s["seq"], s.get("width")): s for s in sets or []}
     for key in wanted:
         entry = found.get(key) or {"status": "failed", "reason": why or "the probe gave no value for this set",
                                    "method": "", "samples_s": []}
         if entry["status"] == "ok" and not entry["samples_s"]:
             entry = {**entry, "status": "failed", "reason": "no samples"}
-        getattr(records[key], side).append({k: entry.get(k) for k in ("status", "reason", "method", "samples_s")})
+        fields = ("status", "reason", "method", "samples_s", "eager_s", "counts", "counts_reason")
+        getattr(records[key], side).append({k: entry.get(k) for k in fields})
         if entry.get("dtype"):
             records[key].dtype = entry["dtype"]
 
@@ -141,8 +120,7 @@ def run_rounds(trees: dict[str, Path], base: str, head: str, probe_args: list[st
     """(every set's record, the rounds run, the device the probes named)."""
     records: dict[str, SetRecord] = {}
     for key in keys:
-        provider, direction, seq = key.split("/")
-        records[key] = SetRecord(provider, direction, int(seq))
+        records[key] = SetRecord(*parse_key(key))
     wanted, done, device = list(keys), 0, ""
     for r in range(rule.max_rounds):
         order = [(base, "base"), (head, "head")] if r % 2 == 0 else [(head, "head"), (base, "base")]
@@ -150,7 +128,8 @@ def run_rounds(trees: dict[str, Path], base: str, head: str, probe_args: list[st
             print(f"round {r + 1} (at least {rule.min_rounds}, at most {rule.max_rounds}): {side} {sha[:10]}, "
                   f"{len(wanted)} set(s)", file=sys.stderr, flush=True)
             out = work / f"probe-{side}-{r}.json"
-            report, why = probe(trees[sha], [*probe_args, "--only", ",".join(wanted)], out, timeout_s)
+            counts = ["--counts"] if r == 0 else []  # deterministic: once per commit
+            report, why = probe(trees[sha], [*probe_args, *counts, "--only", ",".join(wanted)], out, timeout_s)
             device = device or (report or {}).get("device", "")
             record(records, side, report and report["sets"], why, wanted)
         for key in wanted:
@@ -158,6 +137,8 @@ def run_rounds(trees: dict[str, Path], base: str, head: str, probe_args: list[st
             b, h = rec.base[-1], rec.head[-1]
             if b["status"] == h["status"] == "ok":
                 rec.log_ratios.append(paired_log_ratio(b["samples_s"], h["samples_s"]))
+                if b.get("eager_s") and h.get("eager_s"):
+                    rec.eager_log_ratios.append(paired_log_ratio(b["eager_s"], h["eager_s"]))
         done = r + 1
         verdicts = {k: outcome(records[k], rule) for k in wanted}
         wanted = still_open(verdicts, done, rule)
@@ -187,78 +168,6 @@ def accuracy_check(tree: Path, names: list[str], device: str, sequences: int | N
     return result.returncode, (result.stdout + result.stderr).strip()
 
 
-# --- reports ----------------------------------------------------------------------------------------
-
-
-def _median_of_medians(runs: list[dict]) -> float | None:
-    medians = [statistics.median(r["samples_s"]) for r in runs if r["status"] == "ok" and r["samples_s"]]
-    return statistics.median(medians) if medians else None
-
-
-def summary(records: dict[str, SetRecord], rule: Rule) -> list[dict]:
-    rows = []
-    for rec in records.values():
-        verdict, reason, j = outcome(rec, rule)
-        rows.append({"provider": rec.provider, "direction": rec.direction, "seq": rec.seq, "dtype": rec.dtype,
-                     "method": next((r["method"] for r in rec.head + rec.base if r["method"]), ""),
-                     "base_s": _median_of_medians(rec.base), "head_s": _median_of_medians(rec.head),
-                     "ratio": j and j.ratio, "ratio_low": j and j.low, "ratio_high": j and j.high,
-                     "settled": bool(j and j.settled), "rounds": len(rec.log_ratios), "verdict": verdict,
-                     "reason": reason, "log_ratios": rec.log_ratios,
-                     "samples_base_s": [r["samples_s"] for r in rec.base],
-                     "samples_head_s": [r["samples_s"] for r in rec.head]})
-    return rows
-
-
-HEADLINES = {
-    "broken": "**Broken**: a set that ran at base fails, is skipped or gives no value at head.",
-    "regression": "**Regression**: a set's kernels are slower than the threshold.",
-    "accuracy": "**Accuracy regression**: a provider's answers differ from reference's beyond the tolerance.",
-    "unmeasured": "**Not measured**: no set could be compared at both commits, so nothing passes.",
-    "pass": "No regression.",
-    "no-kernel-change": "No kernel file changed; nothing to measure.",
-}
-
-
-def _time(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds * 1e6:.4g} us" if seconds < 1e-3 else f"{seconds * 1e3:.4g} ms"
-
-
-def markdown(report: dict) -> str:
-    rule = report["rule"]
-    lines = [f"# mfbench kernel alert: {report['head'][:10]} vs {report['base'][:10]}", "",
-             HEADLINES[report["verdict"]], "", f"Kernel files changed: {', '.join(report['files']) or '-'}"]
-    if report["verdict"] != "no-kernel-change":
-        lines += [f"Device: {report['device']}; providers: {', '.join(report['providers'])}. Deciding signal: "
-                  "the kernels' own time per call (CUDA-graph replays on a GPU; CPU time per call on a CPU).",
-                  f"Rule: a set regressed when its head/base interval (mean of {rule['min_rounds']}-"
-                  f"{rule['max_rounds']} paired rounds +- {rule['z']:g} standard errors) lies above "
-                  f"x{rule['factor']:g}. {report['rounds']} round(s) in {report['seconds']:.0f} s.", "",
-                  "| provider | dir | tokens | base | head | head/base [interval] | rounds | verdict |",
-                  "|---|---|---|---|---|---|---|---|"]
-        first = {"broken": 0, "regressed": 1}
-        for r in sorted(report["sets"], key=lambda r: (first.get(r["verdict"], 2), -(r["ratio"] or 0))):
-            ratio = "-" if r["ratio"] is None else f"{r['ratio']:.3f} [{r['ratio_low']:.3f}-{r['ratio_high']:.3f}]"
-            verdict = r["verdict"] if r["verdict"] not in ("broken", "regressed") else f"**{r['verdict']}**"
-            verdict += f": {r['reason']}" if r["reason"] else ""
-            lines.append(f"| {r['provider']} | {short_direction(r['direction'])} | {r['seq']} | {_time(r['base_s'])} | "
-                         f"{_time(r['head_s'])} | {ratio} | {r['rounds']} | {verdict.replace('|', '/')} |")
-        accuracy = report["accuracy"]
-        lines += ["", f"## Accuracy at {report['head'][:10]}", "",
-                  ("Not checked." if not accuracy["checked"] else "Every provider agrees with reference."
-                   if accuracy["exit_code"] == 0 else f"**Failed** (snapshot eval exit {accuracy['exit_code']})."),
-                  "", "```", accuracy["output"], "```"]
-    return "\n".join(lines) + "\n"
-
-
-def write_reports(report: dict, md: Path, js: Path) -> None:
-    for path, text in ((md, markdown(report)), (js, json.dumps(report, indent=1, allow_nan=False))):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-
-
 # --- the alert ---------------------------------------------------------------------------------------
 
 
@@ -282,12 +191,17 @@ class Options:
 
 def alert(opts: Options) -> int:
     started = time.monotonic()
-    base, head = commit_of(opts.base), commit_of(opts.head)
+    check_repository()
+    base, (head, uncommitted) = commit_of(opts.base), resolve_head(opts.head)
     files = changed_files(base, head, providers.source_globs())  # plugins registered since import included
     js = opts.json_report or opts.report.with_suffix(".json")
-    report = {"schema": REPORT_SCHEMA, "base": base, "head": head, "files": files, "rule": asdict(opts.rule),
-              "device": "", "providers": [], "rounds": 0, "seconds": 0.0, "sets": [],
+    report = {"schema": REPORT_SCHEMA, "base": base, "head": head, "head_ref": opts.head,
+              "head_uncommitted": uncommitted, "files": files, "rule": asdict(opts.rule), "device": "",
+              "providers": [], "rounds": 0, "seconds": 0.0, "sets": [],
               "accuracy": {"checked": False, "exit_code": 0, "output": ""}}
+    if uncommitted:
+        print(f"measuring the working tree as it is ({len(uncommitted)} uncommitted file(s)) as head, the temporary "
+              f"commit {head[:10]} on top of {opts.head}", file=sys.stderr)
     if not files:
         report.update(verdict="no-kernel-change", exit_code=0)
         write_reports(report, opts.report, js)
@@ -302,11 +216,10 @@ def alert(opts: Options) -> int:
     trees = {sha: work / f"tree-{side}" for sha, side in ((base, "base"), (head, "head"))}
     try:
         for sha, tree in trees.items():
-            git("worktree", "add", "--detach", str(tree), sha)
-            if probe_module(tree) is None:
-                raise AlertError(f"{sha[:10]} has no kernel probe (mfbench/shells/kernelprobe.py): compare with a base "
-                                 "that has one")
-        keys = _keys(names, opts.directions, opts.seqs, device)
+            add_worktree(tree, sha)
+            check_probe(tree, sha)
+        sets = parse_sets(opts.seqs) if opts.seqs else default_sets(device)
+        keys = wanted_sets(names, opts.directions.split(","), sets)
         records, rounds, measured_on = run_rounds(trees, base, head, probe_args, keys, opts.rule, work,
                                                   opts.probe_timeout_s)
         if opts.probes_dir:
@@ -321,25 +234,16 @@ def alert(opts: Options) -> int:
         else:
             report["accuracy"]["output"] = "not checked (--no-accuracy)"
     finally:
-        for tree in trees.values():
-            if tree.exists():
-                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
+        remove_worktrees(list(trees.values()))
+        shutil.rmtree(work, ignore_errors=True)
     rows = summary(records, opts.rule)
-    verdict = overall(rows, report["accuracy"]["exit_code"])
+    verdict = overall(rows, report["accuracy"]["exit_code"], opts.rule)
     report.update(device=measured_on, providers=names, rounds=rounds, seconds=time.monotonic() - started,
                   sets=rows, verdict=verdict, exit_code=0 if verdict == "pass" else 1)
     write_reports(report, opts.report, js)
-    shutil.rmtree(work, ignore_errors=True)
     print(markdown(report))
     print(f"alert: {verdict}; reports in {opts.report} and {js}", file=sys.stderr)
     return report["exit_code"]
-
-
-def _keys(names: list[str], directions: str, seqs: str | None, device: str) -> list[str]:
-    """Every set the alert measures, named as the probe names them."""
-    lengths = [int(s) for s in (seqs.split(",") if seqs else default_seqs(device))]
-    return [set_key(p, d, s) for d in directions.split(",") for s in lengths for p in names]
 
 
 def _default_device() -> str:
@@ -348,46 +252,114 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def main(argv: list[str] | None = None) -> int:
-    env = settings()
-    parser = argparse.ArgumentParser(prog="python -m mfbench.shells.alert", description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, help="the commit to compare with (e.g. the merge base)")
-    parser.add_argument("--head", default="HEAD")
-    parser.add_argument("--factor", type=float, default=1.1, help="slowdown ratio that counts (default 1.1)")
-    parser.add_argument("--min-rounds", type=int, default=env.alert_rounds,
-                        help="base/head process pairs at least (default $MFBENCH_ALERT_ROUNDS or 2)")
-    parser.add_argument("--max-rounds", type=int, default=env.alert_max_rounds,
-                        help="at most, while a set is not clear of the threshold (default $MFBENCH_ALERT_MAX_ROUNDS or 6)")
-    parser.add_argument("--providers", default=env.alert_providers,
-                        help="comma-separated (default $MFBENCH_ALERT_PROVIDERS, else those the changed files touch)")
-    parser.add_argument("--directions", default=env.alert_directions)
-    parser.add_argument("--seqs", default=env.alert_seqs,
-                        help="token counts (default $MFBENCH_ALERT_SEQS, else 2048,8192,32768 on a GPU, 128,512 on a CPU)")
-    parser.add_argument("--preset", default=env.alert_preset)
-    parser.add_argument("--device", default=env.alert_device)
-    parser.add_argument("--report", type=Path, default=Path("alert-report.md"))
-    parser.add_argument("--json", type=Path, default=None, help="the JSON report (default: --report with .json)")
-    parser.add_argument("--no-accuracy", action="store_true", default=not env.alert_accuracy,
-                        help="skip the snapshot's accuracy check (or MFBENCH_ALERT_ACCURACY=0)")
-    parser.add_argument("--probes-dir", type=Path, default=None, help="keep every probe run's samples (JSON) here")
-    parser.add_argument("--accuracy-sequences", type=int, default=env.alert_accuracy_sequences,
-                        help="evaluation sequences for the accuracy check (default: the snapshot's own)")
-    args = parser.parse_args(argv)
+def writable(path: Path) -> None:
+    """Raise unless a report can be written at ``path`` (checked before anything is measured)."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if path.is_dir() or not folder.is_dir() or not os.access(folder if not path.exists() else path, os.W_OK):
+        raise AlertError(f"cannot write the report {path}: " + ("it is a directory" if path.is_dir() else
+                                                                 "not writable"))
+
+
+def checked_options(args: argparse.Namespace) -> Options:
+    """The options, every one checked before a worktree or a probe exists."""
+    from mfbench.core.model import ModelConfig
+
+    rounds = []
+    for flag, value in (("--min-rounds", args.min_rounds), ("--max-rounds", args.max_rounds)):
+        try:
+            rounds.append(int(value))
+        except ValueError:
+            raise AlertError(f"{flag} takes a whole number, got {value!r}") from None
+    if not 1 <= rounds[0] <= rounds[1]:
+        raise AlertError(f"rounds: need 1 <= --min-rounds ({rounds[0]}) <= --max-rounds ({rounds[1]})")
+    for flag, value in (("--factor", args.factor), ("--eager-factor", args.eager_factor)):
+        if not value > 1:
+            raise AlertError(f"{flag} must be above 1, got {value:g}")
+    names = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
     try:
-        if not 1 <= args.min_rounds <= args.max_rounds:
-            raise AlertError(f"rounds: need 1 <= --min-rounds ({args.min_rounds}) <= --max-rounds ({args.max_rounds})")
-        if not args.factor > 1:
-            raise AlertError(f"--factor must be above 1, got {args.factor:g}")
-        names = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
         for name in names or []:
-            try:
-                providers.get(name)
-            except ValueError as exc:
-                raise AlertError(str(exc)) from None
-        rule = Rule(args.factor, min_rounds=args.min_rounds, max_rounds=args.max_rounds)
-        return alert(Options(args.base, args.head, rule, names, args.directions, args.seqs, args.preset, args.device,
-                             args.report, args.json, not args.no_accuracy, args.accuracy_sequences,
-                             probes_dir=args.probes_dir))
+            providers.get(name)
+        directions = [d.strip() for d in args.directions.split(",") if d.strip()]
+        if not directions or not set(directions) <= set(DIRECTIONS):
+            raise ValueError(f"--directions (or MFBENCH_ALERT_DIRECTIONS) takes {', '.join(DIRECTIONS)}, "
+                             f"got {args.directions!r}")
+        try:
+            sets = parse_sets(args.seqs) if args.seqs is not None else []
+        except ValueError as exc:
+            raise ValueError(f"--seqs (or MFBENCH_ALERT_SEQS): {exc}") from None
+        for width in {None, *(w for _, w in sets)}:
+            ModelConfig.preset(args.preset, **({"d_model": width} if width else {}))
+        if args.device is not None:
+            _check_device(args.device)
+    except (ValueError, RuntimeError) as exc:
+        raise AlertError(str(exc)) from None
+    if args.accuracy_sequences is not None and args.accuracy_sequences < 1:
+        raise AlertError(f"--accuracy-sequences takes a positive number, got {args.accuracy_sequences}")
+    for path in (args.report, args.json or args.report.with_suffix(".json")):
+        writable(path)
+    rule = Rule(args.factor, min_rounds=rounds[0], max_rounds=rounds[1], fail_on=args.fail_on,
+                eager_factor=args.eager_factor, counts=args.counts)
+    return Options(args.base, args.head, rule, names, ",".join(directions), args.seqs, args.preset, args.device,
+                   args.report, args.json, not args.no_accuracy, args.accuracy_sequences, probes_dir=args.probes_dir)
+
+
+def _check_device(name: str) -> None:
+    import torch
+
+    device = torch.device(name)  # raises RuntimeError on a name torch does not know
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is visible to torch")
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"--device takes cpu or cuda, got {name!r}")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other usage error of the alert
+        raise AlertError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = settings()
+    parser = _Parser(prog="python -m mfbench.shells.alert", description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--base", required=True, help="the commit to compare with (e.g. the merge base)")
+    add("--head", default="HEAD", help="default HEAD: with uncommitted changes, the working tree as it is")
+    add("--factor", type=float, default=1.1, help="slowdown ratio that counts (default 1.1)")
+    add("--fail-on", choices=("regressed", "slower"), default="regressed",
+        help="slower: a certain slowdown below --factor fails too (default: regressed only)")
+    add("--eager-factor", type=float, default=1.25, help="the eager call's threshold (default 1.25)")
+    add("--counts", choices=("fail", "report"), default="fail",
+        help="an increase of a per-call count (kernels, syncs, bytes, ops): fail (default) or only report it")
+    add("--min-rounds", default=env.alert_rounds, help="base/head process pairs at least (default $MFBENCH_ALERT_ROUNDS or 2)")
+    add("--max-rounds", default=env.alert_max_rounds,
+        help="at most, while a set is not clear of the threshold (default $MFBENCH_ALERT_MAX_ROUNDS or 6)")
+    add("--providers", default=env.alert_providers,
+        help="comma-separated (default $MFBENCH_ALERT_PROVIDERS, else those the changed files touch)")
+    add("--directions", default=env.alert_directions)
+    add("--seqs", default=env.alert_seqs, help="token counts, TOKENS@WIDTH for a decode set (default "
+        "$MFBENCH_ALERT_SEQS, else 1@2048,8@2048,2048,8192,32768 on a GPU, 1@2048,8@2048,128,512 on a CPU)")
+    add("--preset", default=env.alert_preset)
+    add("--device", default=env.alert_device)
+    add("--report", type=Path, default=Path("alert-report.md"))
+    add("--json", type=Path, default=None, help="the JSON report (default: --report with .json)")
+    add("--no-accuracy", action="store_true", default=not env.alert_accuracy,
+        help="skip the snapshot's accuracy check (or MFBENCH_ALERT_ACCURACY=0)")
+    add("--probes-dir", type=Path, default=None, help="keep every probe run's samples (JSON) here")
+    add("--accuracy-sequences", type=int, default=env.alert_accuracy_sequences,
+        help="evaluation sequences for the accuracy check (default: the snapshot's own)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        wrong = [p for p in settings().problems if p.startswith("MFBENCH_ALERT_")]
+        if wrong:
+            raise AlertError(wrong[0])
+        args = _parser().parse_args(argv)
+        opts = checked_options(args)
+        return alert(opts)
     except AlertError as exc:
         print(f"mfbench alert: error: {exc}", file=sys.stderr)
         return 2
