@@ -214,6 +214,18 @@ def plan(preset: Preset, device: torch.device, names: Iterable[str], seqs: Itera
     return items
 
 
+SUITE_CACHE = 512  # the asv decode suite's key/value cache
+
+
+def suite_item(benchmark: str, direction: str, seq: int, provider: str, dtype: torch.dtype, cfg: ModelConfig) -> Item:
+    """The item of an asv parameter set at the preset ``cfg``: for ``decode-layer`` a forward Memory Layer
+    d -> d of its width at ``seq`` tokens, for ``decode-model`` its step of ``seq`` sequences after
+    ``SUITE_CACHE`` cached tokens; else its layer, block or model."""
+    if benchmark == DECODE_LAYER:
+        return Item.decode_layer(Case("forward", seq, cfg.d_model, cfg.d_model, cfg.tau, cfg.weighting), provider, dtype)
+    return Item(benchmark, direction, seq, provider, dtype, cfg=cfg, cache=SUITE_CACHE if benchmark == DECODE_MODEL else 0)
+
+
 def kernel_plan(cases: Iterable[Case], names: Iterable[str], dtype: torch.dtype, seed: int = 0) -> list[Item]:
     """Layer-kernel items, case by case: every provider of a case draws the same input (seed + case index)."""
     names = list(names)
