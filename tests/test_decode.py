@@ -164,8 +164,10 @@ def test_findings_render_the_table_and_the_verdict(capsys):
     text = decode.decode_table(frame, "GPU-X")
     assert "| d=64 h=64 | 1 | triton 1e+03 | 2e+03 | 0.5 (faster) |" in text
     assert "**break-even B = 1**" in text and "no decode-model rows for device GPU-X" in text
-    cpu = decode.decode_frame(_rows({("dense", 1): 1.0}, device="cpu-2cores"), "cpu-2cores")
-    assert set(cpu["machine"]) == {"cpu-2cores (Xeon)"}
+    cpu = _rows({("triton", 1): 1.0, ("dense", 1): 2.0}, device="cpu-2cores")
+    assert set(decode.decode_frame(cpu, "cpu-2cores")["machine"]) == {"cpu-2cores (Xeon)"}
+    cpu["flags"] = decode.BUSY
+    assert f"| cpu-2cores (Xeon) ({decode.BUSY}: 4 of 4 rows), graph replay |" in decode.decode_table(cpu, "cpu-2cores")
 
 
 def test_the_readme_shows_the_decode_rows_of_the_result_tables():

@@ -21,6 +21,7 @@ from mfbench.bench.cases import DECODE_LAYER, DECODE_MODEL, KERNEL
 from mfbench.core import registry
 
 FIGURES = (("graph_time", "graph replay"), ("time", "eager call"))
+BUSY = "busy-machine"  # the flag on rows measured while other work shared the machine: a direction, not a value
 
 
 def machine(fingerprint: str, device: str) -> str:
@@ -100,15 +101,15 @@ def layer_verdicts(rows: pd.DataFrame) -> list[Verdict]:
     layer = rows[rows["benchmark"] == DECODE_LAYER]
     found = []
     for (where, d, h, tau, dtype), group in layer.groupby(["machine", "d", "h", "tau", "dtype"], sort=True):
-        metric = figure_of(group)
-        steps = []
-        for b, at in sorted(group.groupby("B"), key=lambda kv: kv[0]):
-            best, dense = _best(at, metric)
-            if best is not None and dense is not None:
-                steps.append((int(b), best, dense, compare(best, dense), at))
-        if steps:
-            found.append(_verdict((where, int(d), int(h), int(tau), dtype), metric, steps))
+        for _, metric, compared in _compared(group, ["B"]):
+            steps = [(int(_scalar(b)), best, dense, compare(best, dense), at) for b, at, best, dense in compared]
+            if steps:
+                found.append(_verdict((where, int(d), int(h), int(tau), dtype), metric, steps))
     return found
+
+
+def _scalar(key):
+    return key[0] if isinstance(key, tuple) else key
 
 
 def _verdict(key: tuple, metric: str, steps: list) -> Verdict:
@@ -163,21 +164,26 @@ def _mb(value: float) -> str:
     return "-" if value != value else f"{value / 1e6:.3g}"
 
 
+def _compared(rows: pd.DataFrame, keys: list[str]):
+    """Per machine: its label, the figure compared and, per ``keys`` group with a lookup and dense, (key,
+    rows, the fastest lookup's row, dense's row)."""
+    for where, mine in rows.groupby("machine", sort=True):
+        metric = figure_of(mine)
+        found = [(key, at, *_best(at, metric)) for key, at in mine.groupby(keys, sort=True)]
+        yield where + _busy(mine), metric, [f for f in found if f[2] is not None and f[3] is not None]
+
+
 def layer_table(frame: pd.DataFrame, device: str) -> str:
     rows = decode_frame(frame, device)
     layer = rows[rows["benchmark"] == DECODE_LAYER]
     if layer.empty:
         return f"no decode-layer rows for device {device}\n"
     lines = []
-    for where, mine in layer.groupby("machine", sort=True):
-        metric = figure_of(mine)
+    for where, metric, found in _compared(layer, ["d", "h", "B"]):
         lines += [f"| {where}, {dict(FIGURES)[metric]} | B | fastest lookup (ms) | dense (ms) | lookup / dense | "
                   "lookup MB (modelled / ncu) | dense MB (modelled / ncu) | tables / dense weights |",
                   "|---|---|---|---|---|---|---|---|"]
-        for (d, h, b), at in mine.groupby(["d", "h", "B"], sort=True):
-            best, dense = _best(at, metric)
-            if best is None or dense is None:
-                continue
+        for (d, h, b), at, best, dense in found:
             params = at["params"].iloc[0]
             cells = [f"d={d} h={h}", str(b), f"{best['provider']} {_ms(best['value'])}", _ms(dense["value"]),
                      f"{best['value'] / dense['value']:.2g} ({compare(best, dense)})"]
@@ -198,15 +204,11 @@ def model_table(frame: pd.DataFrame, device: str) -> str:
     if steps.empty:
         return f"no decode-model rows for device {device}\n"
     lines = []
-    for where, mine in steps.groupby("machine", sort=True):
-        metric = figure_of(mine)
+    for where, metric, found in _compared(steps, ["preset", "cache", "B"]):
         lines += [f"| {where}, one step | B | {dict(FIGURES)[metric]}: MemoryFormer (ms) | dense (ms) | ratio | "
                   "eager: MemoryFormer / dense (ms) | mJ per token: MemoryFormer / dense | parameter GB: "
                   "MemoryFormer / dense |", "|---|---|---|---|---|---|---|---|"]
-        for (preset, cache, b), at in mine.groupby(["preset", "cache", "B"], sort=True):
-            best, dense = _best(at, metric)
-            if best is None or dense is None:
-                continue
+        for (preset, cache, b), at, best, dense in found:
             name, base = best["provider"], dense["provider"]
             eager = f"{_ms(_value(at, name, 'time'))} / {_ms(_value(at, base, 'time'))}"
             energy = f"{_ms(_value(at, name, 'energy_per_token'))} / {_ms(_value(at, base, 'energy_per_token'))}"
@@ -215,6 +217,11 @@ def model_table(frame: pd.DataFrame, device: str) -> str:
                          f"{best['value'] / dense['value']:.2g} ({compare(best, dense)}) | {eager} | {energy} | {params} |")
         lines.append("")
     return "\n".join(lines) + "\n" + _runs(steps)
+
+
+def _busy(rows: pd.DataFrame) -> str:
+    flagged = rows["flags"].fillna("").str.split(",").map(lambda f: BUSY in f)
+    return f" ({BUSY}: {int(flagged.sum())} of {len(rows)} rows)" if flagged.any() else ""
 
 
 def _runs(rows: pd.DataFrame) -> str:
