@@ -189,3 +189,12 @@ def test_the_decode_plot_marks_the_analytic_break_even(tmp_path):
     assert "break-even B = 1 (graph_time)" in svg and "analytic break-even B = tau = 8" in svg
     empty = decode_plot(frame.iloc[0:0], tmp_path / "none")
     assert "no decode-layer rows yet" in empty[1].read_text()
+
+
+def test_a_decode_row_says_the_command_that_measures_it_again():
+    from mfbench.shells.cli.reading import repro_command
+
+    params = Item(DECODE_MODEL, "forward", 8, "dense", torch.float16, cfg=CFG, cache=512).params()
+    command, _ = repro_command(DECODE_MODEL, params, "triton", "H200")
+    assert command == ("mfbench run --preset decode --device cuda --providers triton --seq 8 --benchmarks model "
+                       "--dtype float16 --weighting paper")

@@ -29,9 +29,10 @@ class Subject:
 
 
 def make_layer(case: Case, provider: str, device: torch.device, dtype: torch.dtype) -> MemoryLayer:
-    layer = MemoryLayer(case.in_features, case.out_features, case.tau, weighting=case.weighting, bias=False,
-                        provider=provider)
-    return layer.to(device=device, dtype=dtype)
+    with torch.device(device):  # initialised where it lives: d = 8192's tables are 2.1G values
+        layer = MemoryLayer(case.in_features, case.out_features, case.tau, weighting=case.weighting, bias=False,
+                            provider=provider)
+    return layer.to(dtype=dtype)
 
 
 def random_input(case: Case, device: torch.device, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
