@@ -155,6 +155,9 @@ def test_no_break_even_where_the_lookup_is_slower_or_tied_at_the_smallest_batch(
     assert (v.break_even, v.word) == (None, "none") and "slower than dense at the smallest batch" in v.why
     tie = _verdict({("triton", 1): 1.02, ("dense", 1): 1.0, ("triton", 8): 0.5, ("dense", 8): 1.0})
     assert tie.word == "none" and "tied with" in tie.why
+    again = _verdict({("triton", 1): 1.0, ("dense", 1): 2.0, ("triton", 4): 2.0, ("dense", 4): 2.0,
+                      ("triton", 8): 1.0, ("dense", 8): 2.0})
+    assert again.word == "break-even B = 1" and "tie at B = 4, faster again at B = 8" in again.why
     ahead = _verdict({("triton", 1): 0.1, ("dense", 1): 1.0, ("triton", 8): 0.5, ("dense", 8): 1.0}, metric="time")
     assert (ahead.word, ahead.figure) == ("beyond B = 8", "time") and "every measured batch" in ahead.why
 

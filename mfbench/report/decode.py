@@ -132,7 +132,9 @@ def _verdict(key: tuple, metric: str, steps: list) -> Verdict:
         why = f"{first}; faster at every measured batch ({measured}; analytic break-even B = {tau})"
         return Verdict(*key, metric, b, f"beyond B = {b}", why)
     after = steps[lead]
-    why = (f"{first}; faster up to B = {b}, {after[3]} at B = {after[0]} "
+    again = [str(s[0]) for s in steps[lead + 1:] if s[3] == "faster"]
+    again = f", faster again at B = {', '.join(again)}" if again else ""
+    why = (f"{first}; faster up to B = {b}, {after[3]} at B = {after[0]}{again} "
            f"(measured {measured}; analytic break-even B = {tau})")
     return Verdict(*key, metric, b, f"break-even B = {b}", why)
 

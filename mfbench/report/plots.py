@@ -211,10 +211,11 @@ def training(snapshot_dir: Path, out: Path) -> list[Path]:
 def decode(rows: pd.DataFrame, out: Path) -> list[Path]:
     """Per device (per CPU model) and layer shape: step time against batch B, each provider's graph replay
     (solid) and eager call (dashed), the analytic break-even B = tau (vertical line), the verdict under it."""
-    layer = pd.concat([decode_frame(rows, device) for device in rows["device"].dropna().unique()] or [pd.DataFrame()])
-    layer = layer[layer["benchmark"] == DECODE_LAYER] if not layer.empty else layer
+    found = [decode_frame(rows, device) for device in rows["device"].dropna().unique()]
+    layer = pd.concat([f[f["benchmark"] == DECODE_LAYER] for f in found if not f.empty] or [pd.DataFrame()])
     if layer.empty:
         return empty_plot(out, "decode", "no decode-layer rows yet (mfbench run --preset decode)")
+    layer = layer.astype({"d": int, "h": int, "tau": int, "B": int})
     verdicts = {(v.machine, v.d, v.h, v.tau, v.dtype): v for v in layer_verdicts(layer)}
     panels = list(layer.groupby(["machine", "d", "h", "tau", "dtype"], sort=True))
     ncols = min(4, len(panels))
@@ -230,8 +231,8 @@ def decode(rows: pd.DataFrame, out: Path) -> list[Path]:
                 ax.plot(line["B"], line["value"], ls=style, marker=marker, color=provider_colour(provider))
         ax.axvline(tau, color="black", ls=":", lw=1)
         batches = sorted(part["B"].unique())
-        ax.set(xscale="log", yscale="log", xlabel="batch B (tokens a step)", ylabel="step time (s)",
-               title=f"decode layer d={d} h={h}, {key[4]}, {machine}")
+        ax.set(xscale="log", yscale="log", xlabel="batch B (tokens a step)", ylabel="step time (s)")
+        ax.set_title(f"decode layer d={d} h={h}, {key[4]}\n{machine}", fontsize=9)
         ax.set_xticks(batches, [str(b) for b in batches], fontsize=8)
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         v = verdicts.get(key)
