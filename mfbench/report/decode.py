@@ -175,50 +175,50 @@ def _compared(rows: pd.DataFrame, keys: list[str]):
         yield where + _busy(mine), metric, [f for f in found if f[2] is not None and f[3] is not None]
 
 
-def layer_table(frame: pd.DataFrame, device: str) -> str:
+def _table(frame: pd.DataFrame, device: str, benchmark: str, keys: list[str], head: str, line) -> str:
+    """A markdown table per machine of ``device``'s ``benchmark`` rows, one ``line(key, at, best, dense)``
+    per ``keys`` group; ``head`` has {where} and {figure}."""
     rows = decode_frame(frame, device)
-    layer = rows[rows["benchmark"] == DECODE_LAYER]
-    if layer.empty:
-        return f"no decode-layer rows for device {device}\n"
+    rows = rows[rows["benchmark"] == benchmark]
+    if rows.empty:
+        return f"no {benchmark} rows for device {device}\n"
     lines = []
-    for where, metric, found in _compared(layer, ["d", "h", "B"]):
-        lines += [f"| {where}, {dict(FIGURES)[metric]} | B | fastest lookup (ms) | dense (ms) | lookup / dense | "
-                  "lookup MB (modelled / ncu) | dense MB (modelled / ncu) | tables / dense weights |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for (d, h, b), at, best, dense in found:
-            params = at["params"].iloc[0]
-            cells = [f"d={d} h={h}", str(b), f"{best['provider']} {_ms(best['value'])}", _ms(dense["value"]),
-                     f"{best['value'] / dense['value']:.2g} ({compare(best, dense)})"]
-            for name in (best["provider"], dense["provider"]):
-                cells.append(f"{_mb(_value(at, name, 'hbm_bytes_min'))} / "
-                             f"{_mb(_measured_bytes(frame, device, params, name))}")
-            weights = _value(at, best["provider"], "parameter_bytes") / _value(at, dense["provider"], "parameter_bytes")
-            cells.append("-" if weights != weights else f"{weights:.3g}")
-            lines.append("| " + " | ".join(cells) + " |")
+    for where, metric, found in _compared(rows, keys):
+        lines += [head.format(where=where, figure=dict(FIGURES)[metric]), "|---" * (head.count("|") - 1) + "|"]
+        lines += [line(*f) for f in found] + [""]
+    if benchmark == DECODE_LAYER:
+        lines += [f"- {v.machine}, d={v.d} h={v.h} {v.dtype}: **{v.word}**: {v.why}." for v in layer_verdicts(rows)]
         lines.append("")
-    lines += [f"- {v.machine}, d={v.d} h={v.h} {v.dtype}: **{v.word}**: {v.why}." for v in layer_verdicts(rows)]
-    return "\n".join(lines) + "\n\n" + _runs(layer)
+    return "\n".join(lines) + "\n" + _runs(rows)
+
+
+def layer_table(frame: pd.DataFrame, device: str) -> str:
+    def line(key, at, best, dense) -> str:
+        (d, h, b), params = key, at["params"].iloc[0]
+        cells = [f"d={d} h={h}", str(b), f"{best['provider']} {_ms(best['value'])}", _ms(dense["value"]),
+                 f"{best['value'] / dense['value']:.2g} ({compare(best, dense)})"]
+        for name in (best["provider"], dense["provider"]):
+            cells.append(f"{_mb(_value(at, name, 'hbm_bytes_min'))} / {_mb(_measured_bytes(frame, device, params, name))}")
+        weights = _value(at, best["provider"], "parameter_bytes") / _value(at, dense["provider"], "parameter_bytes")
+        return "| " + " | ".join(cells + ["-" if weights != weights else f"{weights:.3g}"]) + " |"
+
+    head = ("| {where}, {figure} | B | fastest lookup (ms) | dense (ms) | lookup / dense | lookup MB (modelled / ncu) "
+            "| dense MB (modelled / ncu) | tables / dense weights |")
+    return _table(frame, device, DECODE_LAYER, ["d", "h", "B"], head, line)
 
 
 def model_table(frame: pd.DataFrame, device: str) -> str:
-    rows = decode_frame(frame, device)
-    steps = rows[rows["benchmark"] == DECODE_MODEL]
-    if steps.empty:
-        return f"no decode-model rows for device {device}\n"
-    lines = []
-    for where, metric, found in _compared(steps, ["preset", "cache", "B"]):
-        lines += [f"| {where}, one step | B | {dict(FIGURES)[metric]}: MemoryFormer (ms) | dense (ms) | ratio | "
-                  "eager: MemoryFormer / dense (ms) | mJ per token: MemoryFormer / dense | parameter GB: "
-                  "MemoryFormer / dense |", "|---|---|---|---|---|---|---|---|"]
-        for (preset, cache, b), at, best, dense in found:
-            name, base = best["provider"], dense["provider"]
-            eager = f"{_ms(_value(at, name, 'time'))} / {_ms(_value(at, base, 'time'))}"
-            energy = f"{_ms(_value(at, name, 'energy_per_token'))} / {_ms(_value(at, base, 'energy_per_token'))}"
-            params = f"{_value(at, name, 'parameter_bytes') / 1e9:.3g} / {_value(at, base, 'parameter_bytes') / 1e9:.3g}"
-            lines.append(f"| {preset} L={cache} | {b} | {name} {_ms(best['value'])} | {_ms(dense['value'])} | "
-                         f"{best['value'] / dense['value']:.2g} ({compare(best, dense)}) | {eager} | {energy} | {params} |")
-        lines.append("")
-    return "\n".join(lines) + "\n" + _runs(steps)
+    def line(key, at, best, dense) -> str:
+        (preset, cache, b), name, base = key, best["provider"], dense["provider"]
+        eager = f"{_ms(_value(at, name, 'time'))} / {_ms(_value(at, base, 'time'))}"
+        energy = f"{_ms(_value(at, name, 'energy_per_token'))} / {_ms(_value(at, base, 'energy_per_token'))}"
+        params = f"{_value(at, name, 'parameter_bytes') / 1e9:.3g} / {_value(at, base, 'parameter_bytes') / 1e9:.3g}"
+        return (f"| {preset} L={cache} | {b} | {name} {_ms(best['value'])} | {_ms(dense['value'])} | "
+                f"{best['value'] / dense['value']:.2g} ({compare(best, dense)}) | {eager} | {energy} | {params} |")
+
+    head = ("| {where}, one step | B | {figure}: MemoryFormer (ms) | dense (ms) | ratio | eager: MemoryFormer / dense "
+            "(ms) | mJ per token: MemoryFormer / dense | parameter GB: MemoryFormer / dense |")
+    return _table(frame, device, DECODE_MODEL, ["preset", "cache", "B"], head, line)
 
 
 def _busy(rows: pd.DataFrame) -> str:
