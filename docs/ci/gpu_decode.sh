@@ -13,7 +13,7 @@
 # README's decode block would hold), plots/decode.png|svg, info.txt.
 set -u
 OUT=${OUT:?set OUT to the output directory}
-LAYER_S=${LAYER_S:-170} MODEL_S=${MODEL_S:-110} PROFILE_S=${PROFILE_S:-80}
+LAYER_S=${LAYER_S:-160} MODEL_S=${MODEL_S:-100} PROFILE_S=${PROFILE_S:-70}
 mkdir -p "$OUT/results"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python}

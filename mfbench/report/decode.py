@@ -184,6 +184,8 @@ def _table(frame: pd.DataFrame, device: str, benchmark: str, keys: list[str], he
         return f"no {benchmark} rows for device {device}\n"
     lines = []
     for where, metric, found in _compared(rows, keys):
+        if not found:  # a machine without both a lookup and dense at any step: nothing to compare
+            continue
         lines += [head.format(where=where, figure=dict(FIGURES)[metric]), "|---" * (head.count("|") - 1) + "|"]
         lines += [line(*f) for f in found] + [""]
     if benchmark == DECODE_LAYER:
