@@ -163,15 +163,21 @@ def rotary(x: torch.Tensor, rot_dim: int, start: int = 0) -> torch.Tensor:
     return torch.cat((rot * cos + rotated * sin, rest), -1)
 
 
-def causal_attention(qkv: torch.Tensor, n_head: int, rotary_pct: float) -> torch.Tensor:
-    """Multi-head causal attention of a fused (B, S, 3d) projection, returning (B, S, d)."""
+def heads(qkv: torch.Tensor, n_head: int, rotary_pct: float, start: int = 0) -> tuple[torch.Tensor, ...]:
+    """q, k, v of a fused (B, S, 3d) projection, (B, H, S, head_dim) each; q and k rotated, their tokens at
+    positions start, start + 1, ..."""
     b, s, three_d = qkv.shape
     d = three_d // 3
     q, k, v = (t.view(b, s, n_head, d // n_head).transpose(1, 2) for t in qkv.split(d, dim=-1))
     rot_dim = int(d // n_head * rotary_pct) // 2 * 2
-    q, k = rotary(q, rot_dim), rotary(k, rot_dim)
+    return rotary(q, rot_dim, start), rotary(k, rot_dim, start), v
+
+
+def causal_attention(qkv: torch.Tensor, n_head: int, rotary_pct: float) -> torch.Tensor:
+    """Multi-head causal attention of a fused (B, S, 3d) projection, returning (B, S, d)."""
+    q, k, v = heads(qkv, n_head, rotary_pct)
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return out.transpose(1, 2).reshape(b, s, d)
+    return out.transpose(1, 2).reshape(qkv.shape[0], qkv.shape[1], -1)
 
 
 @dataclass
@@ -199,15 +205,11 @@ def cached_attention(qkv: torch.Tensor, n_head: int, rotary_pct: float, keys: to
                      pos: int) -> torch.Tensor:
     """``causal_attention`` of one new token per sequence, qkv (B, 1, 3d), at position ``pos``: its key and
     value are written into the cache at ``pos``, and it attends to the cache's first pos + 1 positions."""
-    b, s, three_d = qkv.shape
-    d = three_d // 3
-    q, k, v = (t.view(b, s, n_head, d // n_head).transpose(1, 2) for t in qkv.split(d, dim=-1))
-    rot_dim = int(d // n_head * rotary_pct) // 2 * 2
-    q, k = rotary(q, rot_dim, pos), rotary(k, rot_dim, pos)
+    q, k, v = heads(qkv, n_head, rotary_pct, pos)
     keys[:, :, pos:pos + 1] = k
     values[:, :, pos:pos + 1] = v
     out = F.scaled_dot_product_attention(q, keys[:, :, :pos + 1], values[:, :, :pos + 1])  # all of it is past
-    return out.transpose(1, 2).reshape(b, s, d)
+    return out.transpose(1, 2).reshape(qkv.shape[0], qkv.shape[1], -1)
 
 
 # --- MemoryFormer ------------------------------------------------------------------------------------
@@ -372,5 +374,5 @@ def parameter_count(module: nn.Module) -> int:
 __all__ = [
     "ModelConfig", "PRESETS", "MemoryLayer", "MemoryBlock", "MemoryFormerBlock", "MemoryFormerLM",
     "DenseBlock", "DenseTransformerLM", "build", "parameter_count", "causal_attention", "rotary", "KVCache",
-    "cached_attention",
+    "cached_attention", "heads",
 ]
