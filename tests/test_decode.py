@@ -201,3 +201,34 @@ def test_a_decode_row_says_the_command_that_measures_it_again():
     command, _ = repro_command(DECODE_MODEL, params, "triton", "H200")
     assert command == ("mfbench run --preset decode --device cuda --providers triton --seq 8 --benchmarks model "
                        "--dtype float16 --weighting paper")
+
+
+@pytest.mark.gpu
+def test_decode_items_are_replayed_from_a_cuda_graph_on_the_gpu():
+    """Every GPU decode row's figure is the graph replay: a step must capture (its cache write included), and
+    its replay must agree with the eager step."""
+    dev = torch.device("cuda")
+    items = [Item.decode_layer(Case("forward", b, 2048, 2048), n, torch.float16) for b in (1, 8) for n in ("triton", "dense")]
+    items += [Item(DECODE_MODEL, "forward", 4, n, torch.float16, cfg=ModelConfig.preset("tiny"), cache=512)
+              for n in ("triton", "dense")]
+    bench = Bench(dev, Ceilings("cuda", 1e12, 1e14, "float16", None, "-", "-", "-"), 0.0)
+    run = Run.start("cuda")
+    rows = pd.DataFrame([r for m in run_matrix(items, bench, lambda _: None) for r in to_rows(m, run)])
+    graph = rows[rows["metric"] == "graph_time"]
+    assert len(graph) == len(items) and (graph["value"] > 0).all(), rows[rows["metric"].isin(["graph_time", "failed"])]
+    from mfbench.bench.subject import build
+
+    subject = build(items[-2], dev)
+    with torch.no_grad():
+        eager = subject.forward(subject.x)
+        g = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            subject.forward(subject.x)  # warm-up on the capture stream
+            with torch.cuda.graph(g, stream=stream):
+                out = subject.forward(subject.x)
+        torch.cuda.current_stream().wait_stream(stream)
+        g.replay()
+        torch.cuda.synchronize()
+    torch.testing.assert_close(out, eager)
