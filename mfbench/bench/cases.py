@@ -4,7 +4,9 @@ from a preset.
 Benchmarks: ``layer`` (one Memory Layer module d -> d, or the nn.Linear it replaces), ``block``
 (MemoryFormerBlock or the dense block), ``model`` (the whole LM) and ``layer-kernel`` (a provider's own
 call on a Memory Layer of a given shape, no module around it: the kernels at the shapes of their targets,
-what ``mfbench layers`` measures). For blocks and models the baseline provider means the dense
+what ``mfbench layers`` measures). Decoding (the ``decode`` preset): ``decode-layer`` (a layer-kernel call
+at B tokens, one per sequence of a batch) and ``decode-model`` (one generation step of the whole LM, B
+sequences of one new token each after a key/value cache of L tokens). For blocks and models the baseline provider means the dense
 architecture; every other provider runs the MemoryFormer with its Memory Layers on that provider.
 """
 
@@ -22,6 +24,9 @@ from mfbench.store.results import short_direction
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BENCHMARKS = ("layer", "block", "model")  # what `mfbench run --benchmarks` chooses from
 KERNEL = "layer-kernel"
+DECODE_LAYER, DECODE_MODEL = "decode-layer", "decode-model"  # `--benchmarks layer|model` of the decode preset
+DECODE_BENCHMARKS = (DECODE_LAYER, DECODE_MODEL)
+LAYER_BENCHMARKS = ("layer", KERNEL, DECODE_LAYER)  # one Memory Layer a call: its bytes, floor and budget
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,21 @@ CASES: dict[str, list[Case]] = {
 }
 
 
+def decode_cases(widths: Iterable[int], models: Iterable[str], batches: Iterable[int]) -> list[Case]:
+    """Forward Memory Layers at ``batches`` tokens: d = h for each of ``widths`` (tau = 8), then each model
+    preset's widest Memory Layer, its Q/K/V (d -> 3d, hashed once)."""
+    shapes = [(d, d, 8) for d in widths]
+    for name in models:
+        cfg = ModelConfig.preset(name)
+        shapes.append((cfg.d_model, 3 * cfg.d_model, cfg.tau))
+    return [Case("forward", b, i, o, tau) for i, o, tau in dict.fromkeys(shapes) for b in batches]
+
+
+# Nsight Compute's cases of decoding (`mfbench profile --cases decode`): the ends of the layer widths, at and
+# around the analytic break-even batch B = tau.
+CASES["decode"] = decode_cases((2048, 8192), (), (1, 8))
+
+
 def with_weighting(cases: Iterable[Case], weighting: str) -> list[Case]:
     return [replace(c, weighting=weighting) for c in cases]
 
@@ -88,13 +108,21 @@ class Item:
     cfg: ModelConfig | None = None
     case: Case | None = None
     seed: int = 0
+    cache: int = 0  # a decode-model step's past tokens per sequence (its key/value cache)
 
     @classmethod
     def kernel(cls, case: Case, provider: str, dtype: torch.dtype, seed: int = 0) -> "Item":
         return cls(KERNEL, case.direction, case.tokens, provider, dtype, case=case, seed=seed)
 
+    @classmethod
+    def decode_layer(cls, case: Case, provider: str, dtype: torch.dtype, seed: int = 0) -> "Item":
+        return cls(DECODE_LAYER, case.direction, case.tokens, provider, dtype, case=case, seed=seed)
+
     @property
     def label(self) -> str:
+        if self.benchmark in DECODE_BENCHMARKS:
+            shape = self.case.name if self.case is not None else f"{self.cfg.name} B={self.seq} L={self.cache}"
+            return f"{self.benchmark} {shape:<34} {self.provider}"
         if self.case is not None:
             return f"{self.case.name:<40} {self.provider}"
         return f"{self.benchmark:<5} {short_direction(self.direction)} s={self.seq:<6} {self.provider}"
@@ -115,16 +143,32 @@ class Item:
                     "out_features": c.out_features, "tau": c.tau, "weighting": c.weighting, "dtype": dtype,
                     **({"target_ms": c.target_ms} if c.target_ms is not None else {})}
         cfg = self.cfg
+        if self.benchmark == DECODE_MODEL:  # B sequences of one new token: B tokens a step
+            return {"preset": cfg.name, "d": cfg.d_model, "tau": cfg.tau, "weighting": cfg.weighting,
+                    "tokens": self.seq, "batch": self.seq, "cache": self.cache, "direction": self.direction,
+                    "dtype": dtype}
         return {"preset": cfg.name, "d": cfg.d_model, "tau": cfg.tau, "weighting": cfg.weighting, "seq": self.seq,
                 "batch": 1, "direction": self.direction, "dtype": dtype}
 
 
 @dataclass(frozen=True)
+class Decode:
+    """What the decode preset measures besides its batches (the preset's ``seqs``), by device type: the
+    widths d = h of its single layers, the model presets (their layers' shapes, and their generation
+    steps) and the key/value cache lengths of the steps."""
+
+    widths: dict[str, tuple[int, ...]]
+    models: dict[str, tuple[str, ...]]
+    caches: dict[str, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
 class Preset:
     model: str
-    seqs: dict[str, tuple[int, ...]]  # by device type
+    seqs: dict[str, tuple[int, ...]]  # by device type; the decode preset's: tokens a step (batch B)
     items: tuple[tuple[str, str], ...]  # (benchmark, direction)
     energy_seconds: float = 1.0  # the energy window of each item; 0: no energy figures
+    decode: Decode | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -136,16 +180,50 @@ PRESETS: dict[str, Preset] = {
     "paper": Preset("base", {"cpu": (2048,), "cuda": (2048,)},
                     (("layer", "forward"), ("layer", "backward"), ("block", "forward"), ("block", "backward"),
                      ("model", "forward"))),
+    # Decoding, where the lookup reads fewer bytes than dense (B < tau). The CPU's matrix is issue 27's CPU
+    # side: the widths 1024-4096 at B = 1-8, and the tiny model's step.
+    "decode": Preset("tiny", {"cpu": (1, 2, 4, 8), "cuda": (1, 2, 4, 8, 16, 32, 64)},
+                     ((DECODE_LAYER, "forward"), (DECODE_MODEL, "forward")), 0.25,
+                     Decode({"cpu": (1024, 2048, 4096), "cuda": (1024, 2048, 4096, 8192)},
+                            {"cpu": ("tiny",), "cuda": ("tiny", "small", "base")},
+                            {"cpu": (512,), "cuda": (512, 2048)})),
 }
 
 
 def plan(preset: Preset, device: torch.device, names: Iterable[str], seqs: Iterable[int] | None,
          dtype: torch.dtype, benchmarks: Iterable[str] | None = None, weighting: str = "paper") -> list[Item]:
-    """A preset's items for ``device``, at its own lengths or ``seqs``."""
-    cfg = ModelConfig.preset(preset.model, weighting=weighting)
-    seqs = tuple(seqs) if seqs else preset.seqs["cuda" if device.type == "cuda" else "cpu"]
+    """A preset's items for ``device``, at its own lengths or ``seqs`` (the decode preset's: batches).
+    ``benchmarks`` names them as ``--benchmarks`` does: ``layer`` and ``model`` choose the decode
+    preset's ``decode-layer`` and ``decode-model``."""
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    seqs = tuple(seqs) if seqs else preset.seqs[kind]
     wanted = set(benchmarks or BENCHMARKS)
-    return [Item(b, d, s, p, dtype, cfg=cfg) for b, d in preset.items if b in wanted for s in seqs for p in names]
+    chosen = [(b, d) for b, d in preset.items if b in wanted or b.removeprefix("decode-") in wanted]
+    names = list(names)
+    if preset.decode is None:
+        cfg = ModelConfig.preset(preset.model, weighting=weighting)
+        return [Item(b, d, s, p, dtype, cfg=cfg) for b, d in chosen for s in seqs for p in names]
+    dec, items = preset.decode, []
+    for b, _ in chosen:
+        if b == DECODE_LAYER:
+            layers = with_weighting(decode_cases(dec.widths[kind], dec.models[kind], seqs), weighting)
+            items += [Item.decode_layer(c, p, dtype, i) for i, c in enumerate(layers) for p in names]
+        else:
+            items += [Item(DECODE_MODEL, "forward", s, p, dtype, cfg=ModelConfig.preset(m, weighting=weighting), cache=L)
+                      for m in dec.models[kind] for L in dec.caches[kind] for s in seqs for p in names]
+    return items
+
+
+SUITE_CACHE = 512  # the asv decode suite's key/value cache
+
+
+def suite_item(benchmark: str, direction: str, seq: int, provider: str, dtype: torch.dtype, cfg: ModelConfig) -> Item:
+    """The item of an asv parameter set at the preset ``cfg``: for ``decode-layer`` a forward Memory Layer
+    d -> d of its width at ``seq`` tokens, for ``decode-model`` its step of ``seq`` sequences after
+    ``SUITE_CACHE`` cached tokens; else its layer, block or model."""
+    if benchmark == DECODE_LAYER:
+        return Item.decode_layer(Case("forward", seq, cfg.d_model, cfg.d_model, cfg.tau, cfg.weighting), provider, dtype)
+    return Item(benchmark, direction, seq, provider, dtype, cfg=cfg, cache=SUITE_CACHE if benchmark == DECODE_MODEL else 0)
 
 
 def kernel_plan(cases: Iterable[Case], names: Iterable[str], dtype: torch.dtype, seed: int = 0) -> list[Item]:
@@ -154,7 +232,7 @@ def kernel_plan(cases: Iterable[Case], names: Iterable[str], dtype: torch.dtype,
     return [Item.kernel(case, name, dtype, seed + i) for i, case in enumerate(cases) for name in names]
 
 
-BENCHMARK_COST = {"layer": 1.0, "block": 4.0, "model": 24.0, KERNEL: 1.0}
+BENCHMARK_COST = {"layer": 1.0, "block": 4.0, "model": 24.0, KERNEL: 1.0, DECODE_LAYER: 1.0, DECODE_MODEL: 24.0}
 
 
 def cost_estimate(item: Item, device: torch.device) -> float:

@@ -9,13 +9,14 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from mfbench.bench.cases import KERNEL, Item
+from mfbench.bench.cases import DECODE_BENCHMARKS, DECODE_MODEL, KERNEL, LAYER_BENCHMARKS, Item
 from mfbench.bench.measurement import HOST_BOUND, Measurement
 from mfbench.bench.subject import build, callable_for, prepare, prepare_on_stream
 from mfbench.core import providers
 from mfbench.core.lookup import input_checks
+from mfbench.core.model import MemoryLayer
 from mfbench.cost import flops
-from mfbench.cost.traffic import floor_seconds, layer_traffic
+from mfbench.cost.traffic import Traffic, decode_step_traffic, floor_seconds, layer_traffic
 from mfbench.instruments.ceilings import Ceilings
 from mfbench.instruments.energy import EnergyMeter, EnergyResult, idle_power, measure_energy
 from mfbench.instruments.gpustate import GpuState, state_rows, throttle_flags
@@ -75,11 +76,13 @@ class Bench:
 def analytic_flops(item: Item) -> int:
     """2-per-multiply-add FLOPs from mfbench.cost.flops; a backward pass counts twice its forward."""
     s, dense = item.seq, providers.get(item.provider).baseline
-    if item.benchmark in ("layer", KERNEL):
+    if item.benchmark in LAYER_BENCHMARKS:
         d_in, d_out, tau, weighting = item.shape
         count = flops.linear(s, d_in, d_out) if dense else flops.memory_layer(s, d_in, d_out, tau, weighting)
     elif item.benchmark == "block":
         count = flops.dense_block(s, item.cfg.d_model) if dense else flops.memoryformer_block(s, item.cfg)
+    elif item.benchmark == DECODE_MODEL:  # s sequences of one token each
+        count = flops.model("dense" if dense else "memoryformer", 1, item.cfg, past=item.cache) * s
     else:
         count = flops.model("dense" if dense else "memoryformer", s, item.cfg)
     return count.flops("2mac") * (1 if item.direction == "forward" else 2)
@@ -109,7 +112,7 @@ def measure(item: Item, bench: Bench) -> Measurement:
     if bench.check and item.case is not None and provider.exact:
         m.errors = providers.relative_errors(subject.module, subject.x, subject.gy, item.direction)
     fn = callable_for(item.direction, subject)
-    if item.benchmark in ("layer", KERNEL):  # the budget is per call of the provider: a layer's call is one
+    if item.benchmark in LAYER_BENCHMARKS:  # the budget is per call of the provider: a layer's call is one
         providers.within_budget(item.provider, fn)
     gpu = device.type == "cuda"
     before = GpuState.read(device) if gpu else None
@@ -128,7 +131,18 @@ def measure(item: Item, bench: Bench) -> Measurement:
         _energy_figures(m, fn, bench)
     mem = peak_memory(fn, device)
     m.add("peak_memory", mem.bytes, "B", [mem.method])
+    if item.benchmark in DECODE_BENCHMARKS:  # what a user choosing MemoryFormer to decode pays in memory
+        m.add("parameter_bytes", parameter_bytes(subject.module, provider.baseline and item.case is not None), "B")
     return m
+
+
+def parameter_bytes(module: torch.nn.Module, dense_layer: bool = False) -> int:
+    """The bytes of what the call reads as parameters: a layer's tables, or its dense weight where the
+    baseline runs it (``dense_layer``: the Memory Layer module then holds both); a model's every parameter."""
+    if dense_layer:
+        return module.dense_weight().numel() * module.dense_weight().element_size()
+    return sum(p.numel() * p.element_size() for name, p in module.named_parameters()
+               if not (isinstance(module, MemoryLayer) and name.startswith("dense.")))
 
 
 def _gpu_figures(m: Measurement, graph: list[float] | None, why_not: str, state: list[str], before, after) -> None:
@@ -151,11 +165,9 @@ def _work_figures(m: Measurement, fn: Callable[[], object], bench: Bench) -> Non
     m.add("flops_per_s", work / t, "FLOP/s")
     if (provider.reference or provider.baseline) and item.direction == "forward":  # plain torch ops: countable
         m.add("flops_counted", flops.count_flops(fn), "FLOP", ["FlopCounterMode"])
-    if item.benchmark not in ("layer", KERNEL):
+    traffic = item_traffic(item, provider.baseline)
+    if traffic is None:
         return
-    d_in, d_out, tau, _ = item.shape
-    traffic = layer_traffic(item.seq, d_in, d_out, tau, torch.finfo(item.dtype).bits // 8, item.direction,
-                            dense=provider.baseline)
     bandwidth = traffic.hbm_bytes / t
     m.add("hbm_bytes_min", traffic.hbm_bytes, "B")
     m.add("achieved_bandwidth", bandwidth, "B/s", ["above-copy-ceiling"] if bandwidth > ceil.copy_bytes_per_s else [])
@@ -168,6 +180,17 @@ def _work_figures(m: Measurement, fn: Callable[[], object], bench: Bench) -> Non
     m.floor = floor_seconds(traffic, ceil)
     m.add("floor_time", m.floor[0], "s", [f"floor:{m.floor[1]}"])
     m.add("fraction_of_floor", m.floor[0] / t, "")
+
+
+def item_traffic(item: Item, dense: bool) -> Traffic | None:
+    """The modelled bytes and FLOPs of a layer's call or a decode step (``cost.traffic``); None for others."""
+    elem = torch.finfo(item.dtype).bits // 8
+    if item.benchmark == DECODE_MODEL:
+        return decode_step_traffic("dense" if dense else "memoryformer", item.cfg, item.seq, item.cache, elem)
+    if item.benchmark not in LAYER_BENCHMARKS:
+        return None
+    d_in, d_out, tau, _ = item.shape
+    return layer_traffic(item.seq, d_in, d_out, tau, elem, item.direction, dense=dense)
 
 
 def _check_figures(m: Measurement) -> None:

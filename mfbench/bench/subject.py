@@ -11,9 +11,9 @@ from typing import Callable
 
 import torch
 
-from mfbench.bench.cases import Case, Item
+from mfbench.bench.cases import DECODE_MODEL, Case, Item
 from mfbench.core import providers
-from mfbench.core.model import DenseBlock, MemoryFormerBlock, MemoryLayer
+from mfbench.core.model import DenseBlock, KVCache, MemoryFormerBlock, MemoryLayer
 from mfbench.core.model import build as build_lm
 
 
@@ -29,9 +29,10 @@ class Subject:
 
 
 def make_layer(case: Case, provider: str, device: torch.device, dtype: torch.dtype) -> MemoryLayer:
-    layer = MemoryLayer(case.in_features, case.out_features, case.tau, weighting=case.weighting, bias=False,
-                        provider=provider)
-    return layer.to(device=device, dtype=dtype)
+    with torch.device(device):  # initialised where it lives: d = 8192's tables are 2.1G values
+        layer = MemoryLayer(case.in_features, case.out_features, case.tau, weighting=case.weighting, bias=False,
+                            provider=provider)
+    return layer.to(dtype=dtype)
 
 
 def random_input(case: Case, device: torch.device, dtype: torch.dtype, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +59,7 @@ def build(item: Item, device: torch.device) -> Subject:
     # Parameters are initialised where they will live: a tiny MemoryFormer has 467M of them, 8 s of
     # CPU random-number work on two cores, paid again by every benchmark process.
     with torch.device(device):
-        if item.benchmark == "layer":
+        if item.benchmark == "layer":  # a decode-layer item has a case: the branch above
             module = MemoryLayer(cfg.d_model, cfg.d_model, cfg.tau, cfg.temperature, cfg.weighting,
                                  provider=item.provider)
         elif item.benchmark == "block":
@@ -70,12 +71,28 @@ def build(item: Item, device: torch.device) -> Subject:
         for m in module.modules():
             if isinstance(m, MemoryLayer):
                 m.provider = item.provider
+    if item.benchmark == DECODE_MODEL:
+        return decode_step(module, item, device)
     if item.benchmark == "model":
         x = torch.randint(0, cfg.vocab_size, (1, item.seq), device=device)
     else:
         shape = (item.seq, cfg.d_model) if item.benchmark == "layer" else (1, item.seq, cfg.d_model)
         x = torch.randn(*shape, device=device, dtype=item.dtype)
     return Subject(module, x, module)
+
+
+def decode_step(model: torch.nn.Module, item: Item, device: torch.device) -> Subject:
+    """One generation step of ``model``: B = item.seq sequences, one new token each, after a key/value cache
+    of ``item.cache`` tokens. The cache is filled with random keys and values (what they hold does not
+    change the work) and is not advanced, so every call is the same step."""
+    cfg = model.cfg
+    g = torch.Generator(device=device).manual_seed(item.seed)
+    cache = KVCache.empty(cfg, item.seq, item.cache + 1, device, item.dtype)
+    for t in cache.keys + cache.values:
+        t[:, :, :item.cache].normal_(generator=g)
+    cache.length = item.cache
+    x = torch.randint(0, cfg.vocab_size, (item.seq, 1), device=device, generator=g)
+    return Subject(model, x, lambda idx: model.step(idx, cache, advance=False))
 
 
 def callable_for(direction: str, subject: Subject) -> Callable[[], object]:

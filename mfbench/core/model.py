@@ -146,13 +146,15 @@ class MemoryLayer(nn.Module):
 # --- attention shared by both architectures -------------------------------------------------------
 
 
-def rotary(x: torch.Tensor, rot_dim: int) -> torch.Tensor:
-    """GPT-NeoX rotary embedding on the first ``rot_dim`` dims of each head; x is (B, H, S, head_dim)."""
+def rotary(x: torch.Tensor, rot_dim: int, start: int = 0) -> torch.Tensor:
+    """GPT-NeoX rotary embedding on the first ``rot_dim`` dims of each head; x is (B, H, S, head_dim), its
+    tokens at positions start, start + 1, ..."""
     if rot_dim == 0:
         return x
     seq = x.shape[-2]
     inv_freq = 1.0 / (10000 ** (torch.arange(0, rot_dim, 2, device=x.device, dtype=torch.float32) / rot_dim))
-    angles = torch.outer(torch.arange(seq, device=x.device, dtype=torch.float32), inv_freq)
+    positions = torch.arange(start, start + seq, device=x.device, dtype=torch.float32)
+    angles = torch.outer(positions, inv_freq)
     cos = torch.cat((angles, angles), -1).cos().to(x.dtype)
     sin = torch.cat((angles, angles), -1).sin().to(x.dtype)
     rot, rest = x[..., :rot_dim], x[..., rot_dim:]
@@ -161,15 +163,53 @@ def rotary(x: torch.Tensor, rot_dim: int) -> torch.Tensor:
     return torch.cat((rot * cos + rotated * sin, rest), -1)
 
 
-def causal_attention(qkv: torch.Tensor, n_head: int, rotary_pct: float) -> torch.Tensor:
-    """Multi-head causal attention of a fused (B, S, 3d) projection, returning (B, S, d)."""
+def heads(qkv: torch.Tensor, n_head: int, rotary_pct: float, start: int = 0) -> tuple[torch.Tensor, ...]:
+    """q, k, v of a fused (B, S, 3d) projection, (B, H, S, head_dim) each; q and k rotated, their tokens at
+    positions start, start + 1, ..."""
     b, s, three_d = qkv.shape
     d = three_d // 3
     q, k, v = (t.view(b, s, n_head, d // n_head).transpose(1, 2) for t in qkv.split(d, dim=-1))
     rot_dim = int(d // n_head * rotary_pct) // 2 * 2
-    q, k = rotary(q, rot_dim), rotary(k, rot_dim)
+    return rotary(q, rot_dim, start), rotary(k, rot_dim, start), v
+
+
+def causal_attention(qkv: torch.Tensor, n_head: int, rotary_pct: float) -> torch.Tensor:
+    """Multi-head causal attention of a fused (B, S, 3d) projection, returning (B, S, d)."""
+    q, k, v = heads(qkv, n_head, rotary_pct)
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return out.transpose(1, 2).reshape(b, s, d)
+    return out.transpose(1, 2).reshape(qkv.shape[0], qkv.shape[1], -1)
+
+
+@dataclass
+class KVCache:
+    """The keys and values of every block, (batch, heads, capacity, head_dim) each, of which the first
+    ``length`` positions are filled. A decode step writes its token's at position ``length``."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    length: int = 0
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, capacity: int, device: torch.device | str | None = None,
+              dtype: torch.dtype | None = None) -> "KVCache":
+        shape = (batch, cfg.n_head, capacity, cfg.head_dim)
+        return cls([torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)],
+                   [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)])
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+
+def cached_attention(qkv: torch.Tensor, n_head: int, rotary_pct: float, keys: torch.Tensor, values: torch.Tensor,
+                     pos: int) -> torch.Tensor:
+    """``causal_attention`` of one new token per sequence, qkv (B, 1, 3d), at position ``pos``: its key and
+    value are written into the cache at ``pos``, and it attends to the cache's first pos + 1 positions."""
+    q, k, v = heads(qkv, n_head, rotary_pct, pos)
+    keys[:, :, pos:pos + 1] = k
+    values[:, :, pos:pos + 1] = v
+    out = F.scaled_dot_product_attention(q, keys[:, :, :pos + 1], values[:, :, :pos + 1])  # all of it is past
+    return out.transpose(1, 2).reshape(qkv.shape[0], qkv.shape[1], -1)
 
 
 # --- MemoryFormer ------------------------------------------------------------------------------------
@@ -217,6 +257,11 @@ class MemoryFormerBlock(nn.Module):
         z = x + causal_attention(self.qkv(self.norm(x)), self.cfg.n_head, self.cfg.rotary_pct)
         return z + self.memory_block(z)
 
+    def step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, pos: int) -> torch.Tensor:
+        """``forward`` of one new token per sequence, x (B, 1, d), against the cache's past keys and values."""
+        z = x + cached_attention(self.qkv(self.norm(x)), self.cfg.n_head, self.cfg.rotary_pct, keys, values, pos)
+        return z + self.memory_block(z)
+
 
 def _check_tokens(idx: torch.Tensor, vocab_size: int) -> None:
     if not isinstance(idx, torch.Tensor):
@@ -248,6 +293,24 @@ class _LM(nn.Module):
         x = self.embed(idx)
         for block in self.blocks:
             x = block(x)
+        return self.lm_head(self.final_norm(x))
+
+    def step(self, idx: torch.Tensor, cache: KVCache, advance: bool = True) -> torch.Tensor:
+        """One generation step: idx (B, 1), the newest token of each sequence, after ``cache.length`` past
+        ones; the logits (B, 1, vocab) of the token after it, equal to ``forward``'s last position on the
+        whole sequence. ``advance=False`` leaves the cache's length as it was, so a benchmark can repeat
+        the same step."""
+        _check_tokens(idx, self.cfg.vocab_size)
+        if idx.shape[1] != 1:
+            raise ValueError(f"a decode step takes one new token per sequence, shape (batch, 1); got {tuple(idx.shape)}")
+        if idx.shape[0] != cache.keys[0].shape[0] or cache.length >= cache.capacity:
+            raise ValueError(f"the cache holds {cache.keys[0].shape[0]} sequences with room for "
+                             f"{cache.capacity - cache.length} more tokens; got {idx.shape[0]} sequences")
+        x = self.embed(idx)
+        for block, keys, values in zip(self.blocks, cache.keys, cache.values):
+            x = block.step(x, keys, values, cache.length)
+        if advance:
+            cache.length += 1
         return self.lm_head(self.final_norm(x))
 
 
@@ -284,6 +347,11 @@ class DenseBlock(nn.Module):
         attn = self.proj(causal_attention(self.qkv(self.ln1(x)), self.cfg.n_head, self.cfg.rotary_pct))
         return x + attn + self.mlp(self.ln2(x))
 
+    def step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, pos: int) -> torch.Tensor:
+        """``forward`` of one new token per sequence, x (B, 1, d), against the cache's past keys and values."""
+        attn = cached_attention(self.qkv(self.ln1(x)), self.cfg.n_head, self.cfg.rotary_pct, keys, values, pos)
+        return x + self.proj(attn) + self.mlp(self.ln2(x))
+
 
 class DenseTransformerLM(_LM):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -305,5 +373,6 @@ def parameter_count(module: nn.Module) -> int:
 
 __all__ = [
     "ModelConfig", "PRESETS", "MemoryLayer", "MemoryBlock", "MemoryFormerBlock", "MemoryFormerLM",
-    "DenseBlock", "DenseTransformerLM", "build", "parameter_count", "causal_attention", "rotary",
+    "DenseBlock", "DenseTransformerLM", "build", "parameter_count", "causal_attention", "rotary", "KVCache",
+    "cached_attention", "heads",
 ]

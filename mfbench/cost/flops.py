@@ -49,9 +49,10 @@ def linear(tokens: int, in_features: int, out_features: int) -> OpCount:
     return OpCount(tokens * in_features * out_features)
 
 
-def attention(s: int, d: int) -> OpCount:
-    """Q K^T and the weighted sum of V: 2 s^2 d multiply-adds."""
-    return OpCount(2 * s * s * d)
+def attention(s: int, d: int, past: int = 0) -> OpCount:
+    """Q K^T and the weighted sum of V: 2 s^2 d multiply-adds; s new tokens after ``past`` cached ones
+    (a decode step) score against all s + past keys."""
+    return OpCount(2 * s * (s + past) * d)
 
 
 def memory_layer(tokens: int, in_features: int, out_features: int, tau: int, weighting: str = "paper") -> OpCount:
@@ -66,9 +67,9 @@ def memory_layer(tokens: int, in_features: int, out_features: int, tau: int, wei
 # --- blocks ------------------------------------------------------------------------------------------
 
 
-def dense_block(s: int, d: int) -> OpCount:
+def dense_block(s: int, d: int, past: int = 0) -> OpCount:
     """QKV (3 d^2), output projection (d^2), 4x MLP (8 d^2) per token: 2 s^2 d + 12 s d^2."""
-    return attention(s, d) + linear(s, d, 3 * d) + linear(s, d, d) + linear(s, d, 4 * d) + linear(s, 4 * d, d)
+    return attention(s, d, past) + linear(s, d, 3 * d) + linear(s, d, d) + linear(s, d, 4 * d) + linear(s, 4 * d, d)
 
 
 def memoryformer_block_paper(s: int, d: int, k: int) -> OpCount:
@@ -76,11 +77,11 @@ def memoryformer_block_paper(s: int, d: int, k: int) -> OpCount:
     return attention(s, d) + OpCount(6 * k * s * d)
 
 
-def memoryformer_block(s: int, cfg: ModelConfig) -> OpCount:
+def memoryformer_block(s: int, cfg: ModelConfig, past: int = 0) -> OpCount:
     """Op by op: attention; Q/K/V as one d -> 3d Memory Layer; Memory Block (d -> (tau+2)K -> d)."""
     d, k, tau, w = cfg.d_model, cfg.num_chunks, cfg.tau, cfg.weighting
     wide = (tau + 2) * k
-    return (attention(s, d) + memory_layer(s, d, 3 * d, tau, w) + memory_layer(s, d, wide, tau, w)
+    return (attention(s, d, past) + memory_layer(s, d, 3 * d, tau, w) + memory_layer(s, d, wide, tau, w)
             + memory_layer(s, wide, d, tau + 2, w))
 
 
@@ -88,12 +89,13 @@ def lm_head(s: int, cfg: ModelConfig) -> OpCount:
     return linear(s, cfg.d_model, cfg.vocab_size)
 
 
-def model(architecture: str, s: int, cfg: ModelConfig) -> OpCount:
-    """A whole LM: ``n_layer`` blocks and the dense LM head (embedding lookups cost no FLOPs)."""
+def model(architecture: str, s: int, cfg: ModelConfig, past: int = 0) -> OpCount:
+    """A whole LM: ``n_layer`` blocks and the dense LM head (embedding lookups cost no FLOPs); with ``past``,
+    s new tokens of one sequence after ``past`` cached ones."""
     if architecture == "memoryformer":
-        block = memoryformer_block(s, cfg)
+        block = memoryformer_block(s, cfg, past)
     elif architecture == "dense":
-        block = dense_block(s, cfg.d_model)
+        block = dense_block(s, cfg.d_model, past)
     else:
         raise ValueError(f"unknown architecture {architecture!r}; choose 'memoryformer' or 'dense'")
     return block * cfg.n_layer + lm_head(s, cfg)

@@ -5,7 +5,9 @@
 provider on one device, beside the lookup's floor and the verdict the floor gives: where the floor is
 above the dense layer's time, no lookup kernel can beat dense at that shape. ``results/kernels.md`` holds
 this output between markers, and a test keeps the two equal. ``... model --device H200`` prints the whole
-model's forward, replayed from a CUDA graph and called eagerly, for the README's findings.
+model's forward, replayed from a CUDA graph and called eagerly, for the README's findings. ``... decode
+--device H200`` prints decoding (``report.decode``): step time against batch, the measured break-even batch
+per layer width and why, and the whole model's generation step.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import pandas as pd
 
 from mfbench.core import registry
+from mfbench.report.decode import decode_table
 from mfbench.store.results import short_direction
 
 METRICS = ("time", "kernel_time", "floor_time")
@@ -188,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     model = sub.add_parser("model", help="the whole model's forward of one device, graph replay and eager")
     model.add_argument("--device", required=True, help="the rows' device, e.g. H200")
     model.add_argument("--results-dir", default=None)
+    decode = sub.add_parser("decode", help="decoding of one device: step time against batch, break-even batch")
+    decode.add_argument("--device", required=True, help="the rows' device, e.g. H200 or cpu-2cores")
+    decode.add_argument("--results-dir", default=None)
     args = parser.parse_args(argv)
     try:
         frame = results.load(args.results_dir)
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     tables = {"layers": lambda: layer_table(frame, args.device), "cpu": lambda: cpu_table(frame),
-              "model": lambda: model_table(frame, args.device)}
+              "model": lambda: model_table(frame, args.device), "decode": lambda: decode_table(frame, args.device)}
     sys.stdout.write(tables[args.command]())
     return 0
 

@@ -7,7 +7,9 @@
 - ``flops_vs_time``: analytic FLOPs against measured time: what FLOPs predict and what they don't;
 - ``accuracy``: snapshot accuracy against commit, per task, device and provider (a kernel that changes
   answers shows as a provider leaving the others), with each task's chance level;
-- ``training``: the loss curves and time per step of the stored snapshots, MemoryFormer vs dense.
+- ``training``: the loss curves and time per step of the stored snapshots, MemoryFormer vs dense;
+- ``decode``: a decode step's time against its batch B per layer width, graph replay and eager call, with the
+  analytic break-even B = tau marked and the measured one said under each panel (``report.decode``).
 
     python -m mfbench.report.plots [--results-dir DIR] [--out DIR]
 """
@@ -30,10 +32,14 @@ import seaborn as sns  # noqa: E402
 
 from mfbench.cost.traffic import layer_traffic  # noqa: E402
 from mfbench.report.crossover import crossover, element_bytes  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from mfbench.bench.cases import DECODE_LAYER  # noqa: E402
+from mfbench.report.decode import decode_frame, layer_verdicts  # noqa: E402
 from mfbench.report.findings import newest  # noqa: E402
 from mfbench.core.providers import is_baseline  # noqa: E402
 from mfbench.report.style import (empty_plot, expand, hue_args, legend_below,  # noqa: E402
-                                  provider_colour, provider_order, save, shape, to_wide)
+                                  provider_colour, provider_handles, provider_order, save, shape, to_wide)
 from mfbench.store import results  # noqa: E402
 
 REGRESSION_PLOTS = {  # metric -> (file name, title, what to say when there is nothing to draw)
@@ -202,6 +208,46 @@ def training(snapshot_dir: Path, out: Path) -> list[Path]:
     return save(fig, out, "training")
 
 
+def decode(rows: pd.DataFrame, out: Path) -> list[Path]:
+    """Per device (per CPU model) and layer shape: step time against batch B, each provider's graph replay
+    (solid) and eager call (dashed), the analytic break-even B = tau (vertical line), the verdict under it."""
+    found = [decode_frame(rows, device) for device in rows["device"].dropna().unique()]
+    layer = pd.concat([f[f["benchmark"] == DECODE_LAYER] for f in found if not f.empty] or [pd.DataFrame()])
+    if layer.empty:
+        return empty_plot(out, "decode", "no decode-layer rows yet (mfbench run --preset decode)")
+    layer = layer.astype({"d": int, "h": int, "tau": int, "B": int})
+    verdicts = {(v.machine, v.d, v.h, v.tau, v.dtype): v for v in layer_verdicts(layer)}
+    panels = list(layer.groupby(["machine", "d", "h", "tau", "dtype"], sort=True))
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 4.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        fig.delaxes(ax)
+    for ax, (key, part) in zip(axes.flat, panels):
+        machine, d, h, tau = key[:4]
+        for metric, style, marker in (("graph_time", "-", "o"), ("time", "--", "x")):
+            for provider, line in part[part["metric"] == metric].groupby("provider", sort=True):
+                line = line.sort_values("B")
+                ax.plot(line["B"], line["value"], ls=style, marker=marker, color=provider_colour(provider))
+        ax.axvline(tau, color="black", ls=":", lw=1)
+        batches = sorted(part["B"].unique())
+        ax.set(xscale="log", yscale="log", xlabel="batch B (tokens a step)", ylabel="step time (s)")
+        ax.set_title(f"decode layer d={d} h={h}, {key[4]}\n{machine}", fontsize=9)
+        ax.set_xticks(batches, [str(b) for b in batches], fontsize=8)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        v = verdicts.get(key)
+        said = f"{v.word} ({v.figure})" if v else "no dense baseline measured"
+        ax.text(0.0, -0.16, f"measured: {said}\nanalytic break-even B = tau = {tau} (dotted)", transform=ax.transAxes,
+                va="top", fontsize=7)
+    styles = [Line2D([], [], color="grey", ls="-", marker="o", label="CUDA-graph replay (graph_time)"),
+              Line2D([], [], color="grey", ls="--", marker="x", label="eager call (time)"),
+              Line2D([], [], color="black", ls=":", label="analytic break-even B = tau")]
+    legend_below(fig, provider_handles(layer["provider"].unique()) + styles)
+    fig.suptitle("Decoding: a Memory Layer's step time against its batch, MemoryFormer providers vs dense")
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    return save(fig, out, "decode")
+
+
 def draw_all(directory: str | Path | None = None, out: str | Path | None = None) -> list[Path]:
     rows = results.load(directory)
     out = Path(out) if out else results.project_dir() / "plots"
@@ -216,6 +262,7 @@ def draw_all(directory: str | Path | None = None, out: str | Path | None = None)
     snapshot_dir = Path(directory or results.project_dir()) / "snapshots"
     paths += accuracy(rows, snapshot_dir, out)
     paths += training(snapshot_dir, out)
+    paths += decode(rows, out)
     return paths
 
 

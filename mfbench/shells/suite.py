@@ -38,7 +38,7 @@ from typing import Callable
 
 import torch
 
-from mfbench.bench.cases import DTYPES, Item
+from mfbench.bench.cases import DTYPES, suite_item
 from mfbench.bench.measure import Bench, kernel_pass, measure
 from mfbench.bench.measurement import to_rows
 from mfbench.bench.subject import prepare
@@ -65,6 +65,9 @@ BLOCK_SEQS = [s for s in SEQS if 512 <= s <= 8192] or SEQS[:1]
 BLOCK_PARAMS = (DEVICES, PROVIDERS, BLOCK_SEQS, DTYPE_PARAMS)
 MODEL_PARAMS = BLOCK_PARAMS if GPU else (DEVICES, PROVIDERS, SEQS[:1], DTYPE_PARAMS)
 PARAM_NAMES = ["device", "provider", "seq", "dtype"]
+# Decoding: B tokens a step, around and above the analytic break-even B = tau = 8.
+DECODE_PARAMS = (DEVICES, PROVIDERS, [1, 8, 64] if GPU else [1, 8], DTYPE_PARAMS)
+DECODE_PARAM_NAMES = ["device", "provider", "batch", "dtype"]
 
 
 def setting_problem() -> str | None:
@@ -90,7 +93,7 @@ class Prepared:
         dev = torch.device(device)
         if DTYPES_FOR[dev.type] != dtype:
             raise NotImplementedError(f"{dtype} is not benchmarked on {dev.type}")
-        self.item = Item(benchmark, direction, seq, provider, DTYPES[dtype], cfg=ModelConfig.preset(PRESET))
+        self.item = suite_item(benchmark, direction, seq, provider, DTYPES[dtype], ModelConfig.preset(PRESET))
         self.device = dev
         self._fn: Callable[[], object] | None = None
         # asv runs every parameter set of every method in a new process. With a cached measurement a

@@ -108,6 +108,10 @@ def _repro_args(benchmark: str, params: dict, provider: str, dev: str) -> tuple[
             return None, f"no preset measures model config {params.get('preset')!r} {params.get('direction')}"
         return ["run", "--preset", preset, "--device", dev, "--providers", provider, "--seq", str(params["seq"]),
                 "--benchmarks", benchmark, "--dtype", params["dtype"], "--weighting", params["weighting"]], ""
+    if benchmark in cases.DECODE_BENCHMARKS:
+        return ["run", "--preset", "decode", "--device", dev, "--providers", provider, "--seq", str(params["tokens"]),
+                "--benchmarks", benchmark.removeprefix("decode-"), "--dtype", params["dtype"],
+                "--weighting", params["weighting"]], ""
     if benchmark == cases.KERNEL:
         shape = tuple(params.get(k) for k in ("direction", "tokens", "in_features", "out_features", "tau"))
         found = next((name for name, cs in cases.CASES.items()
