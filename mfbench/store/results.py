@@ -53,8 +53,9 @@ def _migrate_1_to_2(frame: pd.DataFrame) -> pd.DataFrame:
     """Schema 1 kept one symmetric ``spread`` and no sanity flags; 2 keeps the interval and its kind."""
     frame = frame.copy()
     spread = pd.to_numeric(frame.pop("spread"), errors="coerce")
-    frame["spread_low"] = frame["value"] - spread / 2
-    frame["spread_high"] = frame["value"] + spread / 2
+    value = pd.to_numeric(frame["value"], errors="coerce")  # a CSV's cells are text (checked to parse)
+    frame["spread_low"] = value - spread / 2
+    frame["spread_high"] = value + spread / 2
     frame["spread_kind"] = spread.notna().map({True: "iqr", False: ""})
     frame["flags"] = ""
     frame["schema_version"] = 2

@@ -83,7 +83,7 @@ def row_keys(frame: pd.DataFrame, columns: list[str]) -> list[str]:
     return ["\x1f".join(row) for row in zip(*cells)]
 
 
-NUMBERS = ("value", "spread_low", "spread_high")
+NUMBERS = ("value", "spread_low", "spread_high", "spread")  # spread: schema 1
 INTEGERS = ("samples", "schema_version")
 BOOLEANS = ("dirty",)
 _TRUTH = {"true", "false"}
