@@ -8,7 +8,10 @@ On disk: ``results.parquet`` (the table of record) and ``results.csv`` (a mirror
 directory. Writers hold an exclusive lock and write both files to temporary files before replacing either,
 so a write that fails (a full disk) leaves the pair as it was, and a writer killed mid-write leaves every
 earlier row intact; temporary files a killed writer left are removed by the next writer, under the lock.
-A file that is not an mfbench table, or is corrupt, is reported and never overwritten. The CSV is history
+Readers take no lock: they read both files through and check that neither was replaced meanwhile
+(``tablefiles.read_consistent``), so a reader beside a writer gets the last complete pair. A file that is
+not an mfbench table, is corrupt, or holds a cell that does not parse is reported (naming its line and
+column) and never overwritten. The CSV is history
 too: a parquet lost in a merge is rebuilt from it, and rows only the CSV holds are kept, saying so on stderr.
 """
 
