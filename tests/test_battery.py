@@ -406,7 +406,8 @@ REAL_CEILINGS = ceilings_module.ceilings  # before the autouse fixture replaces 
 
 def _mixed_rows(run):
     """Rows as a real run makes them: some with NaN values, no spread, no sample count, flags."""
-    return [run.row("layer", {"direction": "forward", "seq": 64, "tag": "x"}, "dense", "time", 0.001, "s", 0.0009, 0.0011, "iqr", 10),
+    return [run.row("layer", {"direction": "forward", "seq": 64, "tag": "x"}, "dense", "time", 0.001, "s", 0.0009,
+                    0.0011, "iqr", 10),
             run.row("layer", {"direction": "forward", "seq": 64}, "triton", "skipped", float("nan"), "",
                     flags=["no GPU"]),
             run.row("layer", {"direction": "forward", "seq": 64}, "dense", "tokens_per_s", 64000.0, "tokens/s"),

@@ -161,8 +161,8 @@ def _validate(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     bad = unparsed_cell(frame)
     if bad:
         position, column, cell, what = bad
-        raise ResultsError(f"{path} cannot be read as a results table: {_where(frame, position, path)}, column {column}: "
-                           f"{cell!r} is not {what}; it was left untouched (fix or remove that row)")
+        raise ResultsError(f"{path} cannot be read as a results table: {_where(frame, position, path)}, column "
+                           f"{column}: {cell!r} is not {what}; it was left untouched (fix or remove that row)")
     versions = set(pd.to_numeric(frame["schema_version"], errors="coerce").dropna().astype(int))
     newer = {v for v in versions if v > SCHEMA_VERSION}
     if newer:

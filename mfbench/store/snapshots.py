@@ -3,9 +3,10 @@ content-addressed under ``results/snapshots/<id>/`` (``weights.pt`` + ``snapshot
 
 The id is a hash of the weights and of what they mean (architecture, config, task), so the same
 training result is stored once; ``snapshot.json`` also carries ``meta_sha256``, a hash of every other
-recorded field (accuracy, eval, recipe, ...). Both are checked whenever a snapshot is read: swapped
-weights or an edited record are a SnapshotError, never an evaluation against the wrong figures. Small snapshots (the ``micro`` ones) are committed; ones larger than
-``COMMIT_LIMIT_BYTES`` go under ``results/snapshots/local/``, which git ignores.
+recorded field (accuracy, eval, recipe, ...). The seal is checked whenever snapshots are listed or found,
+the id whenever the weights are loaded: swapped weights or an edited record are a SnapshotError, never an
+evaluation against the wrong figures. Small snapshots (the ``micro`` ones) are committed; ones larger
+than ``COMMIT_LIMIT_BYTES`` go under ``results/snapshots/local/``, which git ignores.
 
 ``evaluate`` re-runs a snapshot's task through every provider. Providers must agree with ``reference``
 within ``ACCURACY_TOLERANCE``; the share of hash indices (sign-bit buckets of every Memory Layer, every
