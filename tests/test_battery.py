@@ -800,3 +800,32 @@ def test_readers_during_appends_always_read_the_last_complete_table(table):
         assert report["last"] == 6 + 20 * 3 and report["loads"] >= 10, report
     assert max(r["lengths"] for r in reports) > 2, reports  # the reads did overlap the writes
     assert len(results.load(table.path / results.TABLE)) == 6 + 20 * 3
+
+
+def test_a_pair_replaced_during_the_read_is_read_again(table, monkeypatch):
+    """The protocol itself, made deterministic: a writer that replaces the parquet while the reader is
+    between the two files makes the reader read the pair again; one that never stops makes it give up
+    with a one-line error after its patience, never parse a mixed pair."""
+    from pathlib import Path
+
+    from mfbench.store import tablefiles
+
+    replaced, limit = [], [1]
+
+    def open_with_a_writer_between(path, *args, **kwargs):
+        handle = open(path, *args, **kwargs)
+        if Path(path).name == results.MIRROR and len(replaced) < limit[0]:
+            replaced.append(path)
+            newer = table.path / f".{results.TABLE}.{len(replaced)}.tmp"
+            newer.write_bytes(b"parquet %d" % len(replaced))
+            os.replace(newer, table.path / results.TABLE)
+        return handle
+
+    monkeypatch.setattr(tablefiles, "open", open_with_a_writer_between, raising=False)
+    got = tablefiles.read_consistent([table.path / results.TABLE, table.path / results.MIRROR])
+    assert got[table.path / results.TABLE] == b"parquet 1" and len(replaced) == 1  # the second read's
+    assert got[table.path / results.MIRROR] == table.before[results.MIRROR]
+    limit[0] = 10**9
+    with pytest.raises(results.ResultsError, match="kept being replaced for 0.05 s while being read; try again"):
+        tablefiles.read_consistent([table.path / results.TABLE, table.path / results.MIRROR], 0.05)
+    assert (table.path / results.MIRROR).read_bytes() == table.before[results.MIRROR]
