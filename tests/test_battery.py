@@ -386,3 +386,446 @@ def test_damaged_snapshot_weights_are_a_one_line_error_not_an_accuracy_failure(t
     assert "cannot be loaded" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert table.same()
 
+
+
+# === damaged state and readers during writes (issue 29, sections 3 and 4) =================================
+# Each case asserts the exit code, the message, and that the rows already in the tables are intact.
+
+import json  # noqa: E402
+import math  # noqa: E402
+import shutil  # noqa: E402
+import textwrap  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from mfbench.instruments import ceilings as ceilings_module  # noqa: E402
+from mfbench.store import snapshots  # noqa: E402
+
+REAL_CEILINGS = ceilings_module.ceilings  # before the autouse fixture replaces it
+
+
+def _mixed_rows(run):
+    """Rows as a real run makes them: some with NaN values, no spread, no sample count, flags."""
+    return [run.row("layer", {"direction": "forward", "seq": 64, "tag": "x"}, "dense", "time", 0.001, "s", 0.0009,
+                    0.0011, "iqr", 10),
+            run.row("layer", {"direction": "forward", "seq": 64}, "triton", "skipped", float("nan"), "",
+                    flags=["no GPU"]),
+            run.row("layer", {"direction": "forward", "seq": 64}, "dense", "tokens_per_s", 64000.0, "tokens/s"),
+            run.row("ceiling", {}, "-", "onchip_bandwidth", float("nan"), "B/s", flags=["not modelled, on the CPU"])]
+
+
+@pytest.fixture
+def csv_ahead(table):
+    """The documented recovery: a merge kept an older parquet, and the CSV holds a run (with NaN cells) the
+    parquet lacks. ``csv_ahead.extra`` is that run's id; ``csv_ahead.lines`` the CSV's lines."""
+    parquet = (table.path / results.TABLE).read_bytes()
+    extra = results.Run.start("cpu")
+    results.append(_mixed_rows(extra), table.path)
+    (table.path / results.TABLE).write_bytes(parquet)
+    table.before = {name: (table.path / name).read_bytes() for name in (results.TABLE, results.MIRROR)}
+    table.extra = extra.run_id
+    table.old = pd.read_parquet(table.path / results.TABLE)
+    return table
+
+
+def _earlier_rows_intact(directory, old):
+    frame = results.load(directory / results.TABLE)
+    pd.testing.assert_frame_equal(frame.iloc[:len(old)].reset_index(drop=True),
+                                  results.load(directory).iloc[:len(old)].reset_index(drop=True))
+    assert len(frame) >= len(old) and frame["run_id"].iloc[:len(old)].tolist() == old["run_id"].tolist()
+
+
+@pytest.mark.parametrize("command", [["show"], ["show", "latest"], ["show", "--format", "json"],
+                                     ["compare", "<first>", "latest"], ["show", "--repro", "latest"]])
+def test_the_csv_recovery_reads_runs_with_nan_cells(command, csv_ahead, capsys):
+    first = results.runs(csv_ahead.old)["run_id"].iloc[0]
+    code, out, err = _cli(capsys, *[first if a == "<first>" else a for a in command], "--results-dir", csv_ahead.path)
+    assert code == 0, err
+    assert "Traceback" not in err and "expected str instance" not in err
+    assert f"holds 4 rows that results.parquet lacks (runs {csv_ahead.extra}): reading them too" in err
+    assert csv_ahead.same()  # a reader writes nothing
+    if command == ["show"]:
+        assert csv_ahead.extra in out and len(results.runs(results.load(csv_ahead.path))) == 3
+
+
+def test_the_csv_recovery_keeps_the_run_when_a_run_appends(csv_ahead, monkeypatch, capsys):
+    from mfbench.bench import measure, runner
+    from mfbench.bench.measurement import Measurement
+
+    monkeypatch.setattr(runner, "run_matrix", lambda items, bench, *a, **k: (
+        Measurement(item, skipped="measured") for item in items[:2]))
+    monkeypatch.setattr(ceilings_module, "ceilings", lambda device, refresh=False: None)
+    monkeypatch.setattr(measure.Bench, "machine_rows", lambda self, run: [])
+    code, out, err = _cli(capsys, "run", "--preset", "smoke", "--device", "cpu", "--providers", "dense",
+                          "--results-dir", csv_ahead.path)
+    assert code == 0, err
+    assert f"(runs {csv_ahead.extra}): kept them" in err and "Traceback" not in err
+    frame = results.load(csv_ahead.path / results.TABLE)
+    assert len(frame) == 6 + 4 + 2 and (frame["run_id"] == csv_ahead.extra).sum() == 4
+    kept = frame[frame["run_id"] == csv_ahead.extra]
+    assert kept["value"].isna().sum() == 2 and kept["samples"].isna().sum() == 3  # NaN stays NaN
+    _earlier_rows_intact(csv_ahead.path, csv_ahead.old)
+
+
+def test_row_keys_are_equal_for_a_row_and_its_csv_round_trip(tmp_path):
+    from mfbench.store.tablefiles import row_keys
+
+    results.append(_mixed_rows(results.Run.start("cpu")), tmp_path)
+    table, mirror = results.load(tmp_path / results.TABLE), results.load(tmp_path / results.MIRROR)
+    assert row_keys(table, results.COLUMNS) == row_keys(mirror, results.COLUMNS)
+    assert all(isinstance(k, str) for k in row_keys(table, results.COLUMNS))
+
+
+def _edit_extra_rows(table, edit):
+    """Apply ``edit(row: dict) -> dict`` to the CSV's rows of the run the parquet lacks."""
+    mirror = table.path / results.MIRROR
+    frame = pd.read_csv(mirror, dtype=str, keep_default_na=False)
+    extra = frame["run_id"] == table.extra
+    frame = pd.concat([frame[~extra], pd.DataFrame([edit(dict(r)) for _, r in frame[extra].iterrows()])])
+    frame.to_csv(mirror, index=False)
+    table.before[results.MIRROR] = mirror.read_bytes()
+    return int(extra.to_numpy().nonzero()[0][0]) + 2  # the first such line, after the header
+
+
+@pytest.mark.parametrize("command", [["show"], ["compare", "latest", "latest"], ["run", "--preset", "smoke"]])
+@pytest.mark.parametrize("edit,message", [
+    (lambda r: dict(r, schema_version="1"), "rows say schema version 1 but lack its column 'spread'"),
+    (lambda r: dict(r, schema_version="0"), "no migration from schema version 0"),
+    (lambda r: dict(r, schema_version="3"), "has schema version 3, newer than this mfbench's 2"),
+], ids=["v1-without-spread", "v0", "v3"])
+def test_a_csv_row_of_another_schema_is_refused_in_one_line(command, edit, message, csv_ahead, capsys):
+    _edit_extra_rows(csv_ahead, edit)
+    device = ["--device", "cpu"] if command[0] == "run" else []
+    code, out, err = _cli(capsys, *command, *device, "--results-dir", csv_ahead.path)
+    assert code == 2 and message in err and err.startswith("mfbench: error: "), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err + out and "KeyError" not in err
+    assert csv_ahead.same()
+
+
+def test_a_whole_csv_of_schema_1_is_upgraded_when_the_parquet_is_rebuilt(table, capsys):
+    old = pd.read_csv(table.path / results.MIRROR, dtype=str, keep_default_na=False)
+    old = old.drop(columns=["spread_low", "spread_high", "spread_kind", "flags"]).assign(schema_version="1",
+                                                                                        spread="0.0002")
+    (table.path / results.TABLE).unlink()
+    old.to_csv(table.path / results.MIRROR, index=False)
+    code, out, err = _cli(capsys, "show", "latest", "--results-dir", table.path)
+    assert code == 0 and "results.parquet is missing; reading" in err and "Traceback" not in err
+    frame = results.load(table.path)
+    assert len(frame) == 6 and (frame["schema_version"] == 2).all()
+    assert frame["spread_high"].sub(frame["spread_low"]).round(12).eq(0.0002).all()
+    results.append(_rows(results.Run.start("cpu"), 1), table.path)
+    assert len(results.load(table.path / results.TABLE)) == 7
+
+
+CELLS = [("value", "abc", "is not a number"), ("value", "1.2.3", "is not a number"),
+         ("spread_low", "0,5", "is not a number"), ("spread_high", "wide", "is not a number"),
+         ("samples", "3.5", "is not a whole number"), ("samples", "ten", "is not a whole number"),
+         ("samples", "inf", "is not a whole number"), ("dirty", "maybe", "is not True or False"),
+         ("dirty", "1", "is not True or False"), ("schema_version", "two", "is not a whole number")]
+
+
+@pytest.mark.parametrize("command", [["show"], ["run", "--preset", "smoke"]])
+@pytest.mark.parametrize("column,cell,what", CELLS, ids=[f"{c}={v}" for c, v, _ in CELLS])
+def test_a_cell_that_does_not_parse_is_refused_naming_its_line_and_column(command, column, cell, what, csv_ahead,
+                                                                        capsys):
+    line = _edit_extra_rows(csv_ahead, lambda r: dict(r, **{column: cell}) if r["metric"] == "time" else r)
+    device = ["--device", "cpu"] if command[0] == "run" else []
+    code, out, err = _cli(capsys, *command, *device, "--results-dir", csv_ahead.path)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out, err
+    assert f"results.csv cannot be read as a results table: line {line} (run {csv_ahead.extra}), column {column}: " \
+           f"{cell!r} {what}" in err
+    assert csv_ahead.same()  # never rebuilt with the cell as NaN or False
+
+
+def test_empty_cells_are_missing_values_not_mistakes(csv_ahead, capsys):
+    _edit_extra_rows(csv_ahead, lambda r: dict(r, spread_low="", spread_high="", samples=""))
+    code, _, err = _cli(capsys, "show", "latest", "--results-dir", csv_ahead.path)
+    assert code == 0 and "reading them too" in err
+    assert results.load(csv_ahead.path)["spread_low"].iloc[-4:].isna().all()
+
+
+# --- the ceilings cache --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A ceilings cache in ``tmp_path`` and a stand-in for measuring; ``cache.measured`` counts the calls."""
+    import datetime as dt
+
+    monkeypatch.setenv("MFBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(ceilings_module, "ceilings", REAL_CEILINGS)
+
+    class Cache:
+        path = tmp_path / "ceilings.json"
+        measured = 0
+        fresh = ceilings_module.Ceilings("cpu", 2e10, 1e11, "float32", None, "-",
+                                         dt.datetime.now(dt.timezone.utc).isoformat(), "t",
+                                         ceilings_module.socket.gethostname())
+        key = None
+
+    def measure(device):
+        Cache.measured += 1
+        return Cache.fresh
+
+    monkeypatch.setattr(ceilings_module, "measure", measure)
+    REAL_CEILINGS("cpu")
+    (Cache.key,) = json.loads(Cache.path.read_text())
+    Cache.measured = 0
+    return Cache
+
+
+WHOLE_FILES = [("[]", "holds list [], not an object of entries"), ('"x"', 'holds str "x", not an object'),
+               ("0", "holds int 0"), ("NaN", "holds float NaN"), ("null", "holds NoneType null"),
+               ("[1, 2", "cannot be read (JSONDecodeError)")]
+
+
+@pytest.mark.parametrize("text,message", WHOLE_FILES, ids=[t for t, _ in WHOLE_FILES])
+def test_a_ceilings_cache_that_is_not_an_object_is_measured_again(text, message, cache, capsys):
+    cache.path.write_text(text)
+    assert ceilings_module.ceilings("cpu") == cache.fresh and cache.measured == 1
+    err = capsys.readouterr().err
+    assert message in err and "measuring the ceilings again" in err and len(err.strip().splitlines()) == 1
+    assert json.loads(cache.path.read_text()) == {cache.key: cache.fresh.as_dict()}  # rewritten, valid
+
+
+ENTRIES = [("copy_bytes_per_s", "fast", "copy_bytes_per_s is 'fast', not a number"),
+           ("copy_bytes_per_s", 0, "copy_bytes_per_s is 0, not a positive finite number"),
+           ("matmul_flops_per_s", float("nan"), "matmul_flops_per_s is nan, not a positive finite number"),
+           ("copy_bytes_per_s", -5e9, "copy_bytes_per_s is -5000000000.0, not a positive"),
+           ("matmul_flops_per_s", float("inf"), "matmul_flops_per_s is inf"),
+           ("copy_bytes_per_s", True, "copy_bytes_per_s is True, not a number"),
+           ("onchip_bytes_per_s", "x", "onchip_bytes_per_s is 'x', not a number"),
+           ("onchip_bytes_per_s", 0, "onchip_bytes_per_s is 0"),
+           ("measured_utc", 5, "measured_utc is 5, not text"),
+           ("machine", None, "machine is None, not text"),
+           ("unknown_field", 1, "of an older layout")]
+
+
+@pytest.mark.parametrize("field,value,message", ENTRIES, ids=[f"{f}={v}" for f, v, _ in ENTRIES])
+def test_a_cached_ceiling_of_the_wrong_shape_is_measured_again(field, value, message, cache, capsys):
+    cache.path.write_text(json.dumps({cache.key: dict(cache.fresh.as_dict(), **{field: value})}))
+    got = ceilings_module.ceilings("cpu")
+    assert got == cache.fresh and cache.measured == 1 and math.isfinite(got.copy_bytes_per_s)
+    err = capsys.readouterr().err
+    assert message in err and "measuring them again" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("entry", [[], "x", 0, None])
+def test_a_cached_entry_that_is_not_an_object_is_measured_again(entry, cache, capsys):
+    cache.path.write_text(json.dumps({cache.key: entry, "other|torch": {"kept": True}}))
+    assert ceilings_module.ceilings("cpu") == cache.fresh and cache.measured == 1
+    assert "were not an entry but" in capsys.readouterr().err
+    assert json.loads(cache.path.read_text())["other|torch"] == {"kept": True}  # another device's entry stays
+
+
+@pytest.mark.parametrize("text", ["NaN", json.dumps({"<key>": {"copy_bytes_per_s": 0}})])
+def test_a_run_with_a_damaged_ceilings_cache_measures_them_again_and_records_finite_floors(text, cache, table,
+                                                                                         monkeypatch, capsys):
+    from mfbench.bench import runner
+    from mfbench.bench.measurement import Measurement
+
+    entry = dict(cache.fresh.as_dict(), copy_bytes_per_s=0) if "<key>" in text else None
+    cache.path.write_text(json.dumps({cache.key: entry}) if entry else text)
+    monkeypatch.setattr(runner, "run_matrix", lambda items, bench, *a, **k: (
+        Measurement(item, skipped="measured") for item in items[:2]))
+    code, out, err = _cli(capsys, "run", "--preset", "smoke", "--device", "cpu", "--providers", "dense",
+                          "--results-dir", table.path)
+    assert code == 0 and "again" in err and "Traceback" not in err, err
+    frame = results.load(table.path)
+    ceiling = frame[(frame["benchmark"] == "ceiling") & (frame["metric"] == "copy_bandwidth")]
+    assert ceiling["value"].tolist() == [2e10] and cache.measured == 1
+    assert frame.iloc[:6].equals(results.load(table.path / results.TABLE).iloc[:6])
+    assert frame.iloc[:6]["run_id"].tolist() == pd.read_parquet(table.path / results.TABLE)["run_id"][:6].tolist()
+
+
+# --- snapshots -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def snaps(tmp_path):
+    """A copy of the committed MemoryFormer snapshot; ``snaps.meta()`` / ``snaps.write(meta)`` edit its record."""
+    source = snapshots.find("latest", architecture="memoryformer")
+    root = tmp_path / "snaps"
+    shutil.copytree(source.path, root / source.id)
+
+    class Snaps:
+        path = root
+        dir = root / source.id
+        id = source.id
+
+        @staticmethod
+        def meta():
+            return json.loads((root / source.id / snapshots.META).read_text())
+
+        @staticmethod
+        def write(meta):
+            (root / source.id / snapshots.META).write_text(json.dumps(meta))
+
+    return Snaps
+
+
+def _eval(capsys, snaps, table, *extra):
+    return _cli(capsys, "snapshot", "eval", snaps.id, "--snapshots-dir", snaps.path, "--device", "cpu",
+                "--sequences", "4", "--providers", "reference", "--results-dir", table.path, *extra)
+
+
+def test_the_committed_snapshots_verify_against_their_ids():
+    for snap in snapshots.listing():
+        assert snap.load_model() is not None  # hashes the weights and the identity against the id
+        assert snap.meta[snapshots.SEAL] == snapshots.seal(snap.meta)
+
+
+def test_weights_swapped_for_another_training_of_the_same_preset_are_refused(snaps, table, tmp_path, capsys):
+    from mfbench.core.model import MemoryFormerLM
+
+    source = snapshots.find(snaps.id, snaps.path)
+    other = snapshots.save(MemoryFormerLM(source.config), "memoryformer", source.config, source.task,
+                           {"eval": source.meta["eval"]}, tmp_path / "other")
+    shutil.copyfile(other.path / snapshots.WEIGHTS, snaps.dir / snapshots.WEIGHTS)
+    code, out, err = _eval(capsys, snaps, table)
+    assert code == 2, (out, err)  # not 1: nothing regressed, the input is not what it says
+    assert f"snapshot {snaps.id}: its weights and identity hash to {other.id}, not to its id" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "agrees" not in out
+    assert table.same()
+
+
+def _no(field):
+    def edit(meta):
+        meta.pop(field)
+        return meta
+    return edit
+
+
+SNAPSHOT_EDITS = [
+    ("accuracy edited", lambda m: dict(m, accuracy={"embedding_bag": 0.9}), "meta_sha256 does not match"),
+    ("eval edited", lambda m: dict(m, eval=dict(m["eval"], seed=8)), "meta_sha256 does not match"),
+    ("commit edited", lambda m: dict(m, commit="0" * 40), "meta_sha256 does not match"),
+    ("no id", _no("id"), "(no 'id')"),
+    ("no eval", _no("eval"), "(no 'eval')"),
+    ("no seal", _no("meta_sha256"), "no 'meta_sha256'; made before records were sealed"),
+    ("id of another", lambda m: dict(m, id="0123456789ab"), "its id '0123456789ab' is not its directory's name"),
+    ("eval a string", lambda m: dict(m, eval="512"), "'eval' is \"512\", not dict"),
+    ("no sequences", lambda m: dict(m, eval={"seed": 7}), "eval sequences None is not a positive whole number"),
+    ("zero sequences", lambda m: dict(m, eval={"sequences": 0}), "eval sequences 0"),
+    ("accuracy text", lambda m: dict(m, accuracy={"embedding_bag": "high"}), "an accuracy that is not a number"),
+    ("a list", lambda m: [m], "list, not an object"),
+    ("config text", lambda m: dict(m, config="micro"), "'config' is \"micro\", not dict"),
+]
+
+
+@pytest.mark.parametrize("command", ["eval", "list"])
+@pytest.mark.parametrize("edit,message", [e[1:] for e in SNAPSHOT_EDITS], ids=[e[0] for e in SNAPSHOT_EDITS])
+def test_a_damaged_or_edited_snapshot_record_is_a_one_line_error_exit_2(command, edit, message, snaps, table,
+                                                                       capsys):
+    snaps.write(edit(snaps.meta()))
+    if command == "eval":
+        code, out, err = _eval(capsys, snaps, table)
+    else:
+        code, out, err = _cli(capsys, "snapshot", "list", "--snapshots-dir", snaps.path)
+    assert code == 2, (out, err)
+    assert message in err and "damaged snapshot metadata" in err and err.startswith("mfbench: error: ")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "accuracy regression" not in err
+    assert table.same()
+
+
+@pytest.mark.parametrize("tolerance", ["nan", "-1", "inf", "-inf", "-0.001"])
+def test_a_tolerance_that_means_nothing_is_a_usage_error(tolerance, snaps, table, capsys):
+    code, out, err = _eval(capsys, snaps, table, f"--tolerance={tolerance}")
+    assert code == 2 and "--tolerance must be a finite accuracy difference of 0 or more" in err, err
+    assert len(err.strip().splitlines()) == 1 and out == "" and table.same()
+
+
+# --- readers while a writer appends --------------------------------------------------------------------
+
+_WRITER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from mfbench.store import results
+    directory, batches = Path(sys.argv[1]), int(sys.argv[2])
+    deadline = time.monotonic() + 60
+    while len(list(directory.glob("reader.*.ready"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the readers are reading
+    for i in range(batches):  # a Run made here, not started: no torch import to wait for
+        run = results.Run(f"20991231T000000Z-w{i:05d}", "2099-12-31T00:00:00+00:00", "c0ffee", False, "m", "cpu", "{}")
+        results.append([run.row("layer", {"seq": i}, "dense", m, v, "s", samples=None)
+                        for m, v in (("time", 0.001 * (i + 1)), ("failed", float("nan")), ("skipped", float("nan")))],
+                       directory)
+    (directory / "writer.done").write_text("done")
+""")
+_READER = textwrap.dedent("""
+    import json, sys, traceback
+    from pathlib import Path
+    from mfbench.store import results
+    directory, first, me = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]
+    loads, failures, lengths, last = 0, [], set(), 0
+    while True:
+        done = (directory / "writer.done").exists()
+        try:
+            frame = results.load(directory)
+            n = len(frame)
+            assert n >= last and (n - len(first)) % 3 == 0, f"{n} rows after {last}: not whole batches"
+            assert frame["run_id"].iloc[:len(first)].tolist() == first, "earlier rows changed"
+            lengths.add(n)
+            last = n
+        except BaseException as exc:
+            failures.append(traceback.format_exception_only(type(exc), exc)[-1].strip())
+        loads += 1
+        (directory / f"reader.{me}.ready").touch()
+        if done:
+            break
+    print(json.dumps({"loads": loads, "failures": failures[:5], "failed": len(failures), "lengths": len(lengths),
+                      "last": last}))
+""")
+
+
+def test_readers_during_appends_always_read_the_last_complete_table(table):
+    """Real processes: one writer appends batches (with NaN cells) while two readers load the tables in a
+    loop; every load must give whole batches with the earlier rows as they were, and no error."""
+    first = results.load(table.path)["run_id"].tolist()
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(results.__file__).parents[2])}  # this checkout's mfbench
+    readers = [subprocess.Popen([sys.executable, "-c", _READER, str(table.path), ",".join(first), str(i)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+    writer = subprocess.run([sys.executable, "-c", _WRITER, str(table.path), "20"], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert writer.returncode == 0, writer.stderr
+    reports = []
+    for reader in readers:
+        out, err = reader.communicate(timeout=120)
+        assert reader.returncode == 0 and "lacks" not in err, err  # never a half-written pair seen as history
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    for report in reports:
+        assert report["failed"] == 0, report
+        assert report["last"] == 6 + 20 * 3 and report["loads"] >= 10, report
+    assert max(r["lengths"] for r in reports) > 2, reports  # the reads did overlap the writes
+    assert len(results.load(table.path / results.TABLE)) == 6 + 20 * 3
+
+
+def test_a_pair_replaced_during_the_read_is_read_again(table, monkeypatch):
+    """The protocol itself, made deterministic: a writer that replaces the parquet while the reader is
+    between the two files makes the reader read the pair again; one that never stops makes it give up
+    with a one-line error after its patience, never parse a mixed pair."""
+    from pathlib import Path
+
+    from mfbench.store import tablefiles
+
+    replaced, limit = [], [1]
+
+    def open_with_a_writer_between(path, *args, **kwargs):
+        handle = open(path, *args, **kwargs)
+        if Path(path).name == results.MIRROR and len(replaced) < limit[0]:
+            replaced.append(path)
+            newer = table.path / f".{results.TABLE}.{len(replaced)}.tmp"
+            newer.write_bytes(b"parquet %d" % len(replaced))
+            os.replace(newer, table.path / results.TABLE)
+        return handle
+
+    monkeypatch.setattr(tablefiles, "open", open_with_a_writer_between, raising=False)
+    got = tablefiles.read_consistent([table.path / results.TABLE, table.path / results.MIRROR])
+    assert got[table.path / results.TABLE] == b"parquet 1" and len(replaced) == 1  # the second read's
+    assert got[table.path / results.MIRROR] == table.before[results.MIRROR]
+    limit[0] = 10**9
+    with pytest.raises(results.ResultsError, match="kept being replaced for 0.05 s while being read; try again"):
+        tablefiles.read_consistent([table.path / results.TABLE, table.path / results.MIRROR], 0.05)
+    assert (table.path / results.MIRROR).read_bytes() == table.before[results.MIRROR]

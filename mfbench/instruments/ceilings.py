@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import socket
 import sys
@@ -59,6 +60,51 @@ class Ceilings:
         if age.total_seconds() > limit * 86400 or age.total_seconds() < 0:
             return f"measured {age.total_seconds() / 86400:.0f} days ago (the limit is {limit:g})"
         return None
+
+
+def _rate(value, name: str, optional: bool = False) -> str | None:
+    """Why ``value`` cannot be the ceiling ``name`` (a finite positive number), or None."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} is {value!r}, not a number"
+    if not math.isfinite(value) or value <= 0:
+        return f"{name} is {value!r}, not a positive finite number"
+    return None
+
+
+def _from_cache(entry) -> tuple[Ceilings | None, str | None]:
+    """(the cached entry, None), or (None, why it cannot be used): an entry of another layout or of values
+    no measurement gives (text, 0, NaN, negative) would set every floor, or fail every item."""
+    if not isinstance(entry, dict):
+        return None, f"not an entry but {type(entry).__name__} {json.dumps(entry)[:40]}"
+    try:
+        cached = Ceilings(**entry)
+    except TypeError:
+        return None, "of an older layout"
+    why = (_rate(cached.copy_bytes_per_s, "copy_bytes_per_s") or _rate(cached.matmul_flops_per_s, "matmul_flops_per_s")
+           or _rate(cached.onchip_bytes_per_s, "onchip_bytes_per_s", optional=True)
+           or next((f"{name} is {getattr(cached, name)!r}, not text" for name in
+                    ("device", "matmul_dtype", "onchip_how", "measured_utc", "torch", "machine")
+                    if not isinstance(getattr(cached, name), str)), None))
+    return (None, f"invalid ({why})") if why else (cached, cached.stale())
+
+
+def _load_cache(path: Path) -> dict:
+    """The cache file's entries; an unreadable one, or valid JSON that is not an object of entries, is
+    taken as empty (and said, where it is not simply absent): it is rewritten with what is measured next."""
+    try:
+        cache = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        cache = exc
+    if not isinstance(cache, dict):
+        why = f"cannot be read ({type(cache).__name__})" if isinstance(cache, Exception) else \
+            f"holds {type(cache).__name__} {json.dumps(cache)[:40]}, not an object of entries"
+        print(f"mfbench: the ceilings cache {path} {why}: measuring the ceilings again", file=sys.stderr)
+        return {}
+    return cache
 
 
 def _max_age_days() -> float:
@@ -123,20 +169,12 @@ def ceilings(device: torch.device | str = "cpu", refresh: bool = False) -> Ceili
     device = torch.device(device)
     key = f"{device_name(device)}|torch-{torch.__version__}"
     path = _cache_path()
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
+    cache = _load_cache(path)
     if not refresh and key in cache:
-        try:
-            cached = Ceilings(**cache[key])
-        except TypeError:
-            cached = None  # an older layout: measure again
-        why = cached.stale() if cached else None
+        cached, why = _from_cache(cache[key])
         if cached and not why:
             return cached
-        if why:
-            print(f"mfbench: the cached ceilings of {key} were {why}: measuring them again", file=sys.stderr)
+        print(f"mfbench: the cached ceilings of {key} in {path} were {why}: measuring them again", file=sys.stderr)
     result = measure(device)
     cache[key] = result.as_dict()
     try:

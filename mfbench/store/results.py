@@ -8,7 +8,10 @@ On disk: ``results.parquet`` (the table of record) and ``results.csv`` (a mirror
 directory. Writers hold an exclusive lock and write both files to temporary files before replacing either,
 so a write that fails (a full disk) leaves the pair as it was, and a writer killed mid-write leaves every
 earlier row intact; temporary files a killed writer left are removed by the next writer, under the lock.
-A file that is not an mfbench table, or is corrupt, is reported and never overwritten. The CSV is history
+Readers take no lock: they read both files through and check that neither was replaced meanwhile
+(``tablefiles.read_consistent``), so a reader beside a writer gets the last complete pair. A file that is
+not an mfbench table, is corrupt, or holds a cell that does not parse is reported (naming its line and
+column) and never overwritten. The CSV is history
 too: a parquet lost in a merge is rebuilt from it, and rows only the CSV holds are kept, saying so on stderr.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
+import io
 import json
 import os
 import shutil
@@ -30,6 +34,7 @@ from typing import Iterable, Iterator
 import pandas as pd
 
 import mfbench
+from mfbench.store.tablefiles import ResultsError, read_files, row_keys, unparsed_cell
 
 SCHEMA_VERSION = 2
 TABLE = "results.parquet"
@@ -47,16 +52,13 @@ REQUIRED = {"schema_version", "run_id", "commit", "device", "benchmark", "provid
 PARTIAL = "partial-run"
 
 
-class ResultsError(Exception):
-    """A results file that cannot be read or written safely; the message names the file and the problem."""
-
-
 def _migrate_1_to_2(frame: pd.DataFrame) -> pd.DataFrame:
     """Schema 1 kept one symmetric ``spread`` and no sanity flags; 2 keeps the interval and its kind."""
     frame = frame.copy()
     spread = pd.to_numeric(frame.pop("spread"), errors="coerce")
-    frame["spread_low"] = frame["value"] - spread / 2
-    frame["spread_high"] = frame["value"] + spread / 2
+    value = pd.to_numeric(frame["value"], errors="coerce")  # a CSV's cells are text (checked to parse)
+    frame["spread_low"] = value - spread / 2
+    frame["spread_high"] = value + spread / 2
     frame["spread_kind"] = spread.notna().map({True: "iqr", False: ""})
     frame["flags"] = ""
     frame["schema_version"] = 2
@@ -145,10 +147,22 @@ def _coerce(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _where(frame: pd.DataFrame, position: int, path: Path) -> str:
+    """Where a row is, as a user finds it: a CSV's line (after the header), else its row number."""
+    run = frame["run_id"].iloc[position]
+    place = f"line {position + 2}" if path.suffix == ".csv" else f"row {position + 1}"
+    return place + (f" (run {run})" if isinstance(run, str) and run else "")
+
+
 def _validate(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     missing = REQUIRED - set(frame.columns)
     if missing:
         raise ResultsError(f"{path} is not an mfbench results table (missing columns: {', '.join(sorted(missing))})")
+    bad = unparsed_cell(frame)
+    if bad:
+        position, column, cell, what = bad
+        raise ResultsError(f"{path} cannot be read as a results table: {_where(frame, position, path)}, column "
+                           f"{column}: {cell!r} is not {what}; it was left untouched (fix or remove that row)")
     versions = set(pd.to_numeric(frame["schema_version"], errors="coerce").dropna().astype(int))
     newer = {v for v in versions if v > SCHEMA_VERSION}
     if newer:
@@ -159,7 +173,12 @@ def _validate(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
         while version < SCHEMA_VERSION:
             if version not in MIGRATIONS:
                 raise ResultsError(f"{path}: no migration from schema version {version}")
-            part, version = MIGRATIONS[version](part), version + 1
+            try:
+                part, version = MIGRATIONS[version](part), version + 1
+            except KeyError as exc:  # a row that says it is older than the columns it came with
+                raise ResultsError(f"{path}: {len(part)} rows say schema version {version} but lack its column "
+                                   f"{exc}, first {_where(frame, frame.index.get_loc(part.index[0]), path)}; they "
+                                   "cannot be upgraded, and the file was left untouched") from None
         parts.append(part)
     return _coerce(pd.concat(parts, ignore_index=True) if parts else frame)
 
@@ -169,9 +188,10 @@ def _unreadable(path: Path, exc: Exception) -> ResultsError:
                         f"{str(exc).splitlines()[0] if str(exc) else ''}); it was left untouched")
 
 
-def _read(path: Path) -> pd.DataFrame:
+def _read(path: Path, data: bytes) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False) if path.suffix == ".csv" else pd.read_parquet(path)
+        frame = (pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False) if path.suffix == ".csv"
+                 else pd.read_parquet(io.BytesIO(data)))
     except Exception as exc:
         raise _unreadable(path, exc) from None
     try:
@@ -180,30 +200,26 @@ def _read(path: Path) -> pd.DataFrame:
         raise _unreadable(path, exc) from None
 
 
-def _row_keys(frame: pd.DataFrame) -> list[str]:
-    """Each row as one string of its values, equal for a row and its CSV round trip (floats print exactly)."""
-    return frame[COLUMNS].astype(str).agg("\x1f".join, axis=1).tolist() if len(frame) else []
-
-
-def _only_in_mirror(table: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Rows of the CSV mirror at ``path`` that the parquet lacks. A mirror with fewer rows of a run is only
-    behind (a writer killed between the two replaces); one with more, or a run of its own, holds history.
-    Only the run ids are read unless some run has more rows in the mirror."""
+def _only_in_mirror(table: pd.DataFrame, path: Path, data: bytes) -> pd.DataFrame:
+    """Rows of the CSV mirror at ``path`` (its bytes: ``data``) that the parquet lacks. A mirror with fewer
+    rows of a run is only behind (a writer killed between the two replaces); one with more, or a run of its
+    own, holds history. Only the run ids are read unless some run has more rows in the mirror."""
     try:
-        more = pd.read_csv(path, usecols=["run_id"], dtype=str, keep_default_na=False)["run_id"].value_counts()
+        more = pd.read_csv(io.BytesIO(data), usecols=["run_id"], dtype=str, keep_default_na=False)["run_id"]
     except Exception as exc:
         raise _unreadable(path, exc) from None
+    more = more.value_counts()
     held = table["run_id"].value_counts()
     suspects = [r for r, n in more.items() if n > held.get(r, 0)]
     if not suspects:
         return table.iloc[0:0]
-    mirror = _read(path)
+    mirror = _read(path, data)
     mirror = mirror[mirror["run_id"].isin(suspects)]
     have: dict[str, int] = {}
-    for key in _row_keys(table[table["run_id"].isin(suspects)]):
+    for key in row_keys(table[table["run_id"].isin(suspects)], COLUMNS):
         have[key] = have.get(key, 0) + 1
     keep = []
-    for key in _row_keys(mirror):
+    for key in row_keys(mirror, COLUMNS):
         keep.append(have.get(key, 0) == 0)
         have[key] = have.get(key, 0) - 1
     return mirror[keep]
@@ -217,16 +233,17 @@ def _history(directory: Path, writing: bool) -> pd.DataFrame | None:
     """Every row the directory's pair of files holds; None where neither exists. A missing parquet is
     read from the CSV, and CSV rows the parquet lacks are added; both are said on stderr."""
     table, mirror = directory / TABLE, directory / MIRROR
-    if not table.exists():
-        if not mirror.exists():
+    data = read_files([table, mirror])
+    if data[table] is None:
+        if data[mirror] is None:
             return None
-        frame = _read(mirror)
+        frame = _read(mirror, data[mirror])
         _say(f"{table} is missing; {'rebuilding it from' if writing else 'reading'} {mirror} ({len(frame)} rows)")
         return frame
-    frame = _read(table)
-    if not mirror.exists():
+    frame = _read(table, data[table])
+    if data[mirror] is None:
         return frame
-    extra = _only_in_mirror(frame, mirror)
+    extra = _only_in_mirror(frame, mirror, data[mirror])
     if len(extra):
         _say(f"{mirror} holds {len(extra)} rows that {table.name} lacks (runs "
              f"{', '.join(extra['run_id'].unique())}): {'kept them' if writing else 'reading them too'}")
@@ -244,9 +261,10 @@ def load(path: str | os.PathLike | None = None) -> pd.DataFrame:
     if path.is_dir():
         frame = _history(path, writing=False)
         return _coerce(pd.DataFrame(columns=COLUMNS)) if frame is None else frame
-    if not path.exists():
+    data = read_files([path])[path]
+    if data is None:
         raise ResultsError(f"no results table at {path}")
-    return _read(path)
+    return _read(path, data)
 
 
 def _not_writable(directory: Path, exc: OSError, what: str) -> ResultsError:

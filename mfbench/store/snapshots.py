@@ -2,8 +2,11 @@
 content-addressed under ``results/snapshots/<id>/`` (``weights.pt`` + ``snapshot.json``).
 
 The id is a hash of the weights and of what they mean (architecture, config, task), so the same
-training result is stored once. Small snapshots (the ``micro`` ones) are committed; ones larger than
-``COMMIT_LIMIT_BYTES`` go under ``results/snapshots/local/``, which git ignores.
+training result is stored once; ``snapshot.json`` also carries ``meta_sha256``, a hash of every other
+recorded field (accuracy, eval, recipe, ...). The seal is checked whenever snapshots are listed or found,
+the id whenever the weights are loaded: swapped weights or an edited record are a SnapshotError, never an
+evaluation against the wrong figures. Small snapshots (the ``micro`` ones) are committed; ones larger
+than ``COMMIT_LIMIT_BYTES`` go under ``results/snapshots/local/``, which git ignores.
 
 ``evaluate`` re-runs a snapshot's task through every provider. Providers must agree with ``reference``
 within ``ACCURACY_TOLERANCE``; the share of hash indices (sign-bit buckets of every Memory Layer, every
@@ -29,6 +32,7 @@ from mfbench.tasks.synthetic import SyntheticTask, accuracy, from_spec
 
 WEIGHTS = "weights.pt"
 META = "snapshot.json"
+SEAL = "meta_sha256"
 COMMIT_LIMIT_BYTES = 32 * 2**20
 # Absolute difference in accuracy allowed between a provider and ``reference`` on the same snapshot.
 # Providers sum the same rows in different orders, so a token whose chunk sits within rounding of zero
@@ -61,21 +65,36 @@ class Snapshot:
 
     @property
     def task(self) -> SyntheticTask:
-        return from_spec(self.meta["task"])
+        try:
+            return from_spec(self.meta["task"])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise SnapshotError(f"snapshot {self.id}: its task {self.meta['task']} cannot be made: {exc}") from None
 
     @property
     def config(self) -> ModelConfig:
-        return ModelConfig(**self.meta["config"])
+        try:
+            return ModelConfig(**self.meta["config"])
+        except (TypeError, ValueError) as exc:
+            raise SnapshotError(f"snapshot {self.id}: its config cannot be built: {exc}") from None
 
     def load_model(self, device: torch.device | str = "cpu") -> torch.nn.Module:
-        with torch.device(device):
-            model = build(self.meta["architecture"], self.config)
         try:
-            state = torch.load(self.path / WEIGHTS, map_location=device, weights_only=True)
+            with torch.device(device):
+                model = build(self.meta["architecture"], self.config)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise SnapshotError(f"snapshot {self.id}: its model cannot be built: {exc}") from None
+        try:
+            weights = (self.path / WEIGHTS).read_bytes()
+            state = torch.load(io.BytesIO(weights), map_location=device, weights_only=True)
             model.load_state_dict(state)
         except (OSError, RuntimeError, EOFError, ValueError, KeyError) as exc:  # truncated, corrupt, other shapes
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise SnapshotError(f"snapshot {self.id}: its weights ({self.path / WEIGHTS}) cannot be loaded: {first}") from None
+        found = _content_id(weights, _identity(self.meta))
+        if found != self.id:
+            raise SnapshotError(f"snapshot {self.id}: its weights and identity hash to {found}, not to its id: "
+                                f"{self.path / WEIGHTS} was swapped or changed, or the architecture, config or task "
+                                "recorded was edited")
         model.eval()
         return model
 
@@ -84,6 +103,49 @@ def _content_id(weights: bytes, identity: dict) -> str:
     digest = hashlib.sha256(weights)
     digest.update(json.dumps(identity, sort_keys=True).encode())
     return digest.hexdigest()[:12]
+
+
+def _identity(meta: dict) -> dict:
+    return {"architecture": meta["architecture"], "config": meta["config"], "task": meta["task"]}
+
+
+def seal(meta: dict) -> str:
+    """The hash of every recorded field but the seal itself."""
+    rest = {k: v for k, v in meta.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+# the fields every snapshot holds, and the type each must have; checked (with the seal) before any is used
+_FIELDS = {"id": str, "architecture": str, "config": dict, "task": dict, "eval": dict, "commit": str, SEAL: str}
+_OPTIONAL = {"accuracy": dict, "recipe": dict, "weights_bytes": int, "created_utc": str}
+
+
+def _checked(meta, where: Path) -> dict:
+    """``meta`` if it is a whole, sealed snapshot record; else a SnapshotError naming what is wrong."""
+    def wrong(why: str) -> SnapshotError:
+        return SnapshotError(f"{where}: damaged snapshot metadata ({why})")
+
+    if not isinstance(meta, dict):
+        raise wrong(f"{type(meta).__name__}, not an object")
+    for name, kind in {**_FIELDS, **{k: v for k, v in _OPTIONAL.items() if k in meta}}.items():
+        if name not in meta:
+            raise wrong(f"no {name!r}" + ("; made before records were sealed: if you trust it, add "
+                                          "snapshots.seal(meta) as its meta_sha256" if name == SEAL else ""))
+        if not isinstance(meta[name], kind) or isinstance(meta[name], bool):
+            raise wrong(f"{name!r} is {json.dumps(meta[name])[:40]}, not {kind.__name__}")
+    if not isinstance(meta["task"].get("task"), str) or not isinstance(meta["config"].get("name"), str):
+        raise wrong("a task without its name, or a config without its preset name")
+    sequences = meta["eval"].get("sequences")
+    if not isinstance(sequences, int) or isinstance(sequences, bool) or sequences < 1:
+        raise wrong(f"eval sequences {sequences!r} is not a positive whole number")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in meta.get("accuracy", {}).values()):
+        raise wrong("an accuracy that is not a number")
+    if meta["id"] != where.parent.name:
+        raise wrong(f"its id {meta['id']!r} is not its directory's name")
+    if seal(meta) != meta[SEAL]:
+        raise wrong(f"{SEAL} does not match what is recorded: a field (accuracy, eval, ...) was edited after "
+                    "training")
+    return meta
 
 
 def save(model: torch.nn.Module, architecture: str, cfg: ModelConfig, task: SyntheticTask, extra: dict,
@@ -102,6 +164,8 @@ def save(model: torch.nn.Module, architecture: str, cfg: ModelConfig, task: Synt
     meta = {"id": snap_id, **identity, "commit": commit, "dirty": dirty,
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "weights_bytes": len(weights), **extra}
+    meta = json.loads(json.dumps(meta))  # sealed as it will read back
+    meta[SEAL] = seal(meta)
     path.mkdir(parents=True, exist_ok=True)
     for name, data in ((WEIGHTS, weights), (META, json.dumps(meta, indent=1, sort_keys=True).encode())):
         tmp = path / f".{name}.{os.getpid()}.tmp"
@@ -119,7 +183,7 @@ def listing(root: Path | None = None) -> list[Snapshot]:
             meta = json.loads(meta_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise SnapshotError(f"{meta_path}: unreadable snapshot metadata ({exc})") from None
-        found.append(Snapshot(meta_path.parent, meta))
+        found.append(Snapshot(meta_path.parent, _checked(meta, meta_path)))
     return sorted(found, key=lambda s: (s.meta.get("created_utc", ""), s.id))
 
 

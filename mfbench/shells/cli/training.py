@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 
@@ -116,9 +117,9 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         snap = snapshots.find(args.id, args.snapshots_dir, architecture=None if args.id != "latest" else "memoryformer")
     except snapshots.SnapshotError as exc:
         raise UsageError(str(exc)) from None
+    tolerance = _tolerance(args.tolerance)
     dev = common.device(args.device or common.default_device())
     names = common.provider_list(args.providers, providers.names(exact_only=True))
-    tolerance = snapshots.ACCURACY_TOLERANCE if args.tolerance is None else args.tolerance
     print(f"snapshot {snap.id}: {snap.meta['architecture']} {snap.meta['config']['name']} on "
           f"{snap.meta['task']['task']}, trained at {snap.meta['commit'][:10]}; tolerance {tolerance:g}", flush=True)
     measured = snapshots.evaluate(snap, names, dev, args.sequences, progress=lambda m: print(m, flush=True))
@@ -145,6 +146,15 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tolerance(given: float | None) -> float:
+    """--tolerance: a finite difference of accuracy, 0 or more (NaN would agree with anything)."""
+    if given is None:
+        return snapshots.ACCURACY_TOLERANCE
+    if not math.isfinite(given) or given < 0:
+        raise UsageError(f"--tolerance must be a finite accuracy difference of 0 or more, got {given:g}")
+    return given
+
+
 def _list_snapshots(directory) -> int:
     snaps = snapshots.listing(directory)
     if not snaps:
@@ -152,10 +162,10 @@ def _list_snapshots(directory) -> int:
         return 0
     common.print_frame(pd.DataFrame([{
         "id": s.id, "architecture": s.meta["architecture"], "preset": s.meta["config"]["name"],
-        "task": s.meta["task"]["task"], "steps": s.meta["recipe"]["steps"],
-        "accuracy": ", ".join(f"{k} {v:.3f}" for k, v in s.meta["accuracy"].items()),
-        "commit": s.meta["commit"][:10], "MB": f"{s.meta['weights_bytes'] / 2**20:.1f}",
-        "created": s.meta["created_utc"]} for s in snaps]))
+        "task": s.meta["task"].get("task", "-"), "steps": s.meta.get("recipe", {}).get("steps", "-"),
+        "accuracy": ", ".join(f"{k} {v:.3f}" for k, v in s.meta.get("accuracy", {}).items()),
+        "commit": s.meta["commit"][:10], "MB": f"{s.meta.get('weights_bytes', 0) / 2**20:.1f}",
+        "created": s.meta.get("created_utc", "-")} for s in snaps]))
     return 0
 
 
