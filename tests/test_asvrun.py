@@ -150,6 +150,7 @@ def test_the_layer_suite_measures_an_installed_provider_and_fails_broken_ones(in
     and the broken example named in MFBENCH_PROVIDER_MODULES: the example's tracked medians are the runner's
     rows; the broken providers' sets fail (no value), and the run goes on."""
     monkeypatch.setenv("PYTHONPATH", str(installed))
+    monkeypatch.setenv("MFBENCH_PLUGINS", "1")
     monkeypatch.setenv("MFBENCH_PROVIDER_MODULES", str(asvrun.ROOT / "examples" / "broken_provider.py"))
     out, tracked, cached = _layer_forward_metrics(tmp_path, monkeypatch, capfd,
                                                   "dense,example_gather,broken_raises,broken_wrong")

@@ -16,9 +16,9 @@ needs_chromium = pytest.mark.skipif(dashboard.chromium() is None and not os.envi
 
 
 @needs_chromium
-def test_published_dashboard_renders_offline(tmp_path):
+def test_published_dashboard_renders_offline(tmp_path, committed):
     html = tmp_path / "html"
-    conf = asvrun._conf_for(asvrun.ROOT, asvrun.ROOT / "results" / "asv", html)
+    conf = asvrun._conf_for(asvrun.ROOT, committed / "results" / "asv", html)
     subprocess.run([sys.executable, "-m", "asv", "--config", str(conf), "publish"], check=True, cwd=asvrun.ROOT,
                    capture_output=True)
     dashboard.install(html)

@@ -20,9 +20,11 @@ BROKEN_NAMES = ("broken_raises", "broken_wrong", "broken_dtype", "broken_slow")
 
 
 def mfbench(site: Path | None, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """`python -m mfbench ARGS` in a fresh process that sees ``site`` (the registry is per process)."""
+    """`python -m mfbench ARGS` in a fresh process that sees ``site`` and loads its plugins (the registry is
+    per process)."""
     paths = [str(site)] if site else []
-    full = {**os.environ, "PYTHONPATH": os.pathsep.join(paths + [str(ROOT)]), "TRITON_INTERPRET": "1", **env}
+    full = {**os.environ, "PYTHONPATH": os.pathsep.join(paths + [str(ROOT)]), "TRITON_INTERPRET": "1",
+            "MFBENCH_PLUGINS": "1", **env}
     return subprocess.run([sys.executable, "-m", "mfbench", *args], capture_output=True, text=True, env=full,
                           cwd=ROOT, timeout=300)
 
