@@ -1,0 +1,90 @@
+"""Every example provider on a GPU (issue 30): the example package installed (into a folder of its own, offline,
+as tests/conftest.py's `installed` does), then `mfbench run --preset smoke` on cuda with dense, example_gather and
+example_compiled (torch.compile max-autotune, whose backward a kept graph refused with donated buffers on), and
+the GPU tests of the plugins if pytest is there.
+
+    OUT=/tmp/out python docs/ci/gpu_plugins.py
+
+Writes as each step ends: $OUT/plugins-gpu.json (the verdict per provider and direction, the run's exit code,
+the seconds each step took), $OUT/run.log (the run's output), $OUT/rows.csv (its result rows), $OUT/pytest.log.
+Exit 0 when every example provider measured forward and backward, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[2]
+OUT = Path(os.environ.get("OUT", "/tmp/mfbench-gpu-plugins"))
+NAMES = ("example_gather", "example_compiled")
+
+
+def install_example(target: Path) -> None:
+    build = Path(tempfile.mkdtemp(prefix="example-src-")) / "pkg"
+    shutil.copytree(HERE / "examples" / "mfbench-example-provider", build)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--target", str(target), str(build)], check=True, capture_output=True)
+
+
+def verdicts(rows_dir: Path) -> dict:
+    sys.path.insert(0, str(HERE))
+    from mfbench.store import results
+
+    frame = results.load(rows_dir)
+    frame.to_csv(OUT / "rows.csv", index=False)
+    found = {}
+    for name in NAMES:
+        rows = frame[frame["provider"] == name]
+        for _, row in rows[rows["metric"].isin(["time", "failed", "skipped"])].iterrows():
+            params = json.loads(row["params"])
+            key = f"{name} {row['benchmark']} {params['direction']}"
+            found[key] = (f"{row['value'] * 1e3:.4g} ms" if row["metric"] == "time"
+                          else f"{row['metric']}: {row['flags']}")
+    return found
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    report: dict = {"steps": {}}
+    save = lambda: (OUT / "plugins-gpu.json").write_text(json.dumps(report, indent=1))  # noqa: E731
+    site = Path(tempfile.mkdtemp(prefix="example-site-"))
+    start = time.time()
+    install_example(site)
+    report["steps"]["install_s"] = round(time.time() - start, 1)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(HERE)]), "MFBENCH_PLUGINS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    rows = Path(tempfile.mkdtemp(prefix="rows-"))
+    start = time.time()
+    done = subprocess.run([sys.executable, "-m", "mfbench", "run", "--preset", "smoke", "--device", "cuda",
+                           "--providers", ",".join(("dense",) + NAMES), "--results-dir", str(rows)],
+                          cwd=HERE, env=env, capture_output=True, text=True, timeout=420)
+    (OUT / "run.log").write_text(done.stdout + "\n--- stderr ---\n" + done.stderr)
+    report["steps"]["run_s"] = round(time.time() - start, 1)
+    report["run_exit"] = done.returncode
+    report["rows"] = verdicts(rows)
+    measured = [k for k, v in report["rows"].items() if v.endswith(" ms")]
+    report["ok"] = done.returncode == 0 and all(any(k.startswith(f"{n} layer {d}") for k in measured)
+                                                for n in NAMES for d in ("forward", "backward")) \
+        and len(measured) == len(report["rows"])
+    save()
+    if shutil.which("pytest") or subprocess.run([sys.executable, "-c", "import pytest"]).returncode == 0:
+        start = time.time()
+        test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_plugins.py"],
+                              cwd=HERE, env={**env, "MFBENCH_TEST_GPU": "1"}, capture_output=True, text=True, timeout=300)
+        (OUT / "pytest.log").write_text(test.stdout + test.stderr)
+        report["steps"]["pytest_s"] = round(time.time() - start, 1)
+        report["pytest_exit"] = test.returncode
+        save()
+    print(json.dumps(report, indent=1))
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
