@@ -48,7 +48,7 @@ def test_show_and_compare(smoke_run, capsys):
     run_id = results.load(smoke_run)["run_id"].iloc[0]
     assert main(["compare", run_id, "latest", "--results-dir", str(smoke_run)]) == 0
     out = capsys.readouterr().out
-    assert "B/A" in out and "1.000" in out and "within noise" in out
+    assert "B/A" in out and "1.000" in out and " same" in out
 
 
 def test_compare_sets_kernel_time_beside_a_host_bound_time(tmp_path, capsys):
@@ -188,3 +188,18 @@ def test_compare_judges_each_metric_by_its_direction(tmp_path, capsys, metric, a
     out = capsys.readouterr().out
     assert out.splitlines()[-1].split()[-1] == verdict, out
     assert ("higher is better" if metric in results.HIGHER_IS_BETTER else "lower is better") in out
+
+
+def test_compare_calls_a_ratio_within_the_runs_spread_same(tmp_path, capsys):
+    """Two runs of one code on a busy machine: B/A 0.4 lies outside either run's relative spread, but the
+    runs' IQRs overlap, so the figures do not tell them apart."""
+    params = {"direction": "forward", "seq": 64}
+    rows = []
+    for run_id, t, low, high in (("A", 1.0, 0.5, 1.0), ("B", 0.4, 0.4, 0.55), ("C", 0.4, 0.39, 0.41)):
+        run = results.Run(run_id, "t", "c", False, "m", "cpu", "{}")
+        rows.append(run.row("layer", params, "dense", "time", t, "s", spread_low=low, spread_high=high))
+    results.append(rows, tmp_path)
+    assert main(["compare", "A", "B", "--results-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split()[-1] == "same"
+    assert main(["compare", "A", "C", "--results-dir", str(tmp_path)]) == 0  # apart: C's IQR ends below A's
+    assert capsys.readouterr().out.splitlines()[-1].split()[-1] == "faster"

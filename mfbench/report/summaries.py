@@ -123,7 +123,10 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> list[dict]:
         spreads = [(row[f"spread_high_{s}"] - row[f"spread_low_{s}"]) / row[f"value_{s}"] for s in "ab"]
         noise = max((x for x in spreads if x == x), default=0.0)  # NaN: a single figure, no spread
         ratio = row["value_b"] / row["value_a"]
-        verdict = ("within noise" if abs(ratio - 1) <= noise
+        # "same" where B/A is within the spread, or the two runs' spreads (IQR) overlap: on a busy machine
+        # two runs of one code differ by more than either run's own spread, never by more than both
+        overlap = row["spread_low_a"] <= row["spread_high_b"] and row["spread_low_b"] <= row["spread_high_a"]
+        verdict = ("same" if abs(ratio - 1) <= noise or overlap
                    else words[0] if worse(metric, row["value_a"], row["value_b"]) else words[1])
         if any("host-bound" in str(row[f"flags_{side}"]).split(",") for side in "ab"):
             verdict += " (host-bound)"
