@@ -80,6 +80,9 @@ def test_run_summary_shows_kernel_time_only_where_measured():
     assert "kernel ms" in lines[0]
     triton = next(line for line in lines if "triton" in line).split()
     assert "0.25" in triton and "2.00" in triton  # kernel ms beside the median, ratio to dense from the median
+    rows[1] = run.row("layer", params, "dense", "time", 5e-4, "s", flags=["floor:hbm", "time-below-floor"])
+    dense = next(line for line in run_summary(pd.DataFrame(rows)).splitlines()[1:] if " dense " in line)
+    assert "0.5 IMPOSSIBLE" in dense  # a time below its floor is marked where it is printed
 
 
 @pytest.mark.parametrize("args,message", [
@@ -203,3 +206,8 @@ def test_compare_calls_a_ratio_within_the_runs_spread_same(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-1].split()[-1] == "same"
     assert main(["compare", "A", "C", "--results-dir", str(tmp_path)]) == 0  # apart: C's IQR ends below A's
     assert capsys.readouterr().out.splitlines()[-1].split()[-1] == "faster"
+    below = results.Run("D", "t", "c", False, "m", "cpu", "{}")
+    results.append([below.row("layer", params, "dense", "time", 0.1, "s", spread_low=0.09, spread_high=0.11,
+                              flags=["time-below-floor"])], tmp_path)
+    assert main(["compare", "A", "D", "--results-dir", str(tmp_path)]) == 0
+    assert "faster (B IMPOSSIBLE: below the floor)" in capsys.readouterr().out

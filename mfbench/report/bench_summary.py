@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from mfbench.bench.cases import BENCHMARKS
+from mfbench.bench.measurement import BELOW_FLOOR
 from mfbench.core import providers
 from mfbench.report.summaries import provider_order
 from mfbench.store import results
@@ -49,9 +50,10 @@ def _times(rows: pd.DataFrame) -> pd.DataFrame:
     if times.empty:
         return times
     params = pd.DataFrame([json.loads(p) for p in times["params"]], index=times.index)
-    bound = times["flags"].fillna("").str.split(",").map(lambda flags: "host-bound" in flags)
+    flags = times["flags"].fillna("").str.split(",")
     return times.assign(direction=params["direction"].map(results.short_direction), seq=params["seq"],
-                        d=params["d"], dtype=params["dtype"], bound=bound)
+                        d=params["d"], dtype=params["dtype"], bound=flags.map(lambda f: "host-bound" in f),
+                        impossible=flags.map(lambda f: BELOW_FLOOR in f))
 
 
 def comparison(rows: pd.DataFrame) -> pd.DataFrame:
@@ -83,7 +85,8 @@ def _comparison(times: pd.DataFrame) -> pd.DataFrame:
 def _cell(by: pd.DataFrame, name: str | None) -> str:
     if name not in by.index:
         return "-"
-    return _seconds(float(by.loc[name, "value"])) + ("*" if by.loc[name, "bound"] else "")
+    return (_seconds(float(by.loc[name, "value"])) + ("*" if by.loc[name, "bound"] else "")
+            + (" IMPOSSIBLE" if by.loc[name, "impossible"] else ""))
 
 
 def text(rows: pd.DataFrame, run_id: str | None, html_dir: Path, plots_dir: Path) -> str:
@@ -97,12 +100,17 @@ def text(rows: pd.DataFrame, run_id: str | None, html_dir: Path, plots_dir: Path
     elif table.empty:
         out.append(f"Run {run_id} holds no layer, block or model times to compare with dense.")
     else:
-        out.append(f"MemoryFormer against dense, run {run_id} at {mine['commit'].iloc[0][:10]} (median time per "
-                   "call; xN: the lookup's time over dense's, above 1 dense is faster):")
+        out.append(f"MemoryFormer against dense, run {run_id} at {mine['commit'].iloc[0][:10]}: the runner's median "
+                   "time per call (asv tracks it as *Metrics.track_median_time; asv's time_call lines above time the "
+                   "same call with asv's own timer and few samples, and can differ); xN: the lookup's time over "
+                   "dense's, above 1 dense is faster:")
         for device, part in table.groupby("device", sort=False):
             out.append(f"{device}\n" + part.drop(columns="device").set_index("case").rename_axis(None).to_string())
         if times["bound"].any():
             out.append("*: host-bound, the time is the host's issue time, not the device's")
+        if times["impossible"].any():
+            out.append(f"IMPOSSIBLE: below its floor ({BELOW_FLOOR}): the ceilings were measured too low on this "
+                       "machine; measure them again with --refresh-ceilings on an idle machine")
     html_dir, plots_dir = _shown(html_dir), _shown(plots_dir)
     index = html_dir / "index.html"
     out.append(f"Dashboard: {index if index.exists() else str(html_dir) + ' (not published yet: nox -s publish)'}"

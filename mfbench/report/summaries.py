@@ -89,7 +89,8 @@ def run_summary(frame: pd.DataFrame) -> str:
         lines.append({
             # rows of other writers (asv imports, layer-kernel) name their parameters differently
             "benchmark": bench, "dir": short_direction(p.get("direction", "-")), "seq": p.get("seq", p.get("tokens", "-")),
-            "provider": provider, "median ms": "-" if t != t else f"{t * 1e3:.4g}",
+            "provider": provider,
+            "median ms": "-" if t != t else f"{t * 1e3:.4g}" + (" IMPOSSIBLE" if BELOW_FLOOR in flags else ""),
             "kernel ms": "-" if kern != kern else f"{kern * 1e3:.4g}",
             "x dense": "-" if t != t or dense != dense else f"{t / dense:.2f}",
             "GB/s": "-" if gbps != gbps else f"{gbps / 1e9:.1f}",
@@ -130,6 +131,9 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> list[dict]:
                    else words[0] if worse(metric, row["value_a"], row["value_b"]) else words[1])
         if any("host-bound" in str(row[f"flags_{side}"]).split(",") for side in "ab"):
             verdict += " (host-bound)"
+        below = [side.upper() for side in "ab" if BELOW_FLOOR in str(row[f"flags_{side}"]).split(",")]
+        if below:
+            verdict += f" ({' and '.join(below)} IMPOSSIBLE: below the floor)"
         compared.append({"benchmark": bench, "params": params, "provider": provider, "metric": metric,
                          "unit": row["unit_a"], "run_a": a["run_id"].iloc[0], "run_b": b["run_id"].iloc[0],
                          "a": row["value_a"], "b": row["value_b"], "ratio": ratio, "noise": noise, "verdict": verdict,
