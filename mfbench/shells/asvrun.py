@@ -244,7 +244,7 @@ def import_to_tables(results_dir: Path, commit: str, directory: Path | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mfbench.shells.asvrun", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mfbench.shells.asvrun", description=__doc__.splitlines()[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="run the suites for HEAD and append asv's values to the result tables")
     b.add_argument("--bench", help="regular expression of benchmarks to run (default: all)")
