@@ -211,3 +211,23 @@ def test_compare_calls_a_ratio_within_the_runs_spread_same(tmp_path, capsys):
                               flags=["time-below-floor"])], tmp_path)
     assert main(["compare", "A", "D", "--results-dir", str(tmp_path)]) == 0
     assert "faster (B IMPOSSIBLE: below the floor)" in capsys.readouterr().out
+
+
+def test_run_summary_fits_120_columns_and_wide_shows_everything():
+    import pandas as pd
+
+    from mfbench.report.summaries import run_summary
+
+    run = results.Run("R", "t", "c", False, "m", "cpu", "{}")
+    params = {"direction": "forward", "seq": 64}
+    why = "runs on cuda only (declared devices); " + "a long reason a plugin gives " * 4
+    rows = [run.row("layer", params, "dense", "time", 1e-3, "s"),
+            run.row("layer", params, "example_compiled", "skipped", float("nan"), "", flags=[why])]
+    rows += [run.row(f"asv:layer.LayerForward.time_call", {"provider": p, "seq": s}, p, "asv_value", 1.0, "s")
+             for p in ("dense", "triton") for s in (64, 128)]
+    text = run_summary(pd.DataFrame(rows))
+    assert max(map(len, text.splitlines())) <= 120, text
+    assert "[1]" in text.splitlines()[2] and "\n[1] skipped: runs on cuda only" in text  # the reason, as a note
+    assert "asv:" not in text and "and 4 asv values" in text
+    wide = run_summary(pd.DataFrame(rows), wide=True)
+    assert "skipped: " + why.strip() in wide and wide.count("asv:layer.LayerForward.time_call") == 4
