@@ -76,3 +76,18 @@ def test_the_summary_names_the_run_and_where_the_dashboard_and_plots_are(tables,
 def test_without_a_bench_run_the_summary_says_so(tmp_path, capsys):
     assert summary.main(["--results-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("No bench run in the result tables yet.")
+
+
+def test_the_summary_ends_with_what_the_bench_changed_in_the_checkout_and_how_to_keep_or_discard_it(tables, capsys):
+    import subprocess
+
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t", "-C", str(tables)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    assert summary.tree_changes(tables)[0].startswith("Changed in this checkout")  # nothing committed yet
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "results"], check=True)
+    assert summary.tree_changes(tables) == []  # a clean tree: nothing to say
+    (tables / "plots" / "crossover.png").write_bytes(b"redrawn")
+    assert summary.main(["--results-dir", str(tables)]) == 0
+    last = capsys.readouterr().out.splitlines()[-2:]
+    assert "plots/crossover.png" in last[0] and "git restore" in last[1] and "git commit" in last[1], last

@@ -117,7 +117,28 @@ def text(rows: pd.DataFrame, run_id: str | None, html_dir: Path, plots_dir: Path
                f"; serve it with `python -m mfbench.report.dashboard serve {html_dir}`")
     drawn = sorted(plots_dir.glob("*.png"))
     out.append(f"Plots: {plots_dir} ({', '.join(p.name for p in drawn) if drawn else 'none drawn yet: nox -s plots'})")
+    out += tree_changes(html_dir.parent)
     return "\n".join(out)
+
+
+def tree_changes(directory: Path) -> list[str]:
+    """What the bench changed in a git checkout's ``directory`` (results/, tracked: the tables, plots and asv
+    results are versioned) and how to keep or discard it; nothing outside a checkout or when it is clean."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "-C", str(directory), "status", "--porcelain", "--", "."], capture_output=True,
+                              text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    paths = [line[3:] for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
+    if not paths:
+        return []
+    shown = ", ".join(paths[:6]) + (f" and {len(paths) - 6} more" if len(paths) > 6 else "")
+    where = _shown(directory)
+    return [f"Changed in this checkout (git status {where}): {shown}",
+            f"keep them: git add {where} && git commit -m 'bench results'; discard them: git restore {where} "
+            f"(and git clean -nd {where} lists the new files, which -fd removes)"]
 
 
 def _shown(path: Path) -> Path:
