@@ -19,8 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOW = os.environ.get("MFBENCH_SLOW_TESTS") == "1"
-# Every test that reads results/, README.md or results/kernels.md of the tree, or the provider registry's
-# full list: the ones a user's bench, training or installed plugin could change.
+# Every test that reads results/ (tables, asv results, snapshots), README.md or results/kernels.md of the
+# tree, or the provider registry's full list: the ones a user's bench, training or installed plugin could change.
 STATE_READERS = [
     "tests/test_findings.py",
     "tests/test_bench_writes.py::test_a_bench_on_a_new_machine_adds_its_files_and_rewrites_no_other_machines",
@@ -29,6 +29,9 @@ STATE_READERS = [
     "tests/instruments/test_counters.py::test_kernels_md_shows_the_counter_rows_of_the_result_tables",
     "tests/test_alert.py::test_the_alert_measures_the_providers_a_change_touches",
     "tests/test_providers.py",
+    # the newest snapshot, which training made the user's
+    "tests/test_plugins.py::test_snapshot_eval_checks_the_example_and_fails_the_broken_ones",
+    "tests/test_battery.py::test_damaged_snapshot_weights_are_a_one_line_error_not_an_accuracy_failure",
 ]
 ASV_SMALL = {"MFBENCH_ASV_PROVIDERS": "embedding_bag,dense", "MFBENCH_ASV_DEVICES": "cpu", "MFBENCH_ASV_SEQS": "64",
              "MFBENCH_ASV_PRESET": "micro"}
