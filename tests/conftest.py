@@ -54,7 +54,7 @@ def smoke_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def committed(tmp_path_factory):
     """The tree as committed at HEAD, for tests of the committed documents and results: README.md, docs/ and
-    results/ (without snapshots and plots), extracted from git, so what a user has measured into results/ since
+    results/ (its tables, asv results and snapshots; not the plots), extracted from git, so what a user has measured into results/ since
     (a bench, a run, training) never changes a test's answer. Outside a git checkout: the files as they are."""
     import shutil
     import subprocess
@@ -64,7 +64,8 @@ def committed(tmp_path_factory):
 
     root = Path(__file__).resolve().parent.parent
     target = tmp_path_factory.mktemp("committed")
-    paths = ["README.md", "docs", "results/asv", "results/kernels.md", "results/results.parquet", "results/results.csv"]
+    paths = ["README.md", "docs", "results/asv", "results/kernels.md", "results/results.parquet", "results/results.csv",
+             "results/snapshots"]
     archive = subprocess.run(["git", "archive", "--format=tar", "HEAD", *paths], cwd=root, capture_output=True)
     if archive.returncode == 0:
         tarfile.open(fileobj=BytesIO(archive.stdout)).extractall(target, filter="data")

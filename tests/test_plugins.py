@@ -86,8 +86,10 @@ def test_repro_gives_commands_that_measure_the_rows_again(plugin_run, installed,
     assert {p for _, _, p in key(fresh)} == {"example_gather"}
 
 
-def test_snapshot_eval_checks_the_example_and_fails_the_broken_ones(installed):
-    base = ("snapshot", "eval", "--no-save", "--device", "cpu", "--sequences", "16")
+def test_snapshot_eval_checks_the_example_and_fails_the_broken_ones(installed, committed):
+    # the committed snapshot: one a user trained since (README: `mfbench train`) would change the verdicts
+    base = ("snapshot", "eval", "--no-save", "--device", "cpu", "--sequences", "16",
+            "--snapshots-dir", str(committed / "results" / "snapshots"))
     good = mfbench(installed, *base, "--providers", "example_gather,example_compiled")
     assert good.returncode == 0, good.stdout + good.stderr
     verdicts = {line.split()[0]: line for line in good.stdout.splitlines()[1:]}
