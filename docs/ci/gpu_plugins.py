@@ -7,7 +7,8 @@ the GPU tests of the plugins if pytest is there.
 
 Writes as each step ends: $OUT/plugins-gpu.json (the verdict per provider and direction, the run's exit code,
 the seconds each step took), $OUT/run.log (the run's output), $OUT/rows.csv (its result rows), $OUT/pytest.log.
-Exit 0 when every example provider measured forward and backward, 1 otherwise.
+Exit 0 when every example provider measured forward and backward, 1 otherwise. At most 300 s for the run and
+200 s for the tests (which run the same command again, warm).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def main() -> int:
     start = time.time()
     done = subprocess.run([sys.executable, "-m", "mfbench", "run", "--preset", "smoke", "--device", "cuda",
                            "--providers", ",".join(("dense",) + NAMES), "--results-dir", str(rows), *extra],
-                          cwd=HERE, env=env, capture_output=True, text=True, timeout=420)
+                          cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
     (OUT / "run.log").write_text(done.stdout + "\n--- stderr ---\n" + done.stderr)
     report["steps"]["run_s"] = round(time.time() - start, 1)
     report["run_exit"] = done.returncode
@@ -87,7 +88,7 @@ def main() -> int:
     if not extra and subprocess.run([sys.executable, "-c", "import pytest, hypothesis"]).returncode == 0:
         start = time.time()
         test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_plugins.py"],
-                              cwd=HERE, env={**env, "MFBENCH_TEST_GPU": "1"}, capture_output=True, text=True, timeout=300)
+                              cwd=HERE, env={**env, "MFBENCH_TEST_GPU": "1"}, capture_output=True, text=True, timeout=200)
         (OUT / "pytest.log").write_text(test.stdout + test.stderr)
         report["steps"]["pytest_s"] = round(time.time() - start, 1)
         report["pytest_exit"] = test.returncode
