@@ -73,9 +73,13 @@ def main() -> int:
     env.pop("TRITON_INTERPRET", None)
     rows = Path(tempfile.mkdtemp(prefix="rows-"))
     start = time.time()
-    done = subprocess.run([sys.executable, "-m", "mfbench", "run", "--preset", "smoke", "--device", "cuda",
-                           "--providers", ",".join(("dense",) + NAMES), "--results-dir", str(rows), *extra],
-                          cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        done = subprocess.run([sys.executable, "-m", "mfbench", "run", "--preset", "smoke", "--device", "cuda",
+                               "--providers", ",".join(("dense",) + NAMES), "--results-dir", str(rows), *extra],
+                              cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as exc:  # keep what it printed and the rows it wrote
+        done = subprocess.CompletedProcess(exc.cmd, 124, exc.stdout or "", exc.stderr or "")
+        done.stdout, done.stderr = (x.decode() if isinstance(x, bytes) else x for x in (done.stdout, done.stderr))
     (OUT / "run.log").write_text(done.stdout + "\n--- stderr ---\n" + done.stderr)
     report["steps"]["run_s"] = round(time.time() - start, 1)
     report["run_exit"] = done.returncode
@@ -87,8 +91,12 @@ def main() -> int:
     save()
     if not extra and subprocess.run([sys.executable, "-c", "import pytest, hypothesis"]).returncode == 0:
         start = time.time()
-        test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_plugins.py"],
-                              cwd=HERE, env={**env, "MFBENCH_TEST_GPU": "1"}, capture_output=True, text=True, timeout=200)
+        try:
+            test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_plugins.py"],
+                                  cwd=HERE, env={**env, "MFBENCH_TEST_GPU": "1"}, capture_output=True, text=True,
+                                  timeout=200)
+        except subprocess.TimeoutExpired:
+            test = subprocess.CompletedProcess([], 124, "timed out after 200 s\n", "")
         (OUT / "pytest.log").write_text(test.stdout + test.stderr)
         report["steps"]["pytest_s"] = round(time.time() - start, 1)
         report["pytest_exit"] = test.returncode
