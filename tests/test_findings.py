@@ -91,3 +91,12 @@ def test_findings_for_a_device_without_rows_is_a_one_line_error(capsys):
     assert main(["model", "--device", "h200"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no rows for device 'h200'" in err and "H200" in err
+
+
+def test_a_time_below_its_floor_is_marked_in_the_findings_tables():
+    frame = pd.DataFrame([_row("triton", "time", 1e-3, "s", "floor:hbm,time-below-floor"),
+                          _row("triton", "floor_time", 2.0, "ms"), _row("dense", "time", 1e-3, "s")])
+    line = next(l for l in layer_table(frame, "GPU-X").splitlines() if l.startswith("| fwd"))
+    assert "| 1 IMPOSSIBLE |" in line
+    cpu = frame.assign(device="cpu-2cores", fingerprint=json.dumps({"cpu": "CPU A", "cpu_cores": 2}))
+    assert "embedding_bag" not in cpu_table(cpu) and "| triton 1 IMPOSSIBLE | 1 |" in cpu_table(cpu)
