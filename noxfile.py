@@ -95,22 +95,42 @@ def tests(session: nox.Session) -> None:
 NEWEST_TRITON = ROOT / "constraints" / "triton-newest.txt"
 
 
-@nox.session(**VENV)
+@nox.session(venv_params=["--system-site-packages"])
 def interpreter(session: nox.Session) -> None:
     """The kernel tests (tests/kernels) again, under the CPU interpreter of the newest Triton pip installs.
 
     `tests` runs them on cpu.txt's Triton, the GPU image's; the two interpreters differ (3.9's refuses
     masks that 3.6's took), so CI runs both. Elsewhere the suite meets the kernels through the `triton`
-    provider, whose trial run tests/kernels makes too.
+    provider, whose trial run tests/kernels makes too. A host with its own torch (the README's CPU set-up: a
+    venv with the CPU build) keeps it: the session's virtualenv reads the host's packages after its own, so
+    only the newest Triton and its numpy come first, and the host's stay as they were.
     """
-    if HOST_TORCH or _has_gpu():
-        session.skip("this host's own torch and triton are never replaced: `nox -s tests` tests its Triton")
-    pins = _pins((ROOT / "constraints" / "cpu.txt").read_text())
-    pins.update(_pins(NEWEST_TRITON.read_text()))
+    if _has_gpu():
+        session.skip("a GPU host runs the kernels on its own Triton: `nox -s tests` and `pytest -m gpu` test it")
+    newest = _pins(NEWEST_TRITON.read_text())
+    pins = {} if HOST_TORCH else _pins((ROOT / "constraints" / "cpu.txt").read_text())
+    pins.update(newest)
     constraint = Path(session.create_tmp()) / "constraints.txt"
     constraint.write_text("".join(line + "\n" for line in pins.values()))
-    session.install("-c", str(constraint), "-e", ".[test]")
-    run(session, "-m", "pytest", *(session.posargs or ["-q", "tests/kernels"]))
+    if HOST_TORCH:
+        _behind_the_host(session)
+        session.install("-c", str(constraint), *newest)
+    else:
+        session.install("-c", str(constraint), "-e", ".[test]")
+    session.run("python", "-m", "pytest", *(session.posargs or ["-q", "tests/kernels"]))
+
+
+def _behind_the_host(session: nox.Session) -> None:
+    """Make the host Python's packages (torch, this checkout's editable mfbench, pytest) importable in the
+    session's virtualenv, after its own: a virtualenv made from a venv's Python does not see that venv's
+    packages, --system-site-packages or not. addsitedir also reads the host's .pth files (editable installs)."""
+    import site
+
+    own = session.run("python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+                      silent=True).strip().splitlines()[-1]
+    host = [p for p in site.getsitepackages() + [site.getusersitepackages()] if os.path.isdir(p)]
+    lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in host)
+    Path(own, "zz_mfbench_host.pth").write_text(lines)
 
 
 @nox.session(**VENV)

@@ -42,6 +42,7 @@ def _int(text: str | None) -> int | None:
 class Settings:
     # --- providers (mfbench.core.registry, mfbench.core.trial)
     provider_modules: str = ""  # MFBENCH_PROVIDER_MODULES: files or modules registering providers, in every process
+    plugins: bool = True  # MFBENCH_PLUGINS=0: installed plugins (the mfbench.providers entry points) are not loaded
     call_budget_s: float | None = None  # MFBENCH_CALL_BUDGET_S: seconds one call may take (providers with no own budget)
     skip_compile: bool = False  # MFBENCH_SKIP_COMPILE: skip torch.compile on the CPU (the 'compiled' provider)
     # --- where a figure comes from (mfbench.instruments.fingerprint)
@@ -94,6 +95,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
     budget = _number(get("MFBENCH_CALL_BUDGET_S"), None)
     return Settings(
         provider_modules=get("MFBENCH_PROVIDER_MODULES", ""),
+        plugins=get("MFBENCH_PLUGINS", "1") != "0",
         call_budget_s=budget if budget is not None and budget > 0 else None,
         skip_compile=bool(get("MFBENCH_SKIP_COMPILE")),
         commit=get("MFBENCH_COMMIT") or None,

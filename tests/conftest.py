@@ -11,6 +11,10 @@ if os.environ.get("MFBENCH_TEST_GPU") != "1":
 # CI) pointing at the real cache let tests write ceilings measured under the suite's load there, and later
 # runs read their floors from them.
 os.environ["MFBENCH_CACHE"] = tempfile.mkdtemp(prefix="mfbench-cache-")
+# The user's installed plugins (the README's example package) are not the suite's: no entry point is loaded
+# here or in the processes tests start. Tests of plugins install them into a directory of their own and
+# turn this back on for their processes (`installed` below).
+os.environ["MFBENCH_PLUGINS"] = "0"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -48,10 +52,36 @@ def smoke_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def committed(tmp_path_factory):
+    """The tree as committed at HEAD, for tests of the committed documents and results: README.md, docs/ and
+    results/ (its tables, asv results and snapshots; not the plots), extracted from git, so what a user has measured into results/ since
+    (a bench, a run, training) never changes a test's answer. Outside a git checkout: the files as they are."""
+    import shutil
+    import subprocess
+    import tarfile
+    from io import BytesIO
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    target = tmp_path_factory.mktemp("committed")
+    paths = ["README.md", "docs", "results/asv", "results/kernels.md", "results/results.parquet", "results/results.csv",
+             "results/snapshots"]
+    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD", *paths], cwd=root, capture_output=True)
+    if archive.returncode == 0:
+        tarfile.open(fileobj=BytesIO(archive.stdout)).extractall(target, filter="data")
+    else:
+        for path in paths:
+            copy = shutil.copytree if (root / path).is_dir() else shutil.copy
+            (target / path).parent.mkdir(parents=True, exist_ok=True)
+            copy(root / path, target / path)
+    return target
+
+
+@pytest.fixture(scope="session")
 def installed(tmp_path_factory):
     """examples/mfbench-example-provider, pip-installed (its own pyproject, offline) into a directory of its
     own that the mfbench processes of a test see through PYTHONPATH: its dist-info carries the entry point,
-    and the shared test environment stays as it was."""
+    and the shared test environment stays as it was. Processes that should load it set MFBENCH_PLUGINS=1."""
     import shutil
     import subprocess
     import sys

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -150,6 +151,7 @@ def test_the_layer_suite_measures_an_installed_provider_and_fails_broken_ones(in
     and the broken example named in MFBENCH_PROVIDER_MODULES: the example's tracked medians are the runner's
     rows; the broken providers' sets fail (no value), and the run goes on."""
     monkeypatch.setenv("PYTHONPATH", str(installed))
+    monkeypatch.setenv("MFBENCH_PLUGINS", "1")
     monkeypatch.setenv("MFBENCH_PROVIDER_MODULES", str(asvrun.ROOT / "examples" / "broken_provider.py"))
     out, tracked, cached = _layer_forward_metrics(tmp_path, monkeypatch, capfd,
                                                   "dense,example_gather,broken_raises,broken_wrong")
@@ -160,3 +162,13 @@ def test_the_layer_suite_measures_an_installed_provider_and_fails_broken_ones(in
     assert tracked["broken_raises"] is None and tracked["broken_wrong"] is None, tracked  # asv: failed
     assert any("this kernel is broken on purpose" in f for f in failed), failed
     assert any("float64 check: relative error of y" in f for f in failed), failed
+
+
+def test_a_silent_stretch_of_asv_is_reported(capfd):
+    """A benchmark that runs for minutes prints nothing under asv: the bench says it is still going."""
+    code = "import time; print('[ 23.68%] ··· model.TrainStep.time_call', flush=True); time.sleep(2.6); print('done')"
+    done = asvrun.streamed([sys.executable, "-c", code], heartbeat_s=1.0)
+    out = capfd.readouterr().out.splitlines()
+    assert done.returncode == 0 and out[0].endswith("model.TrainStep.time_call") and out[-1] == "done"
+    beats = [line for line in out if line.startswith("  ... still running")]
+    assert len(beats) >= 2 and "since: [ 23.68%] ··· model.TrainStep.time_call" in beats[0], out

@@ -370,12 +370,12 @@ def test_a_write_failing_after_measuring_keeps_the_rows_elsewhere_and_the_table_
     os.unlink(rescue)
 
 
-def test_damaged_snapshot_weights_are_a_one_line_error_not_an_accuracy_failure(tmp_path, table, capsys):
+def test_damaged_snapshot_weights_are_a_one_line_error_not_an_accuracy_failure(tmp_path, table, capsys, committed):
     import shutil
 
     from mfbench.store import snapshots
 
-    source = snapshots.find("latest", architecture="memoryformer")
+    source = snapshots.find("latest", committed / "results" / "snapshots", architecture="memoryformer")
     snaps = tmp_path / "snaps"
     shutil.copytree(source.path, snaps / source.path.name)
     weights = snaps / source.path.name / "weights.pt"

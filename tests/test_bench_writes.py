@@ -13,7 +13,6 @@ import pandas as pd
 from mfbench.shells import asvrun
 from mfbench.store import results
 
-COMMITTED = asvrun.ROOT / "results"
 OTHER = "other-machine-test"
 
 
@@ -46,7 +45,8 @@ def _quick_run(monkeypatch, tmp_path, store, providers, seq, commit):
     asvrun.run_commit(asvrun.ROOT, commit, store / "asv", r"^layer\.LayerForwardMetrics\.track_median", quick=True)
 
 
-def test_a_bench_on_a_new_machine_adds_its_files_and_rewrites_no_other_machines(tmp_path, monkeypatch, capfd):
+def test_a_bench_on_a_new_machine_adds_its_files_and_rewrites_no_other_machines(tmp_path, monkeypatch, capfd, committed):
+    COMMITTED = committed / "results"  # as committed: a bench the user ran here already filed this machine
     store = tmp_path / "results"
     shutil.copytree(COMMITTED / "asv", store / "asv")
     for name in (results.TABLE, results.MIRROR):

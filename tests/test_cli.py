@@ -137,3 +137,18 @@ def test_layers_dtype_follows_the_device_as_its_help_says(monkeypatch, capsys):
     assert seen.pop("dtype") == "float16"
     cli.main(["layers", "--device", "cpu"])
     assert seen.pop("dtype") == "float32"
+
+
+@pytest.mark.parametrize("module", ["mfbench.shells.cli.main", "mfbench.shells.asvrun", "mfbench.shells.alert",
+                                    "mfbench.report.plots", "mfbench.report.bench_summary", "mfbench.report.findings",
+                                    "mfbench.report.dashboard", "mfbench.kernels.sweep", "mfbench.shells.kernelprobe"])
+def test_help_is_plain_text(module, capsys):
+    """--help is read in a terminal: no RST markup from the docstrings it is made of."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    for argv in (["--help"], *([[c, "--help"] for c in ("run", "show", "train", "compare")] if module.endswith("main") else [])):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert out.startswith("usage:") and "``" not in out and ":func:" not in out, (argv, out)

@@ -12,12 +12,15 @@ def _block(text: str, name: str) -> str:
     return text.split(f"<!-- {name}:begin -->\n")[1].split(f"<!-- {name}:end -->")[0]
 
 
-def test_kernels_md_and_the_readme_show_the_layer_rows_of_the_result_tables():
-    table = layer_table(results.load(), "H200")
-    assert _block((results.project_dir() / "kernels.md").read_text(), "layers") == table
-    assert _block((results.project_dir().parent / "README.md").read_text(), "layers") == table
-    assert _block((results.project_dir() / "kernels.md").read_text(), "cpu") == cpu_table(results.load())
-    assert _block((results.project_dir().parent / "README.md").read_text(), "model") == model_table(results.load(), "H200")
+def test_kernels_md_and_the_readme_show_the_layer_rows_of_the_result_tables(committed):
+    """As committed: rows a user has added to results/ since are theirs, not the documents'."""
+    rows = results.load(committed / "results")
+    kernels, readme = (committed / "results" / "kernels.md").read_text(), (committed / "README.md").read_text()
+    table = layer_table(rows, "H200")
+    assert _block(kernels, "layers") == table
+    assert _block(readme, "layers") == table
+    assert _block(kernels, "cpu") == cpu_table(rows)
+    assert _block(readme, "model") == model_table(rows, "H200")
 
 
 def _row(provider, metric, value, unit, flags="", t="2026-01-01T00:00:00", target=None, run="r1"):
@@ -88,3 +91,12 @@ def test_findings_for_a_device_without_rows_is_a_one_line_error(capsys):
     assert main(["model", "--device", "h200"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no rows for device 'h200'" in err and "H200" in err
+
+
+def test_a_time_below_its_floor_is_marked_in_the_findings_tables():
+    frame = pd.DataFrame([_row("triton", "time", 1e-3, "s", "floor:hbm,time-below-floor"),
+                          _row("triton", "floor_time", 2.0, "ms"), _row("dense", "time", 1e-3, "s")])
+    line = next(l for l in layer_table(frame, "GPU-X").splitlines() if l.startswith("| fwd"))
+    assert "| 1 IMPOSSIBLE |" in line
+    cpu = frame.assign(device="cpu-2cores", fingerprint=json.dumps({"cpu": "CPU A", "cpu_cores": 2}))
+    assert "embedding_bag" not in cpu_table(cpu) and "| triton 1 IMPOSSIBLE | 1 |" in cpu_table(cpu)

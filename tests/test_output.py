@@ -68,12 +68,12 @@ def test_csv_holds_the_same_records_as_json(two_runs, capsys):
         assert list(frame.columns) == list(doc["rows"][0]) and len(frame) == len(doc["rows"]), argv
 
 
-def test_the_schema_documents_every_column_of_load():
+def test_the_schema_documents_every_column_of_load(committed):
     docs = documents.column_docs()
     assert list(docs) == results.COLUMNS and all(len(text) > 10 for text in docs.values())
     row = documents.schema()["$defs"]["row"]
     assert row["required"] == results.COLUMNS and set(row["properties"]) == set(results.COLUMNS)
-    assert list(results.load(results.project_dir()).columns) == results.COLUMNS
+    assert list(results.load(committed / "results").columns) == results.COLUMNS
 
 
 def test_layers_prints_its_rows_as_json_with_progress_on_stderr(capsys):

@@ -60,9 +60,9 @@ def test_all_plots_written(tmp_path, monkeypatch):
 def test_crossover_text():
     frame = pd.DataFrame({"provider": ["dense", "triton", "dense", "triton"], "seq": [128, 128, 1024, 1024],
                           "time": [1.0, 2.0, 3.0, 2.5]})
-    assert crossover._crossover_text(frame) == "crossover: MemoryFormer faster from 1024 tokens"
+    assert crossover._crossover_text(frame) == "crossover: MemoryFormer (triton) faster from 1024 tokens"
     only_short = frame.assign(time=[2.0, 1.0, 1.0, 2.0])  # faster at 128, slower at 1024: no crossover
-    assert crossover._crossover_text(only_short) == "no clean crossover: MemoryFormer faster at 128 tokens only"
+    assert crossover._crossover_text(only_short) == "no clean crossover: MemoryFormer (triton) faster at 128 tokens only"
     slower = frame.assign(time=[1.0, 2.0, 1.0, 2.0])
     assert crossover._crossover_text(slower) == "no crossover up to 1024 tokens: dense is faster everywhere"
     bound = frame.assign(host_bound=[True, True, False, False])
@@ -70,14 +70,18 @@ def test_crossover_text():
     # on a GPU the kernels' own time gets its verdict too: here launches hide a crossover the kernels have
     kernels = frame.assign(time=[1.0, 2.0, 1.0, 2.0], kernel_time=[0.5, 0.6, 1.0, 0.4])
     assert crossover._crossover_text(kernels) == ("no crossover up to 1024 tokens: dense is faster everywhere\n"
-                                             "kernels alone (dashed): crossover: MemoryFormer faster from 1024 tokens")
+                                             "kernels alone (dashed): crossover: MemoryFormer (triton) faster from 1024 tokens")
     # host-bound eager medians that disagree with the graph replays say which verdict is the device's
     replays = bound.assign(time=[2.0, 1.0, 2.0, 1.0], graph_time=[1.0, 2.0, 1.0, 2.0])
     lines = crossover._crossover_text(replays).splitlines()
-    assert lines[0].startswith("MemoryFormer faster at every") and lines[-2].startswith("graph replays (dotted): no crossover")
+    assert lines[0].startswith("MemoryFormer (triton) faster at every") and lines[-2].startswith("graph replays (dotted): no crossover")
     assert lines[-1] == "(the eager verdict differs: host-bound times, the graph replays show the device's)"
     agree = replays.assign(graph_time=[2.0, 1.0, 2.0, 1.0])
     assert "differs" not in crossover._crossover_text(agree)
+    # one measured length is no range, and the verdict names the provider that beats dense, not all of them
+    one = pd.DataFrame({"provider": ["dense", "embedding_bag", "reference"], "seq": [128] * 3, "time": [2.0, 1.0, 3.0]})
+    assert crossover._crossover_text(one) == "MemoryFormer (embedding_bag) faster at the one measured length (128 tokens)"
+    assert crossover._crossover_text(one.assign(time=[0.5, 1.0, 3.0])) == "dense faster at the one measured length (128 tokens)"
 
 
 def test_host_bound_times_are_carried_from_their_flags():

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mfbench.core import providers, registry
 from mfbench.core.lookup import reference_lookup
@@ -20,9 +21,11 @@ BROKEN_NAMES = ("broken_raises", "broken_wrong", "broken_dtype", "broken_slow")
 
 
 def mfbench(site: Path | None, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """`python -m mfbench ARGS` in a fresh process that sees ``site`` (the registry is per process)."""
+    """`python -m mfbench ARGS` in a fresh process that sees ``site`` and loads its plugins (the registry is
+    per process)."""
     paths = [str(site)] if site else []
-    full = {**os.environ, "PYTHONPATH": os.pathsep.join(paths + [str(ROOT)]), "TRITON_INTERPRET": "1", **env}
+    full = {**os.environ, "PYTHONPATH": os.pathsep.join(paths + [str(ROOT)]), "TRITON_INTERPRET": "1",
+            "MFBENCH_PLUGINS": "1", **env}
     return subprocess.run([sys.executable, "-m", "mfbench", *args], capture_output=True, text=True, env=full,
                           cwd=ROOT, timeout=300)
 
@@ -83,8 +86,10 @@ def test_repro_gives_commands_that_measure_the_rows_again(plugin_run, installed,
     assert {p for _, _, p in key(fresh)} == {"example_gather"}
 
 
-def test_snapshot_eval_checks_the_example_and_fails_the_broken_ones(installed):
-    base = ("snapshot", "eval", "--no-save", "--device", "cpu", "--sequences", "16")
+def test_snapshot_eval_checks_the_example_and_fails_the_broken_ones(installed, committed):
+    # the committed snapshot: one a user trained since (README: `mfbench train`) would change the verdicts
+    base = ("snapshot", "eval", "--no-save", "--device", "cpu", "--sequences", "16",
+            "--snapshots-dir", str(committed / "results" / "snapshots"))
     good = mfbench(installed, *base, "--providers", "example_gather,example_compiled")
     assert good.returncode == 0, good.stdout + good.stderr
     verdicts = {line.split()[0]: line for line in good.stdout.splitlines()[1:]}
@@ -179,3 +184,89 @@ def test_importing_mfbench_loads_neither_torch_nor_plugins():
     code = ("import sys, mfbench; assert 'torch' not in sys.modules and 'mfbench.core.providers' not in sys.modules; "
             "assert mfbench.register_provider is __import__('mfbench.core.providers').core.providers.register_provider")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# --- torch.compile'd providers: the backward call keeps its graph for repeated calls (issue 30) ----------
+
+COMPILED_PLUGIN = '''
+import functools
+import torch
+import mfbench
+from mfbench.core.lookup import reference_lookup
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled():
+    return torch.compile(reference_lookup)
+
+
+def lookup(layer, x):
+    return _compiled()(x, layer.tables, layer.spec).to(x.dtype)
+
+
+mfbench.register_provider("plugin_compiled", lookup, exact=True, devices=("cpu", "cuda"))
+'''
+
+
+class _RefusesKeptGraphs(torch.autograd.Function):
+    """AOTAutograd's own check, as a compiled backward with donated buffers runs it (torch 2.11 on an
+    H200): a backward that keeps the graph is refused while torch._functorch.config.donated_buffer is on."""
+
+    @staticmethod
+    def forward(ctx, y):
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, gy):
+        import torch._functorch.config as functorch_config
+
+        if functorch_config.donated_buffer and torch._C._autograd._get_current_graph_task_keep_graph():
+            raise RuntimeError("This backward function was compiled with non-empty donated buffers which requires "
+                               "create_graph=False and retain_graph=False")
+        return gy
+
+
+def test_the_backward_call_keeps_graphs_a_compiled_backward_would_donate(monkeypatch):
+    import torch._functorch.config as functorch_config
+
+    from mfbench.bench import subject
+    from mfbench.bench.cases import Case
+
+    monkeypatch.setattr(functorch_config, "donated_buffer", True)  # a fresh process's default
+    case = Case("backward", 16, 16, 8)
+    layer = subject.make_layer(case, "reference", torch.device("cpu"), torch.float32)
+    x, gy = subject.random_input(case, torch.device("cpu"), torch.float32, 0)
+    forward = lambda inp: _RefusesKeptGraphs.apply(reference_lookup(inp, layer.tables, layer.spec))  # noqa: E731
+    call = subject.callable_for("backward", subject.Subject(layer, x, forward, gy))
+    first, second = call(), call()  # the repeated calls a timing makes
+    assert all(torch.equal(a, b) for a, b in zip(first, second) if a is not None)
+    assert functorch_config.donated_buffer is False
+
+
+def test_a_torch_compiled_plugin_runs_forward_and_backward(tmp_path):
+    module = tmp_path / "compiled_plugin.py"
+    module.write_text(COMPILED_PLUGIN)
+    done = mfbench(None, "run", "--preset", "smoke", "--device", "cpu", "--benchmarks", "layer", "--providers",
+                   "dense,plugin_compiled", "--provider-module", str(module), "--results-dir", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    frame = results.load(tmp_path / "r")
+    rows = frame[frame["provider"] == "plugin_compiled"]
+    directions = {json.loads(p)["direction"] for p in rows.loc[rows["metric"] == "time", "params"]}
+    assert directions == {"forward", "backward"} and (rows.loc[rows["metric"] == "time", "value"] > 0).all()
+    assert not rows["metric"].isin(["failed", "skipped"]).any(), rows[["metric", "flags"]]
+
+
+@pytest.mark.gpu
+def test_every_example_provider_runs_the_smoke_preset_forward_and_backward_on_cuda(installed, tmp_path):
+    """On a GPU with its torch: example_compiled (torch.compile max-autotune) included, whose backward a
+    kept graph refused while donated buffers were on (torch 2.11, H200)."""
+    names = ("example_gather", "example_compiled")
+    done = mfbench(installed, "run", "--preset", "smoke", "--device", "cuda", "--providers", ",".join(("dense",) + names),
+                   "--results-dir", str(tmp_path), TRITON_INTERPRET="0")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    frame = results.load(tmp_path)
+    for name in names:
+        rows = frame[frame["provider"] == name]
+        assert not rows["metric"].isin(["failed", "skipped"]).any(), (name, rows.loc[rows["metric"].isin(["failed", "skipped"]), "flags"].tolist())
+        times = rows[rows["metric"] == "time"]
+        assert {json.loads(p)["direction"] for p in times["params"]} == {"forward", "backward"} and (times["value"] > 0).all()

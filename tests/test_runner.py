@@ -48,7 +48,7 @@ def test_show_and_compare(smoke_run, capsys):
     run_id = results.load(smoke_run)["run_id"].iloc[0]
     assert main(["compare", run_id, "latest", "--results-dir", str(smoke_run)]) == 0
     out = capsys.readouterr().out
-    assert "B/A" in out and "1.000" in out and "within noise" in out
+    assert "B/A" in out and "1.000" in out and " same" in out
 
 
 def test_compare_sets_kernel_time_beside_a_host_bound_time(tmp_path, capsys):
@@ -80,6 +80,9 @@ def test_run_summary_shows_kernel_time_only_where_measured():
     assert "kernel ms" in lines[0]
     triton = next(line for line in lines if "triton" in line).split()
     assert "0.25" in triton and "2.00" in triton  # kernel ms beside the median, ratio to dense from the median
+    rows[1] = run.row("layer", params, "dense", "time", 5e-4, "s", flags=["floor:hbm", "time-below-floor"])
+    dense = next(line for line in run_summary(pd.DataFrame(rows)).splitlines()[1:] if " dense " in line)
+    assert "0.5 IMPOSSIBLE" in dense  # a time below its floor is marked where it is printed
 
 
 @pytest.mark.parametrize("args,message", [
@@ -188,3 +191,43 @@ def test_compare_judges_each_metric_by_its_direction(tmp_path, capsys, metric, a
     out = capsys.readouterr().out
     assert out.splitlines()[-1].split()[-1] == verdict, out
     assert ("higher is better" if metric in results.HIGHER_IS_BETTER else "lower is better") in out
+
+
+def test_compare_calls_a_ratio_within_the_runs_spread_same(tmp_path, capsys):
+    """Two runs of one code on a busy machine: B/A 0.4 lies outside either run's relative spread, but the
+    runs' IQRs overlap, so the figures do not tell them apart."""
+    params = {"direction": "forward", "seq": 64}
+    rows = []
+    for run_id, t, low, high in (("A", 1.0, 0.5, 1.0), ("B", 0.4, 0.4, 0.55), ("C", 0.4, 0.39, 0.41)):
+        run = results.Run(run_id, "t", "c", False, "m", "cpu", "{}")
+        rows.append(run.row("layer", params, "dense", "time", t, "s", spread_low=low, spread_high=high))
+    results.append(rows, tmp_path)
+    assert main(["compare", "A", "B", "--results-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].split()[-1] == "same"
+    assert main(["compare", "A", "C", "--results-dir", str(tmp_path)]) == 0  # apart: C's IQR ends below A's
+    assert capsys.readouterr().out.splitlines()[-1].split()[-1] == "faster"
+    below = results.Run("D", "t", "c", False, "m", "cpu", "{}")
+    results.append([below.row("layer", params, "dense", "time", 0.1, "s", spread_low=0.09, spread_high=0.11,
+                              flags=["time-below-floor"])], tmp_path)
+    assert main(["compare", "A", "D", "--results-dir", str(tmp_path)]) == 0
+    assert "faster (B IMPOSSIBLE: below the floor)" in capsys.readouterr().out
+
+
+def test_run_summary_fits_120_columns_and_wide_shows_everything():
+    import pandas as pd
+
+    from mfbench.report.summaries import run_summary
+
+    run = results.Run("R", "t", "c", False, "m", "cpu", "{}")
+    params = {"direction": "forward", "seq": 64}
+    why = "runs on cuda only (declared devices); " + "a long reason a plugin gives " * 4
+    rows = [run.row("layer", params, "dense", "time", 1e-3, "s"),
+            run.row("layer", params, "example_compiled", "skipped", float("nan"), "", flags=[why])]
+    rows += [run.row(f"asv:layer.LayerForward.time_call", {"provider": p, "seq": s}, p, "asv_value", 1.0, "s")
+             for p in ("dense", "triton") for s in (64, 128)]
+    text = run_summary(pd.DataFrame(rows))
+    assert max(map(len, text.splitlines())) <= 120, text
+    assert "[1]" in text.splitlines()[2] and "\n[1] skipped: runs on cuda only" in text  # the reason, as a note
+    assert "asv:" not in text and "and 4 asv values" in text
+    wide = run_summary(pd.DataFrame(rows), wide=True)
+    assert "skipped: " + why.strip() in wide and wide.count("asv:layer.LayerForward.time_call") == 4

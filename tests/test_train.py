@@ -148,3 +148,12 @@ def test_timed_training_steps_do_not_scan_inputs(monkeypatch):
 
     MemoryFormerLM(train.model_config(rec, synthetic.make("mqar"), "embedding_bag"))(torch.zeros(1, 4, dtype=torch.long))
     assert "isfinite" in scans and "max" in scans  # outside training the scans are on
+
+
+def test_the_training_header_fits_a_terminal():
+    from mfbench.shells.cli.training import _header
+
+    text = _header(results.Run.start("cpu"), ["memoryformer", "dense"], MQAR(), train.RECIPES["micro"],
+                   torch.device("cpu"), "embedding_bag", 1)
+    assert len(text.splitlines()) == 3 and max(map(len, text.splitlines())) <= 120, text
+    assert "pairs 8" in text and "via embedding_bag" in text and "lr: dense" in text

@@ -13,6 +13,7 @@ import torch
 
 from mfbench.bench.cases import DECODE_MODEL, Case, Item
 from mfbench.core import providers
+from mfbench.core.builtins import keep_compiled_graphs
 from mfbench.core.model import DenseBlock, KVCache, MemoryFormerBlock, MemoryLayer
 from mfbench.core.model import build as build_lm
 
@@ -118,6 +119,7 @@ def callable_for(direction: str, subject: Subject) -> Callable[[], object]:
         return step
     if direction != "backward":
         raise ValueError(f"unknown direction {direction!r}; forward, backward or train")
+    keep_compiled_graphs()  # a torch.compile'd provider (a plugin's too) would refuse the repeated calls
     inputs = [x.detach().requires_grad_()] if x.is_floating_point() else [x]
     params = [p for p in module.parameters() if p.requires_grad]
     y = forward(inputs[0])

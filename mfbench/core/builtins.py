@@ -69,15 +69,25 @@ def compiled_caveats() -> list[str]:
     return [COMPILE_FALLBACK_FLAG] if compiled_fell_back() else []
 
 
-@functools.lru_cache(maxsize=None)
-def compiled_block() -> Callable:
-    # The whole lookup in one graph lets inductor fuse gather, weighting and sum into one reduction,
-    # so unlike the eager reference it needs no token blocking. Donated buffers would forbid the
-    # retain_graph=True that repeated backward timings need.
-    import torch._dynamo.config as dynamo_config
+def keep_compiled_graphs() -> None:
+    """Let a torch.compile'd backward run again on the graph it kept (``retain_graph=True``, as repeated
+    backward timings call it), for the rest of the process. By default AOTAutograd donates the buffers it
+    saved for the backward, and then refuses any backward that keeps the graph ("compiled with non-empty
+    donated buffers which requires create_graph=False and retain_graph=False"): seen on an H200 with torch
+    2.11 for every backward of a plugin's torch.compile'd provider. Read when a graph compiles and again at
+    each backward, so set before either."""
     import torch._functorch.config as functorch_config
 
     functorch_config.donated_buffer = False
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_block() -> Callable:
+    # The whole lookup in one graph lets inductor fuse gather, weighting and sum into one reduction,
+    # so unlike the eager reference it needs no token blocking.
+    import torch._dynamo.config as dynamo_config
+
+    keep_compiled_graphs()
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, COMPILED_RECOMPILE_LIMIT)
     logging.getLogger("torch._dynamo.convert_frame").addHandler(RecompileLimitWatch(logging.WARNING))
     return torch.compile(lookup_block, dynamic=None)

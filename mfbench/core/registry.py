@@ -249,7 +249,7 @@ def _discover() -> None:
         return
     _discovered = True  # first: a plugin that asks the registry for names while it loads must not recurse
     try:
-        found = _entry_points()
+        found = _entry_points() if settings().plugins else []
     except Exception as exc:  # noqa: BLE001 - broken package metadata must not stop mfbench
         _broken("plugins", f"entry point group {ENTRY_POINT_GROUP}", f"could not be read: {one_line(exc)}")
         found = []

@@ -76,9 +76,11 @@ def decode_step_traffic(architecture: str, cfg, batch: int, cache: int, elem_byt
 
 
 def floor_seconds(traffic: Traffic, ceilings: Ceilings) -> tuple[float, str]:
-    """(floor time, which ceiling sets it): the largest of bytes/copy bandwidth, on-chip bytes/on-chip
-    bandwidth (where known) and FLOPs/matmul rate."""
-    terms = {"hbm": traffic.hbm_bytes / ceilings.copy_bytes_per_s,
+    """(floor time, which ceiling sets it): the largest of bytes/copy bandwidth ("hbm" on a GPU, "dram" on a
+    CPU: the device memory of the machine measured), on-chip bytes/on-chip bandwidth (where known) and
+    FLOPs/matmul rate."""
+    memory = "dram" if ceilings.device.startswith("cpu") else "hbm"
+    terms = {memory: traffic.hbm_bytes / ceilings.copy_bytes_per_s,
              "compute": traffic.flops / ceilings.matmul_flops_per_s}
     if ceilings.onchip_bytes_per_s:
         terms["onchip"] = traffic.onchip_bytes / ceilings.onchip_bytes_per_s

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from mfbench.bench.cases import BENCHMARKS
+from mfbench.bench.measurement import BELOW_FLOOR
 from mfbench.core import providers
 from mfbench.report.summaries import provider_order
 from mfbench.store import results
@@ -49,9 +50,10 @@ def _times(rows: pd.DataFrame) -> pd.DataFrame:
     if times.empty:
         return times
     params = pd.DataFrame([json.loads(p) for p in times["params"]], index=times.index)
-    bound = times["flags"].fillna("").str.split(",").map(lambda flags: "host-bound" in flags)
+    flags = times["flags"].fillna("").str.split(",")
     return times.assign(direction=params["direction"].map(results.short_direction), seq=params["seq"],
-                        d=params["d"], dtype=params["dtype"], bound=bound)
+                        d=params["d"], dtype=params["dtype"], bound=flags.map(lambda f: "host-bound" in f),
+                        impossible=flags.map(lambda f: BELOW_FLOOR in f))
 
 
 def comparison(rows: pd.DataFrame) -> pd.DataFrame:
@@ -83,7 +85,8 @@ def _comparison(times: pd.DataFrame) -> pd.DataFrame:
 def _cell(by: pd.DataFrame, name: str | None) -> str:
     if name not in by.index:
         return "-"
-    return _seconds(float(by.loc[name, "value"])) + ("*" if by.loc[name, "bound"] else "")
+    return (_seconds(float(by.loc[name, "value"])) + ("*" if by.loc[name, "bound"] else "")
+            + (" IMPOSSIBLE" if by.loc[name, "impossible"] else ""))
 
 
 def text(rows: pd.DataFrame, run_id: str | None, html_dir: Path, plots_dir: Path) -> str:
@@ -97,19 +100,45 @@ def text(rows: pd.DataFrame, run_id: str | None, html_dir: Path, plots_dir: Path
     elif table.empty:
         out.append(f"Run {run_id} holds no layer, block or model times to compare with dense.")
     else:
-        out.append(f"MemoryFormer against dense, run {run_id} at {mine['commit'].iloc[0][:10]} (median time per "
-                   "call; xN: the lookup's time over dense's, above 1 dense is faster):")
+        out.append(f"MemoryFormer against dense, run {run_id} at {mine['commit'].iloc[0][:10]}: the runner's median "
+                   "time per call (asv tracks it as *Metrics.track_median_time; asv's time_call lines above time the "
+                   "same call with asv's own timer and few samples, and can differ); xN: the lookup's time over "
+                   "dense's, above 1 dense is faster:")
         for device, part in table.groupby("device", sort=False):
             out.append(f"{device}\n" + part.drop(columns="device").set_index("case").rename_axis(None).to_string())
         if times["bound"].any():
             out.append("*: host-bound, the time is the host's issue time, not the device's")
+        if times["impossible"].any():
+            out.append(f"IMPOSSIBLE: below its floor ({BELOW_FLOOR}): the ceilings were measured too low on this "
+                       "machine; measure them again with --refresh-ceilings on an idle machine")
     html_dir, plots_dir = _shown(html_dir), _shown(plots_dir)
     index = html_dir / "index.html"
     out.append(f"Dashboard: {index if index.exists() else str(html_dir) + ' (not published yet: nox -s publish)'}"
                f"; serve it with `python -m mfbench.report.dashboard serve {html_dir}`")
     drawn = sorted(plots_dir.glob("*.png"))
     out.append(f"Plots: {plots_dir} ({', '.join(p.name for p in drawn) if drawn else 'none drawn yet: nox -s plots'})")
+    out += tree_changes(html_dir.parent)
     return "\n".join(out)
+
+
+def tree_changes(directory: Path) -> list[str]:
+    """What the bench changed in a git checkout's ``directory`` (results/, tracked: the tables, plots and asv
+    results are versioned) and how to keep or discard it; nothing outside a checkout or when it is clean."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "-C", str(directory), "status", "--porcelain", "--", "."], capture_output=True,
+                              text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    paths = [line[3:] for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
+    if not paths:
+        return []
+    shown = ", ".join(paths[:6]) + (f" and {len(paths) - 6} more" if len(paths) > 6 else "")
+    where = _shown(directory)
+    return [f"Changed in this checkout (git status {where}): {shown}",
+            f"keep them: git add {where} && git commit -m 'bench results'; discard them: git restore {where} "
+            f"(and git clean -nd {where} lists the new files, which -fd removes)"]
 
 
 def _shown(path: Path) -> Path:

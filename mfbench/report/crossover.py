@@ -124,22 +124,28 @@ def _crossover_panel(ax: plt.Axes, part: pd.DataFrame, metric: str, floor: pd.Da
 
 
 def _verdict(part: pd.DataFrame, metric: str) -> str | None:
-    """Where the fastest MemoryFormer provider beats dense on ``metric``; None without a dense baseline."""
+    """Where a MemoryFormer provider beats dense on ``metric``, naming the providers that do; None without a
+    dense baseline."""
     have = part.dropna(subset=[metric])
     baseline = have["provider"].map(is_baseline).astype(bool)
     dense = have[baseline].groupby("seq")[metric].min()
-    best = have[~baseline].groupby("seq")[metric].min()
+    lookups = have[~baseline]
+    best = lookups.groupby("seq")[metric].min()
     common = sorted(set(dense.index) & set(best.index))
     if not common:
         return None
     faster = [s for s in common if best[s] < dense[s]]
+    span = (f"at the one measured length ({common[0]} tokens)" if len(common) == 1
+            else f"at every measured length ({min(common)}-{max(common)} tokens)")
     if not faster:
-        return f"no crossover up to {max(common)} tokens: dense is faster everywhere"
+        return f"dense faster {span}" if len(common) == 1 else f"no crossover up to {max(common)} tokens: dense is faster everywhere"
+    won = lookups[lookups["seq"].isin(faster)]
+    who = ", ".join(sorted({r.provider for r in won.itertuples() if getattr(r, metric) < dense[r.seq]}))
     if len(faster) == len(common):
-        return f"MemoryFormer faster at every measured length ({min(common)}-{max(common)} tokens)"
+        return f"MemoryFormer ({who}) faster {span}"
     if faster == common[-len(faster):]:  # faster from some length on: a crossover
-        return f"crossover: MemoryFormer faster from {min(faster)} tokens"
-    return f"no clean crossover: MemoryFormer faster at {', '.join(map(str, faster))} tokens only"
+        return f"crossover: MemoryFormer ({who}) faster from {min(faster)} tokens"
+    return f"no clean crossover: MemoryFormer ({who}) faster at {', '.join(map(str, faster))} tokens only"
 
 
 def _floor_verdict(part: pd.DataFrame, floor: pd.DataFrame) -> str | None:

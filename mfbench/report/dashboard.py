@@ -36,10 +36,43 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 NO_EGRESS = "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
 
 
-def install(html_dir: Path) -> None:
+def install(html_dir: Path, asv_results: Path | None = None) -> None:
+    """The asv-tachyon UI over a published ``html_dir``, opening on the machine with the newest results in
+    ``asv_results`` (default: the ``asv`` folder beside ``html_dir``, as asv.conf.json has them)."""
     from asv_tachyon.cli import cmd_install
 
     cmd_install(Path(html_dir), backup=True)
+    newest = newest_machine(Path(asv_results) if asv_results else Path(html_dir).parent / "asv")
+    if newest:
+        open_on(Path(html_dir), newest)
+
+
+def newest_machine(asv_results: Path) -> str | None:
+    """The machine whose asv results were measured last (asv's started_at of each benchmark), or None."""
+    latest: dict[str, int] = {}
+    for path in asv_results.glob("*/*.json"):
+        if path.name == "machine.json":
+            continue
+        try:
+            data = json.loads(path.read_text())
+            column = data["result_columns"].index("started_at")
+            started = [r[column] for r in data["results"].values() if len(r) > column and r[column]]
+        except (ValueError, KeyError, TypeError, AttributeError):  # not a result file of this asv
+            continue
+        if started:
+            latest[path.parent.name] = max(latest.get(path.parent.name, 0), max(started))
+    return max(latest, key=latest.get) if latest else None
+
+
+def open_on(html_dir: Path, machine: str) -> None:
+    """List ``machine`` first in the published index: the UI opens on the first machine it lists (asv
+    lists them alphabetically, so a new machine's results sat behind an older one's empty cards)."""
+    index = html_dir / "index.json"
+    data = json.loads(index.read_text())
+    machines = data.get("params", {}).get("machine")
+    if isinstance(machines, list) and machine in machines:
+        data["params"]["machine"] = [machine] + [m for m in machines if m != machine]
+        index.write_text(json.dumps(data))
 
 
 @contextlib.contextmanager

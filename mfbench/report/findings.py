@@ -18,6 +18,7 @@ import sys
 
 import pandas as pd
 
+from mfbench.bench.measurement import BELOW_FLOOR
 from mfbench.core import registry
 from mfbench.report.decode import decode_table
 from mfbench.store.results import short_direction
@@ -60,8 +61,14 @@ def _value_ms(row: pd.Series | None) -> float:
 def _ms(row: pd.Series | None) -> str:
     if row is None:
         return "-"
-    host = " (host)" if "host-bound" in str(row["flags"]).split(",") else ""
-    return f"{_value_ms(row):.3g}{host}"
+    return f"{_value_ms(row):.3g}{_marks(row)}"
+
+
+def _marks(row: pd.Series) -> str:
+    """A time's caveats as the tables print them: host-bound, and below its floor (impossible: the ceilings
+    were measured too low)."""
+    flags = str(row["flags"]).split(",")
+    return (" (host)" if "host-bound" in flags else "") + (" IMPOSSIBLE" if BELOW_FLOOR in flags else "")
 
 
 def _autotuned(names) -> str | None:
@@ -137,8 +144,8 @@ def cpu_table(frame: pd.DataFrame) -> str:
                 continue
             best, dense = look.loc[look["value"].idxmin()], base.iloc[-1]
             floor_ms = _value_ms(floor.iloc[-1]) if not floor.empty else float("nan")  # rows in ms or s
-            lines.append(f"| {model} | {case_label(params)} | {best['provider']} {best['value'] * 1e3:.3g} | "
-                         f"{dense['value'] * 1e3:.3g} | {best['value'] / dense['value']:.2g} | "
+            lines.append(f"| {model} | {case_label(params)} | {best['provider']} {best['value'] * 1e3:.3g}{_marks(best)} | "
+                         f"{dense['value'] * 1e3:.3g}{_marks(dense)} | {best['value'] / dense['value']:.2g} | "
                          f"{floor_ms / (dense['value'] * 1e3):.2g} | `{best['run_id']}` ({best['commit'][:7]}) |")
     return "\n".join(lines) + "\n\nTimes in ms.\n"
 

@@ -4,6 +4,7 @@ records' against their floors (``layers_summary``), and two runs compared metric
 from __future__ import annotations
 
 import json
+import textwrap
 
 import pandas as pd
 
@@ -52,14 +53,21 @@ def layers_summary(frame: pd.DataFrame) -> str:
     return text + failed
 
 
-def run_summary(frame: pd.DataFrame) -> str:
+FLAGS_WIDTH = 40  # a longer flags cell (a skip's or failure's reason) goes to a numbered note below the table
+
+
+def run_summary(frame: pd.DataFrame, wide: bool = False) -> str:
     """Time (and on a GPU the kernels' own device time), ratio to dense, achieved bandwidth, energy per token
-    and sanity flags, one line per measurement."""
+    and sanity flags, one line per measurement. Unless ``wide``: long flags as numbered notes under the table,
+    and asv's values (a bench run's, drawn by the dashboard) counted, not listed, so the table fits 120 columns."""
     if frame.empty:  # a run interrupted before its first row
         return "no rows"
     frame = frame[~frame["benchmark"].isin(["idle", "ceiling", "distributed"])]
+    asv = frame["benchmark"].str.startswith("asv:")
+    hidden = 0 if wide else int(asv.sum())
+    frame = frame if wide else frame[~asv]
     if frame.empty:
-        return "no rows"
+        return "no rows" + (f" but {hidden} asv values (--wide lists them)" if hidden else "")
     quiet = ("2-per-mac", "FlopCounterMode", "nvml-energy-counter", "nvml-power-sampling", "cuda-allocator-peak",
              HOST_METHOD, KERNEL_METHOD)
     notes: set[str] = set()
@@ -89,7 +97,8 @@ def run_summary(frame: pd.DataFrame) -> str:
         lines.append({
             # rows of other writers (asv imports, layer-kernel) name their parameters differently
             "benchmark": bench, "dir": short_direction(p.get("direction", "-")), "seq": p.get("seq", p.get("tokens", "-")),
-            "provider": provider, "median ms": "-" if t != t else f"{t * 1e3:.4g}",
+            "provider": provider,
+            "median ms": "-" if t != t else f"{t * 1e3:.4g}" + (" IMPOSSIBLE" if BELOW_FLOOR in flags else ""),
             "kernel ms": "-" if kern != kern else f"{kern * 1e3:.4g}",
             "x dense": "-" if t != t or dense != dense else f"{t / dense:.2f}",
             "GB/s": "-" if gbps != gbps else f"{gbps / 1e9:.1f}",
@@ -99,9 +108,17 @@ def run_summary(frame: pd.DataFrame) -> str:
     table = pd.DataFrame(lines)
     if (table["kernel ms"] == "-").all():  # no GPU rows: nothing to set beside the median
         table = table.drop(columns="kernel ms")
+    footnotes: dict[str, int] = {}
+    if not wide:
+        table["flags"] = [f if len(f) <= FLAGS_WIDTH else f"[{footnotes.setdefault(f, len(footnotes) + 1)}]"
+                          for f in table["flags"]]
     text = table.to_string(index=False)
+    text += "".join("\n" + textwrap.fill(f"[{n}] {f}", 120, subsequent_indent="    ") for f, n in footnotes.items())
     for note in sorted(notes):
         text += f"\nnote: {note}"
+    if hidden:
+        text += (f"\nnote: and {hidden} asv values of this bench run (asv's own figures, drawn by the dashboard; "
+                 "--wide lists them)")
     return text
 
 
@@ -123,10 +140,16 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> list[dict]:
         spreads = [(row[f"spread_high_{s}"] - row[f"spread_low_{s}"]) / row[f"value_{s}"] for s in "ab"]
         noise = max((x for x in spreads if x == x), default=0.0)  # NaN: a single figure, no spread
         ratio = row["value_b"] / row["value_a"]
-        verdict = ("within noise" if abs(ratio - 1) <= noise
+        # "same" where B/A is within the spread, or the two runs' spreads (IQR) overlap: on a busy machine
+        # two runs of one code differ by more than either run's own spread, never by more than both
+        overlap = row["spread_low_a"] <= row["spread_high_b"] and row["spread_low_b"] <= row["spread_high_a"]
+        verdict = ("same" if abs(ratio - 1) <= noise or overlap
                    else words[0] if worse(metric, row["value_a"], row["value_b"]) else words[1])
         if any("host-bound" in str(row[f"flags_{side}"]).split(",") for side in "ab"):
             verdict += " (host-bound)"
+        below = [side.upper() for side in "ab" if BELOW_FLOOR in str(row[f"flags_{side}"]).split(",")]
+        if below:
+            verdict += f" ({' and '.join(below)} IMPOSSIBLE: below the floor)"
         compared.append({"benchmark": bench, "params": params, "provider": provider, "metric": metric,
                          "unit": row["unit_a"], "run_a": a["run_id"].iloc[0], "run_b": b["run_id"].iloc[0],
                          "a": row["value_a"], "b": row["value_b"], "ratio": ratio, "noise": noise, "verdict": verdict,

@@ -71,10 +71,46 @@ def _conf_for(tree: Path, results_dir: Path, html_dir: Path) -> Path:
     return path
 
 
+HEARTBEAT_S = 30.0  # the longest asv may stay silent before the run says it is still going
+
+
 def _asv(conf: Path, *args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "asv", "--config", str(conf), *args]
     print("+ asv " + " ".join(args), flush=True)
-    return subprocess.run(cmd, env=env, cwd=cwd)
+    return streamed(cmd, env=env, cwd=cwd)
+
+
+def streamed(cmd: list[str], env: dict | None = None, cwd: Path | None = None,
+             heartbeat_s: float = HEARTBEAT_S) -> subprocess.CompletedProcess:
+    """Run ``cmd``, passing its stdout on line by line; whenever it has said nothing for ``heartbeat_s``, a
+    line saying so and what it said last (asv prints a benchmark's name before running it, and nothing
+    during: a whole-model training step on a CPU ran 6.7 minutes silent)."""
+    import threading
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, text=True, bufsize=1)
+    start = time.monotonic()
+    last = {"at": start, "line": ""}
+    lock = threading.Lock()
+
+    def beat() -> None:
+        while proc.poll() is None:
+            time.sleep(min(1.0, heartbeat_s / 4))
+            with lock:
+                if time.monotonic() - last["at"] >= heartbeat_s:
+                    quiet = time.monotonic() - last["at"]
+                    print(f"  ... still running ({time.monotonic() - start:.0f} s in, {quiet:.0f} s since: "
+                          f"{last['line'][:90]})", flush=True)
+                    last["at"] = time.monotonic()
+
+    threading.Thread(target=beat, daemon=True).start()
+    for line in proc.stdout:
+        with lock:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            last["at"] = time.monotonic()
+            last["line"] = line.strip() or last["line"]
+    return subprocess.CompletedProcess(cmd, proc.wait())
 
 
 def tree_pythonpath(tree: Path) -> str:
@@ -244,7 +280,7 @@ def import_to_tables(results_dir: Path, commit: str, directory: Path | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mfbench.shells.asvrun", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mfbench.shells.asvrun", description=__doc__.splitlines()[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="run the suites for HEAD and append asv's values to the result tables")
     b.add_argument("--bench", help="regular expression of benchmarks to run (default: all)")

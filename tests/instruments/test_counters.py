@@ -160,9 +160,9 @@ def test_a_counters_line_is_one_runs_and_names_its_replay_mode():
     assert "2.0 (" in line and "| 4.0% | 0.5 | 5 |" in line  # the percentages are over the call's 0.5 ms
 
 
-def test_kernels_md_shows_the_counter_rows_of_the_result_tables():
+def test_kernels_md_shows_the_counter_rows_of_the_result_tables(committed):
     """results/kernels.md's counter table is rendered from the committed rows, never copied by hand."""
-    text = (results.project_dir() / "kernels.md").read_text()
+    text = (committed / "results" / "kernels.md").read_text()
     block = text.split("<!-- counters:begin -->\n")[1].split("<!-- counters:end -->")[0]
-    assert block == profile.counters_table(results.load(results.project_dir()))
+    assert block == profile.counters_table(results.load(committed / "results"))
     assert block.count("| triton |") >= 6 and block.count("| dense |") >= 6

@@ -153,6 +153,11 @@ def test_floor_picks_the_binding_ceiling():
     assert traffic.floor_seconds(dense, ceil)[1] == "compute"
     back = traffic.layer_traffic(2048, 2048, 2048, 8, 2, "backward")
     assert back.flops == 2 * lookup.flops and back.hbm_bytes > lookup.hbm_bytes
+    small = traffic.layer_traffic(64, 64, 64, 8, 4)
+    cpu = Ceilings("cpu-2cores", copy_bytes_per_s=1e10, matmul_flops_per_s=1e15, matmul_dtype="float32",
+                   onchip_bytes_per_s=None, onchip_how="", measured_utc="", torch="")
+    assert traffic.floor_seconds(small, cpu)[1] == "dram"  # a CPU's memory is no HBM
+    assert traffic.floor_seconds(small, Ceilings(**{**cpu.as_dict(), "device": "H200"}))[1] == "hbm"
     with pytest.raises(ValueError, match="direction"):
         traffic.layer_traffic(1, 8, 8, 8, 2, "sideways")
 

@@ -22,7 +22,7 @@ from mfbench.store import results, snapshots
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser(__doc__.splitlines()[0])
+    parser = build_parser(__doc__.splitlines()[0].replace("``", ""))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -134,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = common.append(got.rows, directory)
     print(f"wrote {len(got.rows)} rows to {path} (run {run.run_id}{f', {world} ranks' if world > 1 else ''}"
           f"{', partial' if got.stopped_by else ''})")
-    print(run_summary(pd.DataFrame(got.rows)))
+    print(run_summary(pd.DataFrame(got.rows), wide=args.wide))
     return exit_code(got)
 
 

@@ -84,6 +84,7 @@ def _profile_and_run(sub) -> None:
     p.add_argument("--schedule", default="dynamic", choices=("dynamic", "static"),
                    help="distributed: take items from a shared counter as ranks free up (dynamic), or split by "
                         "estimated cost up front (static)")
+    _wide_option(p)
     _provider_module_option(p)
     p.set_defaults(func=measuring.cmd_run)
 
@@ -94,6 +95,7 @@ def _reading(sub) -> None:
     p.add_argument("--results-dir")
     p.add_argument("--repro", metavar="RUN", help="the command line that measures each row of RUN again")
     _format_option(p, "a table, or the rows (the run list without RUN) as json or csv")
+    _wide_option(p)
     _provider_module_option(p)  # --repro names the file or module a provider came from
     p.set_defaults(func=reading.cmd_show)
 
@@ -157,3 +159,7 @@ def _provider_module_option(p: argparse.ArgumentParser) -> None:
                         f"{providers.MODULES_ENV} names modules for every process")
 
 
+def _wide_option(p) -> None:
+    p.add_argument("--wide", action="store_true",
+                   help="every flag in full in its cell, and a bench run's asv values listed (default: long flags as "
+                        "numbered notes under the table, asv values counted, to fit 120 columns)")

@@ -51,7 +51,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"run {first['run_id']} on {first['device']} ({first['machine']}), commit {first['commit'][:10]}"
           f"{'+dirty' if first['dirty'] else ''}, {first['time_utc']}"
           + (" - PARTIAL: interrupted before the matrix was done" if partial else ""))
-    print(run_summary(rows))
+    print(run_summary(rows, wide=args.wide))
     return 0
 
 

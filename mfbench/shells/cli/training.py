@@ -51,10 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         run = distributed.rank_run(distributed.broadcast(run), dev)
     say = print if rank == 0 else (lambda *a, **k: None)
-    say(f"run {run.run_id}: train {', '.join(archs)} on {task.name} ({task.spec()}), preset {rec.name}: "
-        f"{rec.steps} steps x {rec.batch} sequences x {task.seq_len} tokens, dense lr {rec.lr:g}, "
-        f"MemoryFormer lr x{train.LR_RATIO:g}, on {dev}" + (f" via {provider}" if "memoryformer" in archs else "")
-        + (f", DDP over {world} ranks" if world > 1 else ""), flush=True)
+    say(_header(run, archs, task, rec, dev, provider, world), flush=True)
     try:
         summary = [line for arch in archs
                    if (line := _train_one(args, arch, rec, task, dev, provider, run, say)) is not None]
@@ -69,6 +66,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 0
     common.print_frame(pd.DataFrame(summary))
     return 0
+
+
+def _header(run, archs: list[str], task, rec, dev: torch.device, provider: str, world: int) -> str:
+    """What a training run does, in three short lines (one line was 256 characters)."""
+    task_spec = ", ".join(f"{k} {v}" for k, v in task.spec().items() if k != "task")
+    return (f"run {run.run_id}: train {', '.join(archs)} on {task.name}, preset {rec.name}, on {dev}"
+            + (f" via {provider}" if "memoryformer" in archs else "") + (f", DDP over {world} ranks" if world > 1 else "")
+            + f"\n  {task.name}: {task_spec}\n  {rec.steps} steps x {rec.batch} sequences x {task.seq_len} tokens; "
+            f"lr: dense {rec.lr:g}, MemoryFormer x{train.LR_RATIO:g}")
 
 
 def _train_one(args, arch: str, rec, task, dev: torch.device, provider: str, run, say) -> dict | None:
