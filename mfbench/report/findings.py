@@ -5,7 +5,8 @@
 provider on one device, beside the lookup's floor and the verdict the floor gives: where the floor is
 above the dense layer's time, no lookup kernel can beat dense at that shape. ``results/kernels.md`` holds
 this output between markers, and a test keeps the two equal. ``... model --device H200`` prints the whole
-model's forward, replayed from a CUDA graph and called eagerly, for the README's findings.
+model's forward, replayed from a CUDA graph and called eagerly, for the README's findings. ``... budget``
+prints accuracy at equal time and equal energy per device and task, with its verdict (``report.budget``).
 """
 
 from __future__ import annotations
@@ -176,6 +177,7 @@ def model_table(frame: pd.DataFrame, device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mfbench.report.budget import table as budget_table
     from mfbench.store import results
 
     parser = argparse.ArgumentParser(prog="python -m mfbench.report.findings", description=__doc__.splitlines()[0])
@@ -188,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     model = sub.add_parser("model", help="the whole model's forward of one device, graph replay and eager")
     model.add_argument("--device", required=True, help="the rows' device, e.g. H200")
     model.add_argument("--results-dir", default=None)
+    budget = sub.add_parser("budget", help="accuracy at equal time and energy per device and task, with the verdict")
+    budget.add_argument("--results-dir", default=None)
     args = parser.parse_args(argv)
     try:
         frame = results.load(args.results_dir)
@@ -200,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     tables = {"layers": lambda: layer_table(frame, args.device), "cpu": lambda: cpu_table(frame),
-              "model": lambda: model_table(frame, args.device)}
+              "model": lambda: model_table(frame, args.device), "budget": lambda: budget_table(frame)}
     sys.stdout.write(tables[args.command]())
     return 0
 

@@ -7,7 +7,8 @@
 - ``flops_vs_time``: analytic FLOPs against measured time: what FLOPs predict and what they don't;
 - ``accuracy``: snapshot accuracy against commit, per task, device and provider (a kernel that changes
   answers shows as a provider leaving the others), with each task's chance level;
-- ``training``: the loss curves and time per step of the stored snapshots, MemoryFormer vs dense.
+- ``training``: the loss curves and time per step of the stored snapshots, MemoryFormer vs dense;
+- ``budget_<device>_<task>``: accuracy against seconds and joules spent in budgeted trainings (``report.budget``).
 
     python -m mfbench.report.plots [--results-dir DIR] [--out DIR]
 """
@@ -29,6 +30,7 @@ import seaborn as sns  # noqa: E402
 
 
 from mfbench.cost.traffic import layer_traffic  # noqa: E402
+from mfbench.report import budget  # noqa: E402
 from mfbench.report.crossover import crossover, element_bytes  # noqa: E402
 from mfbench.report.findings import newest  # noqa: E402
 from mfbench.core.providers import is_baseline  # noqa: E402
@@ -216,6 +218,7 @@ def draw_all(directory: str | Path | None = None, out: str | Path | None = None)
     snapshot_dir = Path(directory or results.project_dir()) / "snapshots"
     paths += accuracy(rows, snapshot_dir, out)
     paths += training(snapshot_dir, out)
+    paths += budget.plot(rows, out)
     return paths
 
 
