@@ -286,7 +286,8 @@ def rows(run, rec: train.Recipe, task: SyntheticTask, budget: Budget, result: Bu
     net joules spent to reach it, the process's CPU seconds in them (on a shared machine, how much of the
     wall time the training got), the steps taken and the training loss."""
     method = energy.method if energy is not None else "unavailable"
-    flags = ["eval-outside-budget", f"load-1min={result.load[0]:.2f}..{result.load[1]:.2f}", *notes]
+    flags = ["eval-outside-budget", f"load-1min={result.load[0]:.2f}..{result.load[1]:.2f}",
+             f"torch-threads={torch.get_num_threads()}", *notes]
     if idle_watts is not None:
         flags.append(f"idle={idle_watts:.4g}W")
     out = []
