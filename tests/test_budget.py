@@ -242,3 +242,24 @@ def test_plot_per_device_and_task(tmp_path):
     assert names == ["budget_GPU-X_mqar", "budget_cpu-2cores_induction"]
     assert all(p.stat().st_size > 0 for p in paths)
     assert [p.stem for p in report.plot(frame.iloc[0:0], tmp_path)] == ["budget", "budget"]
+
+
+def test_asv_budget_suite_tracks_error_rate_and_seconds_per_step_at_equal_time(monkeypatch, tmp_path):
+    import dataclasses
+
+    import suites.budget
+    from mfbench.shells import suite
+
+    monkeypatch.setattr(suite, "SETTINGS", dataclasses.replace(suite.SETTINGS, asv_budget_seconds=0.3))
+    monkeypatch.setenv("MFBENCH_ASV_CACHE", str(tmp_path))
+    measured = suite.train_budgets((["cpu"], ["dense"], ["induction"]))
+    assert len(measured) == 1
+    bench = suites.budget.BudgetAccuracy()
+    bench.setup(measured, "cpu", "dense", "induction")
+    rows = next(iter(measured.values()))
+    final = {r["metric"]: r["value"] for r in rows if json.loads(r["params"])["fraction"] == 1.0}
+    assert bench.track_error_rate_at_equal_time() == pytest.approx(1 - final["accuracy"])
+    assert bench.track_seconds_per_step() == pytest.approx(final["seconds_spent"] / final["steps"])
+    # a second process of the same asv run reads the cache instead of training again
+    again = suite.BudgetCase("cpu", "dense", "induction")
+    assert json.dumps(again.rows()) == json.dumps(rows)  # joules_spent is NaN here: compare as text

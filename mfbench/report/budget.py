@@ -5,6 +5,8 @@ and fraction); ``verdict`` says which architecture reaches higher accuracy at on
 the seed ranges overlap where they do; ``table`` renders the full-budget verdicts as the README's findings
 carry them (``python -m mfbench.report.findings budget``); ``plot`` draws accuracy against seconds and
 against joules spent per device and task (median over seeds, their range as bars, each seed a dot).
+``seed_table`` gives the seed spread of the fixed-step trainings behind the snapshot accuracies the docs
+quote (``python -m mfbench.report.findings seeds``).
 """
 
 from __future__ import annotations
@@ -166,3 +168,24 @@ def plot(rows: pd.DataFrame, out: Path) -> list[Path]:
         legend_below(fig, list(handles.values()), list(handles))
         paths += save(fig, out, f"budget_{re.sub(r'[^A-Za-z0-9.-]+', '-', device)}_{task}")
     return paths
+
+
+def seed_table(rows: pd.DataFrame) -> str:
+    """Per device, task, preset, step count and provider: the accuracy of ``mfbench train`` (a fixed number
+    of steps) over the seeds in the rows, the newest row of each seed: how far one training is from another."""
+    acc = rows[rows["benchmark"].str.startswith("train:") & (rows["metric"] == "accuracy")]
+    if acc.empty:
+        return "no train rows (mfbench train)\n"
+    params = pd.DataFrame([json.loads(p) for p in acc["params"]], index=acc.index)
+    acc = acc.assign(task=acc["benchmark"].str.removeprefix("train:"), preset=params["preset"],
+                     steps=params["steps"], seed=params["seed"]).sort_values("time_utc", kind="stable")
+    keys = ["device", "task", "preset", "steps", "provider"]
+    acc = acc.drop_duplicates([*keys, "seed"], keep="last")
+    head = ["device", "task", "preset, steps", "provider", "seeds", "accuracy", "commits"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (device, task, preset, steps, provider), g in acc.groupby(keys, sort=True):
+        spread = f"{g['value'].iloc[0]:.3f} (one seed: no spread measured)" if len(g) == 1 else _spread(g["value"])
+        lines.append(f"| {device} | {task} | {preset}, {steps} | {provider} | "
+                     f"{', '.join(str(s) for s in sorted(g['seed']))} | {spread} | "
+                     f"{', '.join(sorted({c[:7] for c in g['commit']}))} |")
+    return "\n".join(lines) + "\n\nAccuracy: median [min, max] over the seeds, each seed's newest row.\n"
