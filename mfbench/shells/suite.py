@@ -269,20 +269,14 @@ class SnapshotCase:
         _raise_marker(self.rows())
 
     def rows(self) -> list[dict]:
-        cached = self._measured.get(self._key) or _cached(self._key)
-        if cached is not None:
-            return cached
+        return _once(self._key, self._measured, self._evaluate)
+
+    def _evaluate(self) -> list[dict]:
         from mfbench.store import snapshots
 
         names = [] if providers.is_baseline(self.provider) else [self.provider]
-        try:
-            measured = [m for m in snapshots.evaluate(self.snapshot, names, self.device) if m.provider == self.provider]
-            rows = snapshots.rows(self.snapshot, measured, Run.start(str(self.device)))
-        except Exception as exc:  # kept as an answer, so a shared evaluation goes on to the other sets
-            rows = [_marker("failed", providers.failure(exc))]
-        _store(self._key, rows)
-        self._measured[self._key] = rows
-        return rows
+        measured = [m for m in snapshots.evaluate(self.snapshot, names, self.device) if m.provider == self.provider]
+        return snapshots.rows(self.snapshot, measured, Run.start(str(self.device)))
 
     def metric(self, name: str) -> float:
         return _metric(self.rows(), name)
@@ -292,11 +286,32 @@ def evaluate_all(params: tuple) -> dict[str, list[dict]]:
     """Every (device, provider, task) set's rows, evaluated one after another in this one process, for
     asv's ``setup_cache`` (a process per set paid start-up and snapshot loading each time). A set that
     cannot run is left out: ``SnapshotCase`` in asv's setup meets the same answer for it at once."""
+    return _each(SnapshotCase, params)
+
+
+def _once(key: str, measured: dict[str, list[dict]], compute: Callable[[], list[dict]]) -> list[dict]:
+    """The rows of ``key``: from this process or the run's cache, else ``compute()``'s, then kept in both. A
+    failure is kept as a 'failed' marker, so a shared setup goes on to the other sets."""
+    cached = measured.get(key) or _cached(key)
+    if cached is not None:
+        return cached
+    try:
+        rows = compute()
+    except Exception as exc:  # noqa: BLE001 - kept as an answer
+        rows = [_marker("failed", providers.failure(exc))]
+    _store(key, rows)
+    measured[key] = rows
+    return rows
+
+
+def _each(case: type, params: tuple) -> dict[str, list[dict]]:
+    """Every parameter set of ``case`` made in this one process, its rows kept by key. A set that cannot run
+    is left out: ``case`` in asv's setup meets the same answer for it at once."""
     measured: dict[str, list[dict]] = {}
     for combo in itertools.product(*params):
         try:
-            SnapshotCase(*combo, measured=measured)
-        except (NotImplementedError, RuntimeError):
+            case(*combo, measured=measured)
+        except (NotImplementedError, RuntimeError, ValueError):
             pass
     return measured
 
@@ -326,24 +341,18 @@ class BudgetCase:
         _raise_marker(self.rows())
 
     def rows(self) -> list[dict]:
-        cached = self._measured.get(self._key) or _cached(self._key)
-        if cached is not None:
-            return cached
+        return _once(self._key, self._measured, self._train)
+
+    def _train(self) -> list[dict]:
         from mfbench.bench import budget, train
         from mfbench.tasks import synthetic
 
-        try:
-            plan = budget.Budget("seconds", SETTINGS.asv_budget_seconds)
-            rec, task = train.recipe(self.recipe, seed=0), synthetic.make(self.task)
-            provider = train.default_provider(self.device)
-            energy, idle = budget.meter_for(plan, self.device)
-            found = budget.train_to_budget(self.architecture, rec, task, self.device, provider, plan, energy, idle)
-            rows = budget.rows(Run.start(str(self.device)), rec, task, plan, found, energy, idle)
-        except Exception as exc:  # kept as an answer, so a shared setup goes on to the other sets
-            rows = [_marker("failed", providers.failure(exc))]
-        _store(self._key, rows)
-        self._measured[self._key] = rows
-        return rows
+        plan = budget.Budget("seconds", SETTINGS.asv_budget_seconds)
+        rec, task = train.recipe(self.recipe, seed=0), synthetic.make(self.task)
+        provider = train.default_provider(self.device)
+        energy, idle = budget.meter_for(plan, self.device)
+        found = budget.train_to_budget(self.architecture, rec, task, self.device, provider, plan, energy, idle)
+        return budget.rows(Run.start(str(self.device)), rec, task, plan, found, energy, idle)
 
     def metric(self, name: str) -> float:
         """``name`` at the end of the budget (the rows list the fractions in order)."""
@@ -352,13 +361,7 @@ class BudgetCase:
 
 def train_budgets(params: tuple) -> dict[str, list[dict]]:
     """Every (device, architecture, task) set trained in this one process, for asv's ``setup_cache``."""
-    measured: dict[str, list[dict]] = {}
-    for combo in itertools.product(*params):
-        try:
-            BudgetCase(*combo, measured=measured)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
-    return measured
+    return _each(BudgetCase, params)
 
 
 def _write_json(path: Path, data: object) -> None:
