@@ -263,3 +263,26 @@ def test_asv_budget_suite_tracks_error_rate_and_seconds_per_step_at_equal_time(m
     # a second process of the same asv run reads the cache instead of training again
     again = suite.BudgetCase("cpu", "dense", "induction")
     assert json.dumps(again.rows()) == json.dumps(rows)  # joules_spent is NaN here: compare as text
+
+
+def _block(text: str, name: str) -> str:
+    return text.split(f"<!-- {name}:begin -->\n")[1].split(f"<!-- {name}:end -->")[0]
+
+
+def test_readme_and_the_snapshot_docs_carry_the_tables_of_the_rows():
+    rows = results.load()
+    root = results.project_dir().parent
+    assert _block((root / "README.md").read_text(), "budget") == report.table(rows)
+    assert _block((root / "docs" / "snapshots.md").read_text(), "seeds") == report.seed_table(rows)
+
+
+def test_seed_table_states_the_spread_or_that_there_is_none():
+    def row(seed, value, provider="triton", t="2026-12-01T00:00:00"):
+        params = {"preset": "tiny", "steps": 1000, "seed": seed, "architecture": "memoryformer"}
+        return dict(benchmark="train:mqar", device="GPU-X", params=json.dumps(params), provider=provider,
+                    metric="accuracy", value=value, unit="fraction", time_utc=t, commit="abcdef0123")
+    frame = pd.DataFrame([row(0, 0.4), row(0, 0.5, t="2026-12-02T00:00:00"), row(1, 0.9), row(2, 0.7),
+                          row(0, 0.3, provider="dense")])
+    lines = report.seed_table(frame).splitlines()
+    assert "| GPU-X | mqar | tiny, 1000 | dense | 0 | 0.300 (one seed: no spread measured) | abcdef0 |" in lines
+    assert "| GPU-X | mqar | tiny, 1000 | triton | 0, 1, 2 | 0.700 [0.500, 0.900] | abcdef0 |" in lines
