@@ -41,7 +41,7 @@ def points(rows: pd.DataFrame) -> pd.DataFrame:
     frame = frame[(frame["budget"] == newest["budget"]) & (frame["preset"] == newest["preset"])]
     keys = ["device", "task", "kind", "budget", "unit", "preset", "architecture", "provider", "seed", "fraction"]
     frame = frame.drop_duplicates([*keys, "metric"], keep="last")
-    wide = frame.pivot_table(index=keys, columns="metric", values="value", aggfunc="last", dropna=False)
+    wide = frame.set_index([*keys, "metric"])["value"].unstack("metric")  # NaN (no meter) kept
     info = frame.groupby(keys)[["run_id", "commit", "time_utc", "flags"]].last()
     wide = wide.join(info).reset_index().dropna(subset=["run_id"])
     return wide.reindex(columns=columns)
