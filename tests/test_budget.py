@@ -286,3 +286,17 @@ def test_seed_table_states_the_spread_or_that_there_is_none():
     lines = report.seed_table(frame).splitlines()
     assert "| GPU-X | mqar | tiny, 1000 | dense | 0 | 0.300 (one seed: no spread measured) | abcdef0 |" in lines
     assert "| GPU-X | mqar | tiny, 1000 | triton | 0, 1, 2 | 0.700 [0.500, 0.900] | abcdef0 |" in lines
+
+
+def test_readings_come_often_enough_and_never_past_a_fraction():
+    plan = budget.Budget("seconds", 64.0)  # 1/128 of it is 0.5 s
+    # 10 steps took 1 s: 0.5 s more is 5 steps, but the 1/8 mark (8 s) is further
+    assert budget._steps_to_next_reading(plan, [8.0, 16.0], 1.0, 1.0, 10) == 5
+    # near the mark: only the steps that fit before it, and at least one
+    assert budget._steps_to_next_reading(plan, [8.0, 16.0], 7.8, 7.8, 78) == 2
+    assert budget._steps_to_next_reading(plan, [8.0, 16.0], 7.99, 7.99, 79) == 1
+    # at most twice the steps so far; one step while nothing reads as spent yet
+    assert budget._steps_to_next_reading(budget.Budget("seconds", 6400.0), [800.0], 1.0, 1.0, 10) == 10
+    assert budget._steps_to_next_reading(budget.Budget("joules", 100.0), [12.5], 0.0, 0.2, 3) == 1
+    # a short budget still reads no more often than every MIN_READING_S
+    assert budget._steps_to_next_reading(budget.Budget("seconds", 6.0), [0.75], 0.3, 0.3, 30) == 25  # not 4

@@ -8,8 +8,9 @@ evaluation never counts against the training budget; nor does the warm-up before
 throwaway model of the same architecture, two steps: the Triton kernels' compilation and autotuning, one-off costs a
 long training would not see).
 
-The meter is read (a device sync) about ``READINGS`` times over the budget and at every step near a
-fraction, so a point overshoots its fraction by about one step; each point records what was spent.
+The meter is read (a device sync) about ``READINGS`` times over the budget, at least ``MIN_READING_S``
+apart, and at every step near a fraction, so a point overshoots its fraction by about one step; each
+point records what was spent.
 The learning rate warms up over the recipe's warm-up steps and then follows the recipe's cosine over the
 share of the budget spent.
 """
@@ -34,6 +35,7 @@ from mfbench.tasks.synthetic import SyntheticTask
 FRACTIONS = (0.125, 0.25, 0.5, 1.0)
 UNITS = {"seconds": "s", "joules": "J"}
 READINGS = 128  # meter readings over a budget, besides those near each fraction
+MIN_READING_S = 0.25  # and at least this long apart
 # Batches of a budgeted training come from seeds of their own, far from EVAL_SEED and from one another's.
 SEED_STRIDE = 10_000_000
 IDLE_SECONDS = 1.0
@@ -254,15 +256,23 @@ def train_to_budget(architecture: str, rec: train.Recipe, task: SyntheticTask, d
                     targets.pop(0)
                     if progress:
                         progress(_line(result, budget))
-            # Steps until the next reading: about 1/READINGS of the budget, fewer as a fraction nears, at most
-            # twice as many as so far (an energy counter that has not ticked yet reads as nothing spent).
-            room = min(budget.amount / READINGS, targets[0] - spent) if targets else 0.0
-            every = max(1, min(step, int(room * step / spent))) if spent > 0 else 1
+            every = _steps_to_next_reading(budget, targets, spent, meter.seconds, step)
             if targets:
                 meter.open()
     result.load = (result.load[0], _load())
     model.eval()
     return result
+
+
+def _steps_to_next_reading(budget: Budget, targets: list[float], spent: float, seconds: float, step: int) -> int:
+    """About 1/READINGS of the budget but at least MIN_READING_S (each reading syncs the device, which
+    costs the overlap of host and device), never past the next fraction, and at most twice the steps so far
+    (an energy counter that has not ticked yet reads as nothing spent)."""
+    if not targets or spent <= 0 or seconds <= 0:
+        return 1
+    per_step, seconds_per_step = spent / step, seconds / step
+    cadence = max(budget.amount / READINGS / per_step, MIN_READING_S / seconds_per_step)
+    return max(1, min(step, int(cadence), int((targets[0] - spent) / per_step)))
 
 
 def _evaluate(model: torch.nn.Module, rec: train.Recipe, task: SyntheticTask, device: torch.device):
