@@ -5,16 +5,17 @@ seeds 0, 1 and 2, MemoryFormer through the Triton kernels against dense.
 
 First ``mfbench train --budget-seconds S`` on each task; those rows also hold the joules each training spent
 net of idle, so the joules budget is then S times the median net power they show (rounded), and
-``mfbench train --budget-joules J`` runs on each task. 24 trainings of about S seconds each, plus warm-up
-and evaluation outside the budgets: at S = 6 about 4.5 minutes on one H200. Rows go to $OUT/results
+``mfbench train --budget-joules J`` runs on each task. 24 trainings of about S seconds each, plus start-up,
+warm-up and evaluation outside the budgets: at S = 6 an estimated 4-5 minutes on one H200 (not yet timed
+there; $OUT/budget.json times each command). Rows go to $OUT/results
 (results.parquet + results.csv), the rendered verdict to $OUT/findings.md, the plots to $OUT/plots, each
 command's output to $OUT/budget.log and the timings to $OUT/budget.json, each written as soon as it exists.
 
     OUT=/tmp/out MFBENCH_COMMIT=$(git rev-parse HEAD) python docs/ci/gpu_budget.py --seed-runs mqar,induction
 
 instead trains the fixed-step recipe (``mfbench train --preset tiny --seed N``, 1000 steps) for each seed
-and task, so the snapshot accuracies the docs quote get their seed spread ($OUT/seeds.md): about a minute
-per seed and task on one H200. The 1.6 GB snapshots go to a scratch folder, not to $OUT.
+and task, so the snapshot accuracies the docs quote get their seed spread ($OUT/seeds.md): an estimated
+1.5-2 minutes per seed and task on one H200 (the H100 took 134 s for both models on mqar, 104 s on induction). The 1.6 GB snapshots go to a scratch folder, not to $OUT.
 """
 
 from __future__ import annotations
