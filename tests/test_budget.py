@@ -165,6 +165,12 @@ def test_budget_command_writes_rows_per_seed_and_architecture(tmp_path, capsys):
     assert rows["run_id"].nunique() == 1 and set(rows["benchmark"]) == {"budget:induction"}
     seeds = {json.loads(p)["seed"] for p in rows["params"]}
     assert seeds == {0, 1} and "acc at 1" in out and "evaluation outside the budget" in out
+    assert cli.main(["show", "latest", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| induction (micro) | time, 0.0375 s (0.125 of the budget) | 0 / 2 |" in out and "no verdict" in out
+    assert cli.main(["show", "--repro", "latest", "--results-dir", str(tmp_path)]) == 0
+    assert "mfbench train --preset micro --task induction --arch dense --budget-seconds 0.3 --seeds 1" in \
+        capsys.readouterr().out
 
 
 def _point_rows(device, task, kind, amount, arch, provider, seed, accuracy, steps, run="r1", t="2026-12-01T00:00:00"):
