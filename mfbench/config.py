@@ -58,6 +58,7 @@ class Settings:
     asv_preset: str = "tiny"  # MFBENCH_ASV_PRESET: the model config
     asv_tasks: tuple[str, ...] = ("mqar",)  # MFBENCH_ASV_TASKS: tasks whose snapshots suites/accuracy.py evaluates
     asv_timer: str = "wall"  # MFBENCH_ASV_TIMER: wall, or process (CPU time of the process; CPU only)
+    asv_budget_seconds: float = 20.0  # MFBENCH_ASV_BUDGET_SECONDS: each training of suites/budget.py
     asv_cache: str = ""  # MFBENCH_ASV_CACHE: the suites' measurement cache for one asv run
     # --- the kernel alert (mfbench.shells.alert): defaults of its options
     alert_rounds: int = 2  # MFBENCH_ALERT_ROUNDS
@@ -93,6 +94,12 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         if get(name) and _int(get(name)) is None:
             problems.append(f"{name} takes a whole number, got {get(name)!r}")
     budget = _number(get("MFBENCH_CALL_BUDGET_S"), None)
+    train_budget = _number(get("MFBENCH_ASV_BUDGET_SECONDS"), 20.0)
+    if get("MFBENCH_ASV_BUDGET_SECONDS") and _number(get("MFBENCH_ASV_BUDGET_SECONDS"), None) is None \
+            or not 0 < train_budget < float("inf"):
+        problems.append(f"MFBENCH_ASV_BUDGET_SECONDS must be a positive number of seconds, got "
+                        f"{get('MFBENCH_ASV_BUDGET_SECONDS')!r}")
+        train_budget = 20.0
     return Settings(
         provider_modules=get("MFBENCH_PROVIDER_MODULES", ""),
         plugins=get("MFBENCH_PLUGINS", "1") != "0",
@@ -108,6 +115,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         asv_preset=get("MFBENCH_ASV_PRESET") or "tiny",
         asv_tasks=_list(get("MFBENCH_ASV_TASKS")) or ("mqar",),
         asv_timer=timer,
+        asv_budget_seconds=train_budget,
         asv_cache=get("MFBENCH_ASV_CACHE", ""),
         alert_rounds=_int(get("MFBENCH_ALERT_ROUNDS")) or 2,
         alert_max_rounds=_int(get("MFBENCH_ALERT_MAX_ROUNDS")) or 6,

@@ -131,11 +131,13 @@ def test_every_tracked_metric_is_better_lower_so_a_drop_in_accuracy_is_a_regress
 
     import suites.accuracy
     import suites.block
+    import suites.budget
     import suites.layer
     import suites.model
     from mfbench.store.results import HIGHER_IS_BETTER
 
-    names = {name.removeprefix("track_") for module in (suites.accuracy, suites.block, suites.layer, suites.model)
+    names = {name.removeprefix("track_") for module in (suites.accuracy, suites.block, suites.budget, suites.layer,
+                                                          suites.model)
              for _, cls in inspect.getmembers(module, inspect.isclass) for name in dir(cls) if name.startswith("track_")}
     assert {"error_rate", "bucket_disagreement", "roofline_gap", "seconds_per_gb"} <= names
     assert not names & HIGHER_IS_BETTER and not {n.removesuffix("_time") for n in names} & HIGHER_IS_BETTER

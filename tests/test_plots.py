@@ -94,7 +94,7 @@ def test_host_bound_times_are_carried_from_their_flags():
 
 def test_empty_tables_give_labelled_placeholders(tmp_path):
     paths = plots.draw_all(tmp_path / "none", tmp_path / "plots")
-    assert len(paths) == 16 and all(p.exists() for p in paths)
+    assert len(paths) == 18 and all(p.exists() for p in paths)  # budget.png: no budget rows yet
 
 
 def test_accuracy_and_training_plots(tmp_path):

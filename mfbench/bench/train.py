@@ -48,11 +48,22 @@ class Recipe:
         return self.lr * (LR_RATIO if architecture == "memoryformer" else 1.0)
 
     def schedule(self, step: int) -> float:
-        """Linear warm-up, then cosine decay to a tenth: the factor on the peak learning rate."""
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        """Linear warm-up, then cosine decay to a tenth over the recipe's steps."""
+        return lr_factor(step, self.warmup, (step - self.warmup) / max(1, self.steps - self.warmup))
+
+
+def lr_factor(step: int, warmup: int, progress: float) -> float:
+    """The factor on the peak learning rate: linear warm-up over ``warmup`` steps, then cosine decay to a
+    tenth as ``progress`` goes from 0 to 1 (a share of the steps, or of a budget: mfbench.bench.budget)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+
+def default_provider(device: torch.device) -> str:
+    """How MemoryFormer's layers compute while training unless asked otherwise: the fastest exact provider
+    measured for the device type (the Triton kernels on a GPU, embedding_bag on the CPU)."""
+    return "triton" if device.type == "cuda" else "embedding_bag"
 
 
 RECIPES: dict[str, Recipe] = {
@@ -99,19 +110,38 @@ def loss_on(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor)
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
 
 
-def train(architecture: str, rec: Recipe, task: SyntheticTask, device: torch.device, provider: str,
-          progress: Callable[[str], None] | None = None) -> TrainResult:
+def setup(architecture: str, rec: Recipe, task: SyntheticTask, device: torch.device,
+          provider: str) -> tuple[torch.nn.Module, ModelConfig, float, torch.optim.Optimizer]:
+    """(model, config, peak learning rate, AdamW) of one architecture, initialised from the recipe's seed."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    cfg = model_config(rec, task, provider if architecture == "memoryformer" else "reference")
+    torch.manual_seed(rec.seed)
+    with torch.device(device):
+        model = build(architecture, cfg)
+    lr = rec.lr_for(architecture)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=rec.weight_decay)
+    return model, cfg, lr, optimizer
+
+
+def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+               targets: torch.Tensor) -> torch.Tensor:
+    """One AdamW step on one batch; the loss, still on the device (reading it would sync)."""
+    loss = loss_on(net, inputs, targets)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def train(architecture: str, rec: Recipe, task: SyntheticTask, device: torch.device, provider: str,
+          progress: Callable[[str], None] | None = None) -> TrainResult:
     from mfbench.shells.distributed import rank_and_world
 
     rank, world = rank_and_world()
     if rec.batch % world:
         raise ValueError(f"a global batch of {rec.batch} sequences does not split over {world} ranks")
-    cfg = model_config(rec, task, provider if architecture == "memoryformer" else "reference")
-    torch.manual_seed(rec.seed)
-    with torch.device(device):
-        model = build(architecture, cfg)
+    model, cfg, lr, optimizer = setup(architecture, rec, task, device, provider)
     # Under torchrun: DistributedDataParallel, each rank a slice of the same global batch, so the averaged
     # gradient is the one-device gradient (every sequence has the same number of scored answers).
     net = model
@@ -120,8 +150,6 @@ def train(architecture: str, rec: Recipe, task: SyntheticTask, device: torch.dev
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     part = slice(rank * rec.batch // world, (rank + 1) * rec.batch // world)
-    lr = rec.lr_for(architecture)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=rec.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rec.schedule)
     meter = EnergyMeter(device)
     result = TrainResult(architecture, model, cfg, lr)
@@ -139,12 +167,8 @@ def train(architecture: str, rec: Recipe, task: SyntheticTask, device: torch.dev
         with input_checks(False):
             for step in range(first, last):
                 inputs, targets = (t[part].to(device) for t in task.batch(rec.batch, TRAIN_SEED_BASE + rec.seed * rec.steps + step))
-                loss = loss_on(net, inputs, targets)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                losses.append(train_step(net, optimizer, inputs, targets))
                 scheduler.step()
-                losses.append(loss.detach())
         mean_loss = torch.stack(losses).mean()  # one sync per interval
         if world > 1:
             import torch.distributed as dist

@@ -7,7 +7,9 @@ above the dense layer's time, no lookup kernel can beat dense at that shape. ``r
 this output between markers, and a test keeps the two equal. ``... model --device H200`` prints the whole
 model's forward, replayed from a CUDA graph and called eagerly, for the README's findings. ``... decode
 --device H200`` prints decoding (``report.decode``): step time against batch, the measured break-even batch
-per layer width and why, and the whole model's generation step.
+per layer width and why, and the whole model's generation step. ``... budget``
+prints accuracy at equal time and equal energy per device and task, with its verdict, and ``... seeds`` the
+seed spread of the fixed-step trainings (``report.budget``).
 """
 
 from __future__ import annotations
@@ -186,6 +188,7 @@ def model_table(frame: pd.DataFrame, device: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mfbench.report.budget import seed_table, table as budget_table
     from mfbench.store import results
 
     parser = argparse.ArgumentParser(prog="python -m mfbench.report.findings", description=__doc__.splitlines()[0])
@@ -201,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     decode = sub.add_parser("decode", help="decoding of one device: step time against batch, break-even batch")
     decode.add_argument("--device", required=True, help="the rows' device, e.g. H200 or cpu-2cores")
     decode.add_argument("--results-dir", default=None)
+    budget = sub.add_parser("budget", help="accuracy at equal time and energy per device and task, with the verdict")
+    budget.add_argument("--results-dir", default=None)
+    seeds = sub.add_parser("seeds", help="the seed spread of the fixed-step trainings behind the snapshots")
+    seeds.add_argument("--results-dir", default=None)
     args = parser.parse_args(argv)
     try:
         frame = results.load(args.results_dir)
@@ -213,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     tables = {"layers": lambda: layer_table(frame, args.device), "cpu": lambda: cpu_table(frame),
-              "model": lambda: model_table(frame, args.device), "decode": lambda: decode_table(frame, args.device)}
+              "model": lambda: model_table(frame, args.device), "decode": lambda: decode_table(frame, args.device),
+              "budget": lambda: budget_table(frame), "seeds": lambda: seed_table(frame)}
     sys.stdout.write(tables[args.command]())
     return 0
 

@@ -10,6 +10,7 @@
 - ``training``: the loss curves and time per step of the stored snapshots, MemoryFormer vs dense;
 - ``decode``: a decode step's time against its batch B per layer width, graph replay and eager call, with the
   analytic break-even B = tau marked and the measured one said under each panel (``report.decode``).
+- ``budget_<device>_<task>``: accuracy against seconds and joules spent in budgeted trainings (``report.budget``).
 
     python -m mfbench.report.plots [--results-dir DIR] [--out DIR]
 """
@@ -31,6 +32,7 @@ import seaborn as sns  # noqa: E402
 
 
 from mfbench.cost.traffic import layer_traffic  # noqa: E402
+from mfbench.report import budget  # noqa: E402
 from mfbench.report.crossover import crossover, element_bytes  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
@@ -263,6 +265,7 @@ def draw_all(directory: str | Path | None = None, out: str | Path | None = None)
     paths += accuracy(rows, snapshot_dir, out)
     paths += training(snapshot_dir, out)
     paths += decode(rows, out)
+    paths += budget.plot(rows, out)
     return paths
 
 

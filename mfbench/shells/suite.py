@@ -18,7 +18,9 @@ the machine and can be narrowed with environment variables:
 - ``MFBENCH_ASV_PRESET`` (model config, default ``tiny``; ``micro`` for quick runs),
 - ``MFBENCH_ASV_TASKS`` (tasks whose committed snapshots ``suites/accuracy.py`` evaluates, default mqar),
 - ``MFBENCH_ASV_TIMER`` (``wall``, the default, or ``process``: the process's CPU time, which another
-  program on a small shared CPU machine cannot inflate; CPU-only, and what the CPU alert test uses).
+  program on a small shared CPU machine cannot inflate; CPU-only, and what the CPU alert test uses),
+- ``MFBENCH_ASV_BUDGET_SECONDS`` (``suites/budget.py``: seconds each architecture trains on each of those
+  tasks, default 20; the micro recipe on the CPU, tiny on a GPU, seed 0).
 
 They are read once, through ``mfbench.config``; a value that cannot be used fails each benchmark with the
 reason (asv reports it) instead of stopping the suites' import.
@@ -271,20 +273,14 @@ class SnapshotCase:
         _raise_marker(self.rows())
 
     def rows(self) -> list[dict]:
-        cached = self._measured.get(self._key) or _cached(self._key)
-        if cached is not None:
-            return cached
+        return _once(self._key, self._measured, self._evaluate)
+
+    def _evaluate(self) -> list[dict]:
         from mfbench.store import snapshots
 
         names = [] if providers.is_baseline(self.provider) else [self.provider]
-        try:
-            measured = [m for m in snapshots.evaluate(self.snapshot, names, self.device) if m.provider == self.provider]
-            rows = snapshots.rows(self.snapshot, measured, Run.start(str(self.device)))
-        except Exception as exc:  # kept as an answer, so a shared evaluation goes on to the other sets
-            rows = [_marker("failed", providers.failure(exc))]
-        _store(self._key, rows)
-        self._measured[self._key] = rows
-        return rows
+        measured = [m for m in snapshots.evaluate(self.snapshot, names, self.device) if m.provider == self.provider]
+        return snapshots.rows(self.snapshot, measured, Run.start(str(self.device)))
 
     def metric(self, name: str) -> float:
         return _metric(self.rows(), name)
@@ -294,13 +290,82 @@ def evaluate_all(params: tuple) -> dict[str, list[dict]]:
     """Every (device, provider, task) set's rows, evaluated one after another in this one process, for
     asv's ``setup_cache`` (a process per set paid start-up and snapshot loading each time). A set that
     cannot run is left out: ``SnapshotCase`` in asv's setup meets the same answer for it at once."""
+    return _each(SnapshotCase, params)
+
+
+def _once(key: str, measured: dict[str, list[dict]], compute: Callable[[], list[dict]]) -> list[dict]:
+    """The rows of ``key``: from this process or the run's cache, else ``compute()``'s, then kept in both. A
+    failure is kept as a 'failed' marker, so a shared setup goes on to the other sets."""
+    cached = measured.get(key) or _cached(key)
+    if cached is not None:
+        return cached
+    try:
+        rows = compute()
+    except Exception as exc:  # noqa: BLE001 - kept as an answer
+        rows = [_marker("failed", providers.failure(exc))]
+    _store(key, rows)
+    measured[key] = rows
+    return rows
+
+
+def _each(case: type, params: tuple) -> dict[str, list[dict]]:
+    """Every parameter set of ``case`` made in this one process, its rows kept by key. A set that cannot run
+    is left out: ``case`` in asv's setup meets the same answer for it at once."""
     measured: dict[str, list[dict]] = {}
     for combo in itertools.product(*params):
         try:
-            SnapshotCase(*combo, measured=measured)
-        except (NotImplementedError, RuntimeError):
+            case(*combo, measured=measured)
+        except (NotImplementedError, RuntimeError, ValueError):
             pass
     return measured
+
+
+# Accuracy at equal time: each architecture trained for the same seconds (MFBENCH_ASV_BUDGET_SECONDS),
+# MemoryFormer through the device's default training provider. A change that makes it train slower takes
+# fewer steps in those seconds, which shows as a higher error rate and more seconds per step.
+BUDGET_PARAMS = (DEVICES, ["memoryformer", "dense"], ACCURACY_TASKS)
+
+
+class BudgetCase:
+    """One architecture trained to the seconds budget on a task, once per run (cached); metrics at its end."""
+
+    def __init__(self, device: str, architecture: str, task: str,
+                 measured: dict[str, list[dict]] | None = None) -> None:
+        problem = setting_problem()
+        if problem:
+            raise ValueError(problem)
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise NotImplementedError("no CUDA device")
+        self.architecture, self.task = architecture, task
+        self.recipe = "tiny" if self.device.type == "cuda" else "micro"
+        seconds = SETTINGS.asv_budget_seconds
+        self._key = json.dumps(["budget", device, architecture, task, self.recipe, seconds])
+        self._measured = measured if measured is not None else {}
+        _raise_marker(self.rows())
+
+    def rows(self) -> list[dict]:
+        return _once(self._key, self._measured, self._train)
+
+    def _train(self) -> list[dict]:
+        from mfbench.bench import budget, train
+        from mfbench.tasks import synthetic
+
+        plan = budget.Budget("seconds", SETTINGS.asv_budget_seconds)
+        rec, task = train.recipe(self.recipe, seed=0), synthetic.make(self.task)
+        provider = train.default_provider(self.device)
+        energy, idle = budget.meter_for(plan, self.device)
+        found = budget.train_to_budget(self.architecture, rec, task, self.device, provider, plan, energy, idle)
+        return budget.rows(Run.start(str(self.device)), rec, task, plan, found, energy, idle)
+
+    def metric(self, name: str) -> float:
+        """``name`` at the end of the budget (the rows list the fractions in order)."""
+        return _metric(list(reversed(self.rows())), name)
+
+
+def train_budgets(params: tuple) -> dict[str, list[dict]]:
+    """Every (device, architecture, task) set trained in this one process, for asv's ``setup_cache``."""
+    return _each(BudgetCase, params)
 
 
 def _write_json(path: Path, data: object) -> None:

@@ -72,10 +72,10 @@ MIGRATIONS = {1: _migrate_1_to_2}
 # Regressions are judged by this wherever they are reported (mfbench compare; the asv suites track the
 # lower-is-better complement of each, since asv's regression feed only looks for increases).
 HIGHER_IS_BETTER = frozenset({"tokens_per_s", "flops_per_s", "achieved_bandwidth", "pct_of_copy_ceiling",
-                              "pct_of_roofline", "accuracy", "bucket_agreement"})
+                              "pct_of_roofline", "accuracy", "bucket_agreement", "steps"})
 # Properties of the work or the machine, not scores of the code.
 NEUTRAL = frozenset({"flops_analytic", "flops_counted", "hbm_bytes_min", "arithmetic_intensity", "copy_bandwidth",
-                     "matmul_rate", "onchip_bandwidth"})
+                     "matmul_rate", "onchip_bandwidth", "seconds_spent", "joules_spent", "cpu_seconds_spent"})
 
 
 def worse(metric: str, before: float, after: float) -> bool:

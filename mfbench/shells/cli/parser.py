@@ -116,6 +116,13 @@ def _training(sub) -> None:
     p.add_argument("--arch", default="both", choices=("both", "memoryformer", "dense"))
     p.add_argument("--steps", type=int, help="override the preset's number of steps")
     p.add_argument("--seed", type=int, help="initialisation and data seed (default 0)")
+    p.add_argument("--budget-seconds", metavar="T", help="train each architecture and seed until T seconds of "
+                   "training are spent (the device's wall time, a GPU synchronised), evaluated at 1/8, 1/4, 1/2 "
+                   "and all of it, evaluation outside the budget; rows, no snapshots")
+    p.add_argument("--budget-joules", metavar="J", help="the same, to J joules net of the device's idle draw "
+                   "(NVML on an NVIDIA GPU, RAPL on a CPU where it can be read)")
+    p.add_argument("--seeds", help="budget runs: the seeds, e.g. 0,1,2 (the default)")
+    p.add_argument("--note", help="budget runs: a remark every row carries in its flags (e.g. that the machine was shared)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument("--provider", help="how MemoryFormer's layers compute while training (default: triton on a "
                    "GPU, embedding_bag on the CPU)")

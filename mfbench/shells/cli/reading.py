@@ -10,6 +10,8 @@ import shlex
 import pandas as pd
 
 from mfbench.bench import cases
+from mfbench.bench.budget import FRACTIONS
+from mfbench.report.budget import table as budget_table
 from mfbench.core import providers
 from mfbench.report.summaries import compare, compare_table, run_summary
 from mfbench.shells.cli import common
@@ -51,7 +53,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"run {first['run_id']} on {first['device']} ({first['machine']}), commit {first['commit'][:10]}"
           f"{'+dirty' if first['dirty'] else ''}, {first['time_utc']}"
           + (" - PARTIAL: interrupted before the matrix was done" if partial else ""))
-    print(run_summary(rows, wide=args.wide))
+    budget = rows["benchmark"].str.startswith("budget:").all()  # a budget run: its verdict at every fraction
+    print(budget_table(rows, fractions=FRACTIONS) if budget else run_summary(rows, wide=args.wide))
     return 0
 
 
@@ -123,9 +126,12 @@ def _repro_args(benchmark: str, params: dict, provider: str, dev: str) -> tuple[
     if benchmark.startswith("accuracy:"):
         args = ["snapshot", "eval", params["snapshot"], "--device", dev, "--sequences", str(params["eval_sequences"])]
         return args + ([] if baseline else ["--providers", provider]), ""
-    if benchmark.startswith("train:"):
-        args = ["train", "--preset", params["preset"], "--task", benchmark.removeprefix("train:"), "--arch",
-                params["architecture"], "--steps", str(params["steps"]), "--seed", str(params["seed"]), "--device", dev]
+    if benchmark.startswith(("train:", "budget:")):
+        kind, task = benchmark.split(":", 1)
+        spend = (["--steps", str(params["steps"]), "--seed", str(params["seed"])] if kind == "train" else
+                 [f"--budget-{params['budget_kind']}", f"{params['budget']:g}", "--seeds", str(params["seed"])])
+        args = ["train", "--preset", params["preset"], "--task", task, "--arch", params["architecture"], *spend,
+                "--device", dev]
         return args + ([] if params["architecture"] == "dense" else ["--provider", provider]), ""
     return None, "measured by the run as a whole (the machine's ceilings, idle power, ranks)"
 

@@ -12,6 +12,7 @@ import sys
 import pandas as pd
 import torch
 
+from mfbench.bench import budget as budgets
 from mfbench.bench import train
 from mfbench.core import providers
 from mfbench.shells.cli import common
@@ -22,7 +23,7 @@ from mfbench.tasks import synthetic
 
 def _train_provider(text: str | None, dev: torch.device) -> str:
     """The provider the MemoryFormer trains with: the fastest exact one measured for the device by default."""
-    name = text or ("triton" if dev.type == "cuda" else "embedding_bag")
+    name = text or train.default_provider(dev)
     if name not in providers.names(exact_only=True):
         raise UsageError(f"--provider {name!r}: train through one of {', '.join(providers.names(exact_only=True))}")
     reason = providers.unavailable(name, str(dev), torch.float32)
@@ -32,6 +33,8 @@ def _train_provider(text: str | None, dev: torch.device) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.budget_seconds is not None or args.budget_joules is not None or args.seeds is not None:
+        return _cmd_budget(args)
     try:
         rec = train.recipe(args.preset, steps=args.steps, seed=args.seed)
         task = synthetic.make(args.task)
@@ -114,6 +117,74 @@ def _train_one(args, arch: str, rec, task, dev: torch.device, provider: str, run
             "chance": f"{task.chance:.3f}", "ms/step": f"{1e3 * value['time_per_step']:.1f}",
             "J/step": f"{value['energy_per_step']:.3g}" if "energy_per_step" in value else "-",
             "train s": f"{trained.seconds:.0f}", "snapshot": snap.id if snap else "-"}
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise UsageError(f"--seeds takes whole numbers, e.g. --seeds 0,1,2; got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds takes distinct whole numbers from 0, e.g. --seeds 0,1,2; got {text!r}")
+    return seeds
+
+
+def _cmd_budget(args: argparse.Namespace) -> int:
+    """Each architecture and seed trained until the budget is spent, evaluated at its fractions, into rows."""
+    try:
+        budget = budgets.parse(args.budget_seconds, args.budget_joules)
+        rec, task = train.recipe(args.preset), synthetic.make(args.task)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if budget is None:
+        raise UsageError("--seeds is for budget runs (--budget-seconds, --budget-joules); a step run takes --seed")
+    if args.steps is not None or args.seed is not None or args.distributed:
+        raise UsageError("a budget run takes --seeds, not --steps, --seed or --distributed")
+    seeds = _seeds(args.seeds or "0,1,2")
+    dev = common.device(args.device or common.default_device())
+    provider = _train_provider(args.provider, dev)
+    archs = list(train.ARCHITECTURES) if args.arch == "both" else [args.arch]
+    args.results_dir = args.results_dir or results.project_dir()
+    if not args.no_save:
+        common.ready_to_write(args.results_dir)
+    try:
+        energy, idle = budgets.meter_for(budget, dev)
+    except budgets.BudgetError as exc:
+        raise UsageError(str(exc)) from None
+    run = results.Run.start(str(dev))
+    print(f"run {run.run_id}: train {', '.join(archs)} on {task.name}, preset {rec.name}, to {budget.amount:g} "
+          f"{budget.unit} each ({budget.kind}; evaluated at {', '.join(f'{f:g}' for f in budgets.FRACTIONS)} of it, "
+          f"evaluation outside the budget), seeds {', '.join(map(str, seeds))}, on {dev}"
+          + (f", MemoryFormer via {provider}" if "memoryformer" in archs else "")
+          + (f"; energy {energy.method}, idle {idle:.4g} W" if idle is not None else f"; energy: {energy.reason}"), flush=True)
+    summary = []
+    try:
+        for seed in seeds:  # the architectures alternate, so a change in the machine's load touches both
+            for arch in archs:
+                summary.append(_budget_one(args, arch, train.recipe(args.preset, seed=seed), task, dev, provider,
+                                           budget, (energy, idle), run))
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: the {len(summary)} trainings finished before are in the tables", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
+    common.print_frame(pd.DataFrame(summary))
+    return 0
+
+
+def _budget_one(args, arch: str, rec, task, dev: torch.device, provider: str, budget, meter, run) -> dict:
+    """One architecture and seed to the budget; its rows appended at once (an interrupt keeps them)."""
+    energy, idle = meter
+    try:
+        found = budgets.train_to_budget(arch, rec, task, dev, provider, budget, energy, idle,
+                                        progress=lambda m: print(m, flush=True))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    rows = budgets.rows(run, rec, task, budget, found, energy, idle, [f"note: {args.note}"] if args.note else [])
+    if not args.no_save:
+        common.append(rows, args.results_dir)
+    last = found.points[-1]
+    return {"architecture": arch, "provider": found.provider, "seed": rec.seed, "steps": last.steps,
+            "s": f"{last.seconds:.1f}", "J net": "-" if last.joules is None else f"{last.joules:.4g}",
+            **{f"acc at {p.fraction:g}": f"{p.accuracy:.3f}" for p in found.points}}
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
