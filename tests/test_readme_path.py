@@ -30,6 +30,7 @@ STATE_READERS = [
     "tests/test_alert.py::test_the_alert_measures_the_providers_a_change_touches",
     "tests/test_providers.py",
     "tests/test_decode.py::test_the_readme_shows_the_decode_rows_of_the_result_tables",
+    "tests/test_budget.py::test_readme_and_the_snapshot_docs_carry_the_tables_of_the_rows",
     # the newest snapshot, which training made the user's
     "tests/test_plugins.py::test_snapshot_eval_checks_the_example_and_fails_the_broken_ones",
     "tests/test_battery.py::test_damaged_snapshot_weights_are_a_one_line_error_not_an_accuracy_failure",

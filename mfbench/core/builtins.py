@@ -75,10 +75,11 @@ def keep_compiled_graphs() -> None:
     saved for the backward, and then refuses any backward that keeps the graph ("compiled with non-empty
     donated buffers which requires create_graph=False and retain_graph=False"): seen on an H200 with torch
     2.11 for every backward of a plugin's torch.compile'd provider. Read when a graph compiles and again at
-    each backward, so set before either."""
+    each backward, so set before either. A torch without the setting (2.13 has none) has no such refusal."""
     import torch._functorch.config as functorch_config
 
-    functorch_config.donated_buffer = False
+    if hasattr(functorch_config, "donated_buffer"):
+        functorch_config.donated_buffer = False
 
 
 @functools.lru_cache(maxsize=None)
