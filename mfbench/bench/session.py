@@ -6,9 +6,12 @@ items checked against float64), both through ``collect`` (the matrix, its rows k
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import signal
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -19,6 +22,7 @@ import torch
 from mfbench.bench import cases, runner
 from mfbench.bench.measure import Bench
 from mfbench.bench.measurement import Measurement, merge, record, to_rows
+from mfbench.config import settings
 from mfbench.core import signals
 from mfbench.core.model import ModelConfig
 from mfbench.instruments import ceilings
@@ -80,18 +84,71 @@ def _how_to_append(path: Path, directory) -> str:
 
 
 def save(rows: list[dict], directory) -> Path:
-    """results.append, and where the write fails after measuring (a full disk): the table is left as it
-    was, and the rows go to a file of their own, named in the ResultsError with how to append it later."""
+    """results.append, the rows never lost: where the table is locked by another process, say so and wait
+    (``MFBENCH_LOCK_WAIT_S``); a signal while waiting, the wait running out, or a write that fails (a full
+    disk) leaves the table as it was and puts the rows in a file of their own, named with how to append it
+    later. A signal during the write itself waits for the write, then stops."""
+    if not rows:
+        return Path(directory) / results.TABLE
+    _wait_for_lock(Path(directory), rows)
     try:
-        return results.append(rows, directory)
+        with signals.held() as arrived:
+            path = results.append(rows, directory)
     except results.ResultsError as exc:
+        raise results.ResultsError(f"{exc}; {_rescued(rows, directory)}") from None
+    if arrived:
+        signals.tell(f"mfbench: {signal.Signals(arrived[0]).name} arrived while the {len(rows)} rows were written "
+                     f"to {path}: they were, and the command stops")
+        raise signals.Signalled(arrived[0])
+    return path
+
+
+def _rescued(rows: list[dict], directory) -> str:
+    """The rows in a file of their own, said: where they are and how to append them, or why they are not."""
+    try:
+        path = rescue(rows)
+    except OSError as again:
+        return f"the {len(rows)} rows measured could not be saved elsewhere either ({again.strerror})"
+    return f"the {len(rows)} rows measured are in {path}: {_how_to_append(path, directory)}"
+
+
+LOCK = ".lock"  # the writers' lock of a results directory (store.results takes it around each append)
+
+
+def _wait_for_lock(directory: Path, rows: list[dict]) -> None:
+    """Return once no other process holds the results directory's lock, having said on stderr that it
+    waits; a ResultsError when the wait runs out, the rows rescued (a signal: rescued, and it goes on)."""
+    try:
+        handle = open(directory / LOCK, "a+")
+    except OSError:
+        return  # results.append names what is wrong with the directory
+    limit = settings().lock_wait_s
+    with handle:
+        if _lock_free(handle):
+            return
+        signals.tell(f"mfbench: the result tables in {directory} are locked by another process; waiting up to "
+                     f"{limit:g} s for it (MFBENCH_LOCK_WAIT_S)")
+        end = time.monotonic() + limit
         try:
-            path = rescue(rows)
-        except OSError as again:
-            raise results.ResultsError(f"{exc}; the {len(rows)} rows measured could not be saved elsewhere either "
-                                       f"({again.strerror})") from None
-        raise results.ResultsError(f"{exc}; the {len(rows)} rows measured are in {path}: "
-                                   f"{_how_to_append(path, directory)}") from None
+            while time.monotonic() < end:
+                time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+                if _lock_free(handle):
+                    return
+        except KeyboardInterrupt as exc:
+            name = signal.Signals(signals.stopped(exc)).name
+            signals.tell(f"mfbench: interrupted by {name} while waiting for the lock; {_rescued(rows, directory)}")
+            raise
+    raise results.ResultsError(f"the result tables in {directory} stayed locked by another process for {limit:g} s; "
+                               f"{_rescued(rows, directory)}")
+
+
+def _lock_free(handle) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    fcntl.flock(handle, fcntl.LOCK_UN)  # results.append takes it again for its write
+    return True
 
 
 def measured_ceilings(dev: torch.device, refresh: bool, say: Callable[[str], None]):
@@ -107,19 +164,38 @@ def kernels(items: list, dev: torch.device, say: Callable[[str], None], *, direc
             check: bool = True, refresh_ceilings: bool = False) -> tuple[Collected, pd.DataFrame]:
     """``mfbench layers``: layer-kernel items measured (float64-checked first where ``check``), their rows
     appended in ``directory`` (None: nowhere) and their flat records written to ``csv``; returns what was
-    collected and the records."""
+    collected and the records. Both places are checked before anything is measured."""
     if directory is not None:
         ready_to_write(directory)
+    if csv:
+        writable_file(csv)
     bench = Bench(dev, measured_ceilings(dev, refresh_ceilings, say), energy_seconds=0.0, check=check)
     got = collect(items, bench, results.Run.start(str(dev)), say)
     records = pd.DataFrame([record(m) for m in merge(got.measurements)])
-    if csv:
-        records.to_csv(csv, index=False)
-        say(f"wrote {len(records)} records to {csv}")
     if directory is not None and got.rows:
         got.path = save(got.rows, directory)
         say(f"wrote {len(got.rows)} rows to {got.path}")
+    if csv:
+        try:
+            records.to_csv(csv, index=False)
+        except OSError as exc:
+            kept = f"the rows are in {got.path}" if got.path else _rescued(got.rows, directory or results.project_dir())
+            raise Refused(f"could not write the CSV file {csv} ({exc.strerror or exc}); {kept}") from None
+        say(f"wrote {len(records)} records to {csv}")
     return got, records
+
+
+def writable_file(path) -> None:
+    """Refuse, before measuring, a file that cannot be written: a directory, under a missing directory or a
+    file, or without permission."""
+    target = Path(path)
+    if target.is_dir():
+        raise Refused(f"the CSV file {path} is a directory")
+    if not target.parent.is_dir():
+        what = "is not a directory" if target.parent.exists() else "does not exist"
+        raise Refused(f"cannot write the CSV file {path}: {target.parent} {what}")
+    if not os.access(target if target.exists() else target.parent, os.W_OK):
+        raise Refused(f"cannot write the CSV file {path}: permission denied")
 
 
 @dataclass(frozen=True)
@@ -172,7 +248,7 @@ def run(plan: RunPlan) -> Collected | None:
           f"d={ModelConfig.preset(preset.model).d_model}), {str(plan.dtype).removeprefix('torch.')}",
           flush=True)
     lock = clock_lock(plan.lock_clocks, dev)
-    bench = Bench.start(dev, ceilings.ceilings(dev, refresh=plan.refresh_ceilings), preset.energy_seconds)
+    bench = Bench.start(dev, ceilings.ceilings(dev, refresh=plan.refresh_ceilings), preset.energy_seconds, check=True)
     if share:
         share.begin(dev)
     got = collect(items, bench, run, lambda msg: print(tag + msg, flush=True), lock, tag)
@@ -183,8 +259,11 @@ def run(plan: RunPlan) -> Collected | None:
         if got.rows is None:  # this rank's rows went to rank 0, which writes the run
             return None
     got.path = save(got.rows, plan.directory)
-    print(f"wrote {len(got.rows)} rows to {got.path} (run {run.run_id}{f', {world} ranks' if world > 1 else ''}"
-          f"{', partial' if got.stopped_by else ''})")
+    wrote = (f"wrote {len(got.rows)} rows to {got.path} (run {run.run_id}{f', {world} ranks' if world > 1 else ''}"
+             f"{', partial' if got.stopped_by else ''})")
+    signals.say(wrote)
+    if got.stopped_by == signal.SIGPIPE:  # stdout is gone: where the rows went is said where it can be read
+        signals.tell(f"mfbench: {wrote}")
     return got
 
 

@@ -57,9 +57,10 @@ def dtype(name: str | None, dev: torch.device) -> torch.dtype:
 
 
 def provider_list(text: str | None, default: list[str]) -> list[str]:
-    if not text:
+    """The providers named (None: ``default``); naming none, or one twice, is a mistake."""
+    if text is None:
         return default
-    chosen = [p.strip() for p in text.split(",") if p.strip()]
+    chosen = names_once(text, "--providers", "provider")
     for name in chosen:
         try:
             providers.get(name)
@@ -68,15 +69,33 @@ def provider_list(text: str | None, default: list[str]) -> list[str]:
     return chosen
 
 
+def names_once(text: str, flag: str, what: str) -> list[str]:
+    """The comma-separated names of ``text``: at least one, none twice."""
+    chosen = [p.strip() for p in text.split(",")]
+    if not any(chosen):
+        raise UsageError(f"{flag} {text!r} names no {what}; give a comma-separated list, or leave {flag} out for all")
+    if "" in chosen:
+        raise UsageError(f"{flag} {text!r} has an empty name between its commas")
+    twice = [p for i, p in enumerate(chosen) if p in chosen[:i]]
+    if twice:
+        raise UsageError(f"{flag} names {twice[0]!r} twice: each would be measured, and listed, twice")
+    return chosen
+
+
 def int_list(text: str | None, flag: str) -> list[int] | None:
-    if not text:
+    if text is None:
         return None
     try:
         values = [int(v) for v in text.replace(",", " ").split()]
     except ValueError:
         raise UsageError(f"{flag} takes whole numbers, e.g. {flag} 512,2048; got {text!r}") from None
+    if not values:
+        raise UsageError(f"{flag} {text!r} names no value; e.g. {flag} 512,2048, or leave it out for the defaults")
     if any(v < 1 for v in values):
         raise UsageError(f"{flag} values must be positive, got {text!r}")
+    twice = [v for i, v in enumerate(values) if v in values[:i]]
+    if twice:
+        raise UsageError(f"{flag} names {twice[0]} twice: it would be measured, and listed, twice")
     return values
 
 

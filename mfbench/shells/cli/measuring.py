@@ -65,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _benchmarks(args: argparse.Namespace) -> list[str] | None:
-    chosen = [b.strip() for b in args.benchmarks.split(",")] if args.benchmarks else None
+    chosen = common.names_once(args.benchmarks, "--benchmarks", "benchmark") if args.benchmarks is not None else None
     for b in chosen or []:
         if b not in cases.BENCHMARKS:
             raise UsageError(f"unknown benchmark {b!r}; choose from {', '.join(cases.BENCHMARKS)}")
