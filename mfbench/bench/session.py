@@ -175,6 +175,8 @@ def kernels(items: list, dev: torch.device, say: Callable[[str], None], *, direc
     if directory is not None and got.rows:
         got.path = save(got.rows, directory)
         say(f"wrote {len(got.rows)} rows to {got.path}")
+        if got.stopped_by == signal.SIGPIPE:  # stdout is gone: where the rows went is said where it can be read
+            signals.tell(f"mfbench: wrote {len(got.rows)} rows to {got.path}")
     if csv:
         try:
             records.to_csv(csv, index=False)

@@ -2,8 +2,9 @@
 
 Exit codes: 0 done; 1 a regression, or a measurement or check that failed; 2 a usage or environment problem
 (bad arguments, a results table that cannot be read or written), found before anything is measured where it
-can be; 128 + the signal's number for a run stopped by SIGINT (130) or SIGTERM (143), whose rows measured so
-far are kept and flagged ``partial-run``; 141 when the reader of the output went away (``| head``).
+can be; 128 + the signal's number for a run stopped by SIGHUP (129), SIGINT (130) or SIGTERM (143), whose
+rows measured so far are kept and flagged ``partial-run``; 141 when the reader of the output went away
+(``| head``), a run's rows kept the same way.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mfbench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print("mfbench: interrupted", file=sys.stderr)
+        signals.tell("mfbench: interrupted")
         return 128 + getattr(exc, "signum", signal.SIGINT)
     except BrokenPipeError:
         # the reader left (`mfbench show | head`); Python would complain again when flushing stdout at exit
