@@ -738,6 +738,31 @@ def test_a_signal_during_the_write_waits_for_it_then_stops(signum, table, monkey
     assert len(_new_rows(table)) == 4 and _earlier_rows_intact(table)
 
 
+def test_a_hangup_ignored_on_the_way_in_stays_ignored(table, monkeypatch, capsys):
+    """`nohup mfbench run`: the terminal closing must not stop it."""
+    from mfbench.bench import runner
+    from mfbench.bench.measurement import Measurement
+
+    _measured(monkeypatch)
+
+    def hung_up(items, bench, *args, **kwargs):
+        yield Measurement(items[0], skipped="before the hangup")
+        os.kill(os.getpid(), signal.SIGHUP)
+        yield from (Measurement(item, skipped="after the hangup") for item in items[1:4])
+
+    monkeypatch.setattr(runner, "run_matrix", hung_up)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        code, out, err = _cli(capsys, "run", "--preset", "smoke", "--device", "cpu", "--providers", "dense",
+                              "--results-dir", table.path)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert code == 0 and "wrote 4 rows" in out and "interrupted" not in err, err
+    new = _new_rows(table)
+    assert len(new) == 4 and not new["flags"].str.contains(results.PARTIAL).any() and _earlier_rows_intact(table)
+
+
 # --- real processes: signals during a plugin's call, a reader that goes away -----------------------------
 
 SLOW_PLUGIN = '''

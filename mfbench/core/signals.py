@@ -42,7 +42,9 @@ def catch() -> dict:
     _pending.clear()
     if not _main_thread():
         return {}
-    return {signum: signal.signal(signum, raise_signalled) for signum in STOPPING}
+    # one ignored on the way in stays ignored: `nohup mfbench run` must outlive its terminal
+    return {signum: signal.signal(signum, raise_signalled) for signum in STOPPING
+            if signal.getsignal(signum) is not signal.SIG_IGN}
 
 
 def restore(previous: dict) -> None:
@@ -52,8 +54,9 @@ def restore(previous: dict) -> None:
 
 
 def caught() -> bool:
-    """Whether ``catch``'s handlers are in place, so a signal is told apart from a plugin's exception."""
-    return signal.getsignal(signal.SIGINT) is raise_signalled
+    """Whether ``catch``'s handlers are in place (or SIGINT is ignored), so a KeyboardInterrupt is told
+    apart from a signal."""
+    return signal.getsignal(signal.SIGINT) in (raise_signalled, signal.SIG_IGN)
 
 
 def plugin_fault(exc: BaseException) -> bool:
