@@ -224,7 +224,7 @@ def start_ranks(device: str, distributed: bool) -> tuple[torch.device, int, int]
     """(device, rank, world size): this rank's device under torchrun with ``distributed``, else ``device``."""
     if not distributed:
         return torch.device(device), 0, 1
-    from mfbench.shells import distributed as ranks
+    from mfbench.bench import ranks
 
     try:
         dev = ranks.init("cpu" if device == "cpu" else "cuda")
@@ -273,9 +273,9 @@ def _share(plan: RunPlan, items: list, dev: torch.device):
     """This rank's share of a distributed run (one rank too: the same matrix and rows as any world size)."""
     if not plan.distributed:
         return None
-    from mfbench.shells import distributed
+    from mfbench.bench import ranks
 
-    return distributed.Share.start(items, dev, plan.schedule)
+    return ranks.Share.start(items, dev, plan.schedule)
 
 
 def clock_lock(mhz: int | None, dev: torch.device):

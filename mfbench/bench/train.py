@@ -103,7 +103,7 @@ def train(architecture: str, rec: Recipe, task: SyntheticTask, device: torch.dev
           progress: Callable[[str], None] | None = None) -> TrainResult:
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-    from mfbench.shells.distributed import rank_and_world
+    from mfbench.bench.ranks import rank_and_world
 
     rank, world = rank_and_world()
     if rec.batch % world:
