@@ -44,6 +44,7 @@ class Settings:
     provider_modules: str = ""  # MFBENCH_PROVIDER_MODULES: files or modules registering providers, in every process
     plugins: bool = True  # MFBENCH_PLUGINS=0: installed plugins (the mfbench.providers entry points) are not loaded
     call_budget_s: float | None = None  # MFBENCH_CALL_BUDGET_S: seconds one call may take (providers with no own budget)
+    lock_wait_s: float = 600.0  # MFBENCH_LOCK_WAIT_S: seconds a run waits for result tables another process holds
     skip_compile: bool = False  # MFBENCH_SKIP_COMPILE: skip torch.compile on the CPU (the 'compiled' provider)
     # --- where a figure comes from (mfbench.instruments.fingerprint)
     commit: str | None = None  # MFBENCH_COMMIT: the commit of a tree without .git (or the one asv runs)
@@ -100,10 +101,12 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         problems.append(f"MFBENCH_ASV_BUDGET_SECONDS must be a positive number of seconds, got "
                         f"{get('MFBENCH_ASV_BUDGET_SECONDS')!r}")
         train_budget = 20.0
+    lock_wait = _number(get("MFBENCH_LOCK_WAIT_S"), None)
     return Settings(
         provider_modules=get("MFBENCH_PROVIDER_MODULES", ""),
         plugins=get("MFBENCH_PLUGINS", "1") != "0",
         call_budget_s=budget if budget is not None and budget > 0 else None,
+        lock_wait_s=lock_wait if lock_wait is not None and lock_wait >= 0 else 600.0,
         skip_compile=bool(get("MFBENCH_SKIP_COMPILE")),
         commit=get("MFBENCH_COMMIT") or None,
         dirty=get("MFBENCH_DIRTY") == "1",

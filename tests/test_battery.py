@@ -829,3 +829,457 @@ def test_a_pair_replaced_during_the_read_is_read_again(table, monkeypatch):
     with pytest.raises(results.ResultsError, match="kept being replaced for 0.05 s while being read; try again"):
         tablefiles.read_consistent([table.path / results.TABLE, table.path / results.MIRROR], 0.05)
     assert (table.path / results.MIRROR).read_bytes() == table.before[results.MIRROR]
+
+
+# === issue 29 (run-path): plugins inside the suite's limits, rows never lost, arguments that mean nothing ===
+# Each case asserts the exit code, the message, and that the rows measured before it (the `table` fixture's
+# two runs) are intact. Signals and pipes are real: sent to this process (in-process cases) or to a child.
+
+import json  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from mfbench.core import providers  # noqa: E402
+from mfbench.core.lookup import reference_lookup  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _earlier_rows_intact(table) -> bool:
+    """The table's first rows are the fixture's two runs, unchanged, whatever was appended after them."""
+    from io import BytesIO
+
+    import pandas as pd
+
+    old = pd.read_parquet(BytesIO(table.before[results.TABLE]))
+    now = pd.read_parquet(table.path / results.TABLE)
+    return len(now) >= len(old) and now.iloc[:len(old)].reset_index(drop=True).equals(old)
+
+
+def _new_rows(table):
+    frame = results.load(table.path)
+    return frame.iloc[6:]
+
+
+def _lookup(layer, x):
+    return reference_lookup(x, layer.tables, layer.spec)
+
+
+def _hangs(layer, x):
+    while True:
+        time.sleep(0.02)
+
+
+def _spins(layer, x):
+    while True:
+        pass
+
+
+def _exits_0(layer, x):
+    sys.exit(0)
+
+
+def _exits_3(layer, x):
+    raise SystemExit(3)
+
+
+def _interrupts(layer, x):
+    raise KeyboardInterrupt
+
+
+def _writes_tables(layer, x):
+    with torch.no_grad():
+        layer.tables.add_(1.0)
+    return _lookup(layer, x)
+
+
+def _writes_input(layer, x):
+    with torch.no_grad():
+        x.mul_(2.0)
+    return _lookup(layer, x)
+
+
+def _nan_from_512(layer, x):
+    y = _lookup(layer, x)
+    return y * float("nan") if x.shape[0] >= 512 else y
+
+
+def _inf_from_512(layer, x):
+    y = _lookup(layer, x)
+    return y + float("inf") if x.shape[0] >= 512 else y
+
+
+def _off_from_512(layer, x):  # finite but wrong: the float64 check must catch it where it starts
+    y = _lookup(layer, x)
+    return y * 1.01 if x.shape[0] >= 512 else y
+
+
+def _nan_inexact_from_512(layer, x):  # an approximation is not float64-checked; its NaN still fails it
+    return _nan_from_512(layer, x)
+
+
+PLUGINS = {
+    "rp_hangs": (_hangs, {"budget_s": 0.5}, "OverBudget: one call took longer than its time budget of 0.5 s and was stopped"),
+    "rp_spins": (_spins, {"budget_s": 0.5}, "OverBudget: one call took longer than its time budget of 0.5 s and was stopped"),
+    "rp_exits_0": (_exits_0, {}, "SystemExit: 0"),
+    "rp_exits_3": (_exits_3, {}, "SystemExit: 3"),
+    "rp_interrupts": (_interrupts, {}, "KeyboardInterrupt"),
+    "rp_writes_tables": (_writes_tables, {}, "wrote into layer.tables"),
+    "rp_writes_input": (_writes_input, {}, "wrote into its input x"),
+}
+LATE = {
+    "rp_nan_512": (_nan_from_512, {}, "returned NaN or Inf at 512 tokens"),
+    "rp_inf_512": (_inf_from_512, {}, "returned NaN or Inf at 512 tokens"),
+    "rp_off_512": (_off_from_512, {}, "float64 check: relative error of"),
+    "rp_nan_inexact_512": (_nan_inexact_from_512, {"exact": False}, "returned NaN or Inf at 512 tokens"),
+}
+
+
+@pytest.fixture
+def measuring(monkeypatch):
+    """The real measuring path (the module's autouse fixture forbids it), with the plugins registered."""
+    monkeypatch.undo()
+    for name, (fn, options, _) in {**PLUGINS, **LATE}.items():
+        providers.register_provider(name, fn, **options)
+    yield
+    for name in {**PLUGINS, **LATE}:
+        providers.unregister(name)
+
+
+@pytest.mark.parametrize("name", PLUGINS)
+def test_a_misbehaving_plugin_is_a_failed_provider_and_the_run_keeps_the_others(name, measuring, table, capsys):
+    code, out, err = _cli(capsys, "run", "--preset", "smoke", "--device", "cpu", "--benchmarks", "layer",
+                          "--providers", f"dense,{name}", "--results-dir", table.path)
+    assert code == 1, (out, err)
+    assert f"mfbench: failed: {name} (the reasons are in their rows)" in err and "Traceback" not in err
+    new = _new_rows(table)
+    failed = new[new["provider"] == name]
+    assert len(failed) == 2 and (failed["metric"] == "failed").all()  # forward and backward
+    assert failed["flags"].str.contains(PLUGINS[name][2], regex=False).all(), failed["flags"].tolist()
+    dense = new[(new["provider"] == "dense") & (new["metric"] == "time")]
+    assert len(dense) == 2 and (dense["value"] > 0).all()
+    assert _earlier_rows_intact(table)
+
+
+@pytest.mark.parametrize("name", LATE)
+def test_every_measured_shape_is_checked_in_run_not_only_the_trial(name, measuring, table, capsys):
+    code, out, err = _cli(capsys, "run", "--preset", "smoke", "--device", "cpu", "--benchmarks", "layer",
+                          "--seq", "64,512", "--providers", f"dense,{name}", "--results-dir", table.path)
+    assert code == 1 and f"mfbench: failed: {name}" in err, (out, err)
+    new = _new_rows(table)
+    mine = new[new["provider"] == name]
+    seq = mine["params"].map(lambda p: json.loads(p)["seq"])
+    assert (mine[seq == 64]["metric"] != "failed").all() and (mine[seq == 64]["metric"] == "time").sum() == 2
+    late = mine[(seq == 512) & (mine["metric"] == "failed")]
+    assert len(late) == 2 and late["flags"].str.contains(LATE[name][2], regex=False).all(), mine["flags"].tolist()
+    timed_late = ((seq == 512) & (mine["metric"] == "time")).sum()
+    assert timed_late == (2 if name == "rp_off_512" else 0)  # a wrong answer is timed and failed; a NaN never timed
+    assert (new[(new["provider"] == "dense") & (new["metric"] == "time")]["value"] > 0).sum() == 4
+    assert _earlier_rows_intact(table)
+
+
+def test_layers_fails_the_same_plugins_as_run(measuring, table, capsys):
+    code, out, err = _cli(capsys, "layers", "--cases", "smoke", "--device", "cpu", "--format", "json",
+                          "--providers", "dense,rp_writes_tables,rp_exits_0", "--results-dir", table.path)
+    assert code == 1 and "mfbench: failed: rp_writes_tables, rp_exits_0" in err, err
+    new = _new_rows(table)
+    for name in ("rp_writes_tables", "rp_exits_0"):
+        assert (new[new["provider"] == name]["metric"] == "failed").all()
+    assert _earlier_rows_intact(table)
+
+
+def test_the_budget_does_not_touch_the_timed_calls(measuring):
+    """The deadline is armed around the first call only: no timer is left running into the timing."""
+    import signal as signals_
+
+    with providers.deadline(5.0):
+        pass
+    assert signals_.getitimer(signals_.ITIMER_REAL) == (0.0, 0.0)
+    before = signals_.getsignal(signals_.SIGALRM)
+    with pytest.raises(providers.OverBudget, match="took longer than its time budget of 0.2 s"):
+        with providers.deadline(0.2):
+            time.sleep(5)
+    assert signals_.getitimer(signals_.ITIMER_REAL) == (0.0, 0.0) and signals_.getsignal(signals_.SIGALRM) == before
+
+
+# --- arguments that mean nothing: refused before measuring -----------------------------------------------
+
+MEANINGLESS = [
+    (["run", "--providers", ","], "--providers ',' names no provider"),
+    (["run", "--providers", ""], "--providers '' names no provider"),
+    (["run", "--providers", " , "], "names no provider"),
+    (["run", "--providers", "dense,dense"], "--providers names 'dense' twice"),
+    (["run", "--providers", "dense, dense"], "--providers names 'dense' twice"),
+    (["run", "--providers", "dense,,reference"], "has an empty name between its commas"),
+    (["run", "--seq", "64,64"], "--seq names 64 twice"),
+    (["run", "--seq", ""], "--seq '' names no value"),
+    (["run", "--seq", ","], "--seq ',' names no value"),
+    (["run", "--benchmarks", ""], "--benchmarks '' names no benchmark"),
+    (["run", "--benchmarks", "layer,layer"], "--benchmarks names 'layer' twice"),
+    (["layers", "--cases", "smoke", "--providers", ","], "names no provider"),
+    (["layers", "--cases", "smoke", "--providers", "dense,dense"], "--providers names 'dense' twice"),
+]
+
+
+@pytest.mark.parametrize("args,message", MEANINGLESS, ids=[" ".join(repr(a) for a in c[0]) for c in MEANINGLESS])
+def test_arguments_that_mean_nothing_are_one_line_errors(args, message, table, capsys):
+    code, out, err = _cli(capsys, *args, "--device", "cpu", "--results-dir", table.path)
+    assert code == 2, (out, err)
+    assert message in err and err.startswith("mfbench: error: ") and len(err.strip().splitlines()) == 1, err
+    assert table.same()
+
+
+# --- an output path checked before measuring -------------------------------------------------------------
+
+@pytest.mark.parametrize("where,message", [
+    ("NODIR/x.csv", "NODIR does not exist"),
+    ("<afile>/x.csv", "is not a directory"),
+    ("<dir>", "is a directory"),
+    ("<dir>/deep/er/x.csv", "does not exist"),
+])
+def test_a_csv_that_cannot_be_written_is_refused_before_measuring(where, message, table, afile, tmp_path, capsys,
+                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    target = where.replace("<afile>", str(afile)).replace("<dir>", str(tmp_path))
+    code, out, err = _cli(capsys, "layers", "--cases", "smoke", "--device", "cpu", "--providers", "dense",
+                          "--csv", target, "--results-dir", table.path)
+    assert code == 2, (out, err)
+    assert message in err and err.startswith("mfbench: error: ") and "the CSV file" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and table.same()
+    assert afile.read_text() == "not a directory\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_csv_in_a_read_only_directory_is_refused_before_measuring(table, tmp_path, capsys):
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        code, _, err = _cli(capsys, "layers", "--cases", "smoke", "--device", "cpu", "--providers", "dense",
+                            "--csv", locked / "x.csv", "--results-dir", table.path)
+    finally:
+        locked.chmod(0o755)
+    assert code == 2 and "permission denied" in err and table.same()
+
+
+# --- the results lock held by another process ------------------------------------------------------------
+
+def _measured(monkeypatch, n=4):
+    """run_matrix yielding ``n`` skipped measurements at once (a row each): rows to store, nothing timed."""
+    from mfbench.bench import measure, runner
+    from mfbench.bench.measurement import Measurement
+    from mfbench.instruments import ceilings
+
+    monkeypatch.setattr(runner, "run_matrix", lambda items, bench, *a, **k: (
+        Measurement(item, skipped="measured") for item in items[:n]))
+    monkeypatch.setattr(ceilings, "ceilings", lambda device, refresh=False: None)
+    monkeypatch.setattr(measure.Bench, "machine_rows", lambda self, run: [])
+
+
+class _Holder:
+    """The results directory's lock, held by another process (flock locks of two opens conflict too)."""
+
+    def __init__(self, directory):
+        self.proc = subprocess.Popen([sys.executable, "-c", (
+            "import fcntl, sys, time; h = open(sys.argv[1], 'a+'); fcntl.flock(h, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(float(sys.argv[2]))"), str(directory / ".lock"), "60"],
+            stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "held"
+
+    def release(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _when_waiting(monkeypatch, action):
+    """Run ``action`` in a thread once the command has found the lock held and started waiting."""
+    from mfbench.bench import session
+
+    real, started = session._lock_free, []
+
+    def watched(handle):
+        free = real(handle)
+        if not free and not started:
+            started.append(threading.Timer(0.3, action))
+            started[0].start()
+        return free
+
+    monkeypatch.setattr(session, "_lock_free", watched)
+    return started
+
+
+def _rescued(err):
+    path = err.split("rows measured are in ")[1].split(":")[0]
+    saved = results.load(path)
+    os.unlink(path)
+    return saved
+
+
+def test_a_lock_held_elsewhere_is_waited_for_said_and_on_timeout_the_rows_are_rescued(table, monkeypatch, capsys):
+    _measured(monkeypatch)
+    monkeypatch.setenv("MFBENCH_LOCK_WAIT_S", "1")
+    holder = _Holder(table.path)
+    try:
+        start = time.monotonic()
+        code, _, err = _cli(capsys, "run", "--preset", "smoke", "--device", "cpu", "--providers", "dense",
+                            "--results-dir", table.path)
+    finally:
+        holder.release()
+    assert code == 2 and time.monotonic() - start < 30
+    assert "are locked by another process; waiting up to 1 s for it (MFBENCH_LOCK_WAIT_S)" in err
+    assert "mfbench: error: the result tables in" in err and "stayed locked by another process for 1 s" in err
+    assert len(_rescued(err)) == 4 and table.same()
+
+
+def _run_while_locked(table, monkeypatch, capsys, action):
+    """``mfbench run`` (four rows, nothing timed) with the lock held elsewhere; ``action(holder)`` runs once
+    it waits."""
+    _measured(monkeypatch)
+    monkeypatch.setenv("MFBENCH_LOCK_WAIT_S", "60")
+    holder = _Holder(table.path)
+    done = _when_waiting(monkeypatch, lambda: action(holder))
+    try:
+        code, out, err = _cli(capsys, "run", "--preset", "smoke", "--device", "cpu", "--providers", "dense",
+                              "--results-dir", table.path)
+    finally:
+        holder.release()
+    assert done and "waiting up to 60 s" in err
+    return code, out, err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_while_waiting_for_the_lock_rescues_the_rows(signum, table, monkeypatch, capsys):
+    code, _, err = _run_while_locked(table, monkeypatch, capsys, lambda holder: os.kill(os.getpid(), signum))
+    assert code == 128 + signum, err
+    assert f"interrupted by {signal.Signals(signum).name} while waiting for the lock" in err
+    assert len(_rescued(err)) == 4 and table.same()
+
+
+def test_a_lock_released_while_waiting_lets_the_rows_in(table, monkeypatch, capsys):
+    code, out, err = _run_while_locked(table, monkeypatch, capsys, lambda holder: holder.release())
+    assert code == 0 and "wrote 4 rows" in out, err
+    assert len(_new_rows(table)) == 4 and _earlier_rows_intact(table)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_during_the_write_waits_for_it_then_stops(signum, table, monkeypatch, capsys):
+    _measured(monkeypatch)
+    real = results.append
+
+    def slow_append(rows, directory=None):
+        os.kill(os.getpid(), signum)  # arrives mid-write
+        return real(rows, directory)
+
+    monkeypatch.setattr(results, "append", slow_append)
+    code, _, err = _cli(capsys, "run", "--preset", "smoke", "--device", "cpu", "--providers", "dense",
+                        "--results-dir", table.path)
+    assert code == 128 + signum
+    assert f"{signal.Signals(signum).name} arrived while the 4 rows were written" in err
+    assert len(_new_rows(table)) == 4 and _earlier_rows_intact(table)
+
+
+def test_a_hangup_ignored_on_the_way_in_stays_ignored(table, monkeypatch, capsys):
+    """`nohup mfbench run`: the terminal closing must not stop it."""
+    from mfbench.bench import runner
+    from mfbench.bench.measurement import Measurement
+
+    _measured(monkeypatch)
+
+    def hung_up(items, bench, *args, **kwargs):
+        yield Measurement(items[0], skipped="before the hangup")
+        os.kill(os.getpid(), signal.SIGHUP)
+        yield from (Measurement(item, skipped="after the hangup") for item in items[1:4])
+
+    monkeypatch.setattr(runner, "run_matrix", hung_up)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        code, out, err = _cli(capsys, "run", "--preset", "smoke", "--device", "cpu", "--providers", "dense",
+                              "--results-dir", table.path)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert code == 0 and "wrote 4 rows" in out and "interrupted" not in err, err
+    new = _new_rows(table)
+    assert len(new) == 4 and not new["flags"].str.contains(results.PARTIAL).any() and _earlier_rows_intact(table)
+
+
+# --- real processes: signals during a plugin's call, a reader that goes away -----------------------------
+
+SLOW_PLUGIN = '''
+import os, time
+from mfbench import register_provider
+from mfbench.core.lookup import reference_lookup
+
+def slow(layer, x):
+    mark = os.environ.get("RP_MARK")
+    if x.shape[0] >= 64 and mark and not os.path.exists(mark):  # the first call at 64 tokens, once
+        open(mark, "w").close()  # the test sends its signal now
+        time.sleep(120)
+    return reference_lookup(x, layer.tables, layer.spec)
+
+def swallows(layer, x):
+    try:
+        return slow(layer, x)
+    except BaseException:  # a plugin that eats everything, the user's Ctrl-C too
+        return reference_lookup(x, layer.tables, layer.spec)
+
+register_provider("rp_slow", slow)
+register_provider("rp_swallows", swallows)
+'''
+
+
+def _child(table, tmp_path, providers_, *extra, **popen):
+    plugin = tmp_path / "rp_slow_plugin.py"
+    plugin.write_text(SLOW_PLUGIN)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1", "RP_MARK": str(tmp_path / "mark")}
+    return subprocess.Popen([sys.executable, "-m", "mfbench", "run", "--preset", "smoke", "--device", "cpu",
+                             "--benchmarks", "layer", "--providers", providers_, "--provider-module", str(plugin),
+                             "--results-dir", str(table.path), *extra], env=env, cwd=ROOT, text=True,
+                            stdout=popen.get("stdout", subprocess.DEVNULL), stderr=subprocess.PIPE)
+
+
+def _wait_for(path, proc, seconds=240):
+    end = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < end, "the child never reached the slow call"
+        time.sleep(0.1)
+
+
+SLOW = pytest.mark.skipif(os.environ.get("MFBENCH_SLOW_TESTS") != "1",
+                          reason="SIGINT and SIGTERM while measuring are also tested in-process: set MFBENCH_SLOW_TESTS=1")
+
+
+@pytest.mark.parametrize("signum,provider", [pytest.param(signal.SIGINT, "rp_slow", marks=SLOW),
+                                             pytest.param(signal.SIGTERM, "rp_slow", marks=SLOW),
+                                             (signal.SIGHUP, "rp_slow"), (signal.SIGINT, "rp_swallows")])
+def test_a_real_signal_during_a_plugin_call_stops_the_run_and_keeps_its_rows(signum, provider, table, tmp_path):
+    proc = _child(table, tmp_path, f"dense,{provider}", "--seq", "32,64")  # the trial (5 tokens) is not slow
+    _wait_for(tmp_path / "mark", proc)
+    proc.send_signal(signum)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 128 + signum, err
+    name = signal.Signals(signum).name
+    assert f"interrupted by {name}: keeping the " in err and "Traceback" not in err
+    new = _new_rows(table)
+    assert len(new) and new["flags"].str.contains(f"{results.PARTIAL},interrupted:{name}", regex=False).all()
+    dense = new[(new["provider"] == "dense") & (new["metric"] == "time")]
+    assert len(dense) >= 2 and not (new["metric"] == "failed").any()  # the signal is no provider's failure
+    assert _earlier_rows_intact(table)
+
+
+def test_a_reader_that_goes_away_keeps_the_rows_and_says_where(table, tmp_path):
+    proc = _child(table, tmp_path, "dense,reference", "--seq", "32,64", stdout=subprocess.PIPE)
+    head = [proc.stdout.readline() for _ in range(3)]  # `| head -3`
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=240) == 128 + signal.SIGPIPE, err
+    assert head[0].startswith("run ") and "Traceback" not in err and "BrokenPipeError" not in err
+    assert "the reader of the output went away: keeping the " in err
+    new = _new_rows(table)
+    assert f"mfbench: wrote {len(new)} rows to {table.path / results.TABLE}" in err
+    assert len(new) and new["flags"].str.contains(f"{results.PARTIAL},interrupted:SIGPIPE", regex=False).all()
+    assert _earlier_rows_intact(table)

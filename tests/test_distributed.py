@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 
-from mfbench.shells import distributed
+from mfbench.bench import ranks as distributed
 from mfbench.shells.cli import main as cli
 from mfbench.store import results, snapshots
 from mfbench.bench import cases

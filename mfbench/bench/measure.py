@@ -9,10 +9,10 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from mfbench.bench.cases import DECODE_BENCHMARKS, DECODE_MODEL, KERNEL, LAYER_BENCHMARKS, Item
+from mfbench.bench.cases import DECODE_BENCHMARKS, DECODE_MODEL, LAYER_BENCHMARKS, Item
 from mfbench.bench.measurement import HOST_BOUND, Measurement
 from mfbench.bench.subject import build, callable_for, prepare, prepare_on_stream
-from mfbench.core import providers
+from mfbench.core import providers, signals
 from mfbench.core.lookup import input_checks
 from mfbench.core.model import MemoryLayer
 from mfbench.cost import flops
@@ -103,17 +103,35 @@ def graph_seconds(item: Item, device: torch.device) -> tuple[list[float] | None,
         torch.cuda.empty_cache()
 
 
+def first_call(item: Item, subject) -> Callable[[], object]:
+    """The item's call, called once first as every measured shape is (a backward's forward too): within the
+    provider's time budget (per call of the provider: a layer's call is one), its output finite, and its
+    input and (but for a training step) the parameters left as they were. Later calls are timed unchecked."""
+    budgeted = item.benchmark in LAYER_BENCHMARKS
+    watched = {"its input x": subject.x}
+    if item.direction != "train":
+        watched.update((f"layer.{name}" if isinstance(subject.module, MemoryLayer) else f"parameter {name}", p)
+                       for name, p in subject.module.named_parameters())
+    where = f" at {item.seq} tokens"
+    if item.direction == "backward":  # the output it differentiates, checked too (an Inf has finite gradients)
+        providers.checked_call(item.provider, callable_for("forward", subject), watched, budgeted, where)
+    with providers.deadline(providers.budget(item.provider) if budgeted else None, "the forward of a backward"):
+        fn = callable_for(item.direction, subject)  # a backward's forward runs here
+    providers.checked_call(item.provider, fn, watched, budgeted, where)
+    return fn
+
+
 def measure(item: Item, bench: Bench) -> Measurement:
     """Every figure of one item: time (and on a GPU its graph replay and the GPU's state around it),
     throughput, FLOPs, bytes and floors of a layer, float64 errors where checked, energy, peak memory."""
     device, m = bench.device, Measurement(item)
     provider = providers.get(item.provider)
     subject = build(item, device)
-    if bench.check and item.case is not None and provider.exact:
-        m.errors = providers.relative_errors(subject.module, subject.x, subject.gy, item.direction)
-    fn = callable_for(item.direction, subject)
-    if item.benchmark in LAYER_BENCHMARKS:  # the budget is per call of the provider: a layer's call is one
-        providers.within_budget(item.provider, fn)
+    fn = first_call(item, subject)
+    if bench.check and item.benchmark in LAYER_BENCHMARKS and provider.exact:
+        gy = subject.gy if subject.gy is not None else torch.randn(item.seq, subject.module.out_features,
+                                                                   device=device, dtype=item.dtype)
+        m.errors = providers.relative_errors(subject.module, subject.x, gy, item.direction)
     gpu = device.type == "cuda"
     before = GpuState.read(device) if gpu else None
     m.timing = time_callable(fn, device)
@@ -264,7 +282,9 @@ def kernel_pass(items: Iterable[Item], device: torch.device,
         for i, item in enumerate(items, 1):
             try:
                 m = kernel_time(item, device)
-            except Exception as exc:  # noqa: BLE001 - the item keeps its other figures
+            except BaseException as exc:  # noqa: BLE001 - the item keeps its other figures
+                if not signals.plugin_fault(exc):
+                    raise
                 progress(f"[{i}/{len(items)}] {item.label}  no kernel time ({providers.failure(exc)})")
                 torch.cuda.empty_cache()
                 continue

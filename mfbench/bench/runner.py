@@ -13,21 +13,24 @@ import torch
 from mfbench.bench.cases import Item
 from mfbench.bench.measure import Bench, kernel_pass, measure
 from mfbench.bench.measurement import Measurement
-from mfbench.core import providers
+from mfbench.core import providers, signals
 from mfbench.core.lookup import input_checks
 
 
 def attempt(item: Item, bench: Bench) -> Measurement:
     """``measure(item)``, or a measurement that says why there is none: skipped where this machine cannot
-    run the provider, failed where it should and does not (``providers.readiness``, or it raised)."""
-    reason, fault = providers.readiness(item.provider, str(bench.device), item.dtype)
-    if reason is None and fault is None:
-        try:
+    run the provider, failed where it should and does not (``providers.readiness``, or it raised: an
+    exception, a SystemExit or a KeyboardInterrupt of its own, ``signals.plugin_fault``)."""
+    try:
+        reason, fault = providers.readiness(item.provider, str(bench.device), item.dtype)
+        if reason is None and fault is None:
             return measure(item, bench)
-        except Exception as exc:  # one failure must not lose the rest of the run
-            reason, fault = (providers.failure(exc), None) if providers.skips(exc) else (None, providers.failure(exc))
-            if bench.device.type == "cuda":
-                torch.cuda.empty_cache()
+    except BaseException as exc:  # one failure must not lose the rest of the run, nor a plugin's exit end it
+        if not signals.plugin_fault(exc):
+            raise
+        reason, fault = (providers.failure(exc), None) if providers.skips(exc) else (None, providers.failure(exc))
+        if bench.device.type == "cuda":
+            torch.cuda.empty_cache()
     return Measurement(item, skipped=reason) if fault is None else Measurement(item, failed=fault)
 
 

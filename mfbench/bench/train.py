@@ -136,7 +136,7 @@ def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: t
 
 def train(architecture: str, rec: Recipe, task: SyntheticTask, device: torch.device, provider: str,
           progress: Callable[[str], None] | None = None) -> TrainResult:
-    from mfbench.shells.distributed import rank_and_world
+    from mfbench.bench.ranks import rank_and_world
 
     rank, world = rank_and_world()
     if rec.batch % world:

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import signal
 import sys
+import threading
 import time
 from typing import Callable, ContextManager, NamedTuple
 
 import torch
 
 from mfbench.config import settings
+from mfbench.core import signals
 from mfbench.core.lookup import reference_lookup
 from mfbench.core.model import MemoryLayer
 from mfbench.core.registry import (ENTRY_POINT_GROUP, MODULES_ENV, REGISTRY_FILES, OverBudget, Provider,
@@ -35,6 +38,7 @@ __all__ = [  # the registry's API, re-exported: one module for every runner and 
     "requirement_unmet", "source_globs", "touched_by", "unregister",
     "TOLERANCE", "relative_error", "relative_errors", "unavailable", "Trial", "trial", "output_problem",
     "float64_mismatch", "FLOAT64_CHECK", "tolerance_breach", "trial_failure", "Readiness", "readiness", "skips", "budget", "within_budget", "failure",
+    "Misbehaved", "deadline", "checked_call", "nonfinite",
 ]
 
 # ||out - ref|| / ||ref|| allowed against float64, by the dtype of inputs and outputs.
@@ -110,13 +114,18 @@ def trial(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32) ->
         layer = layer.to(device=dev, dtype=dtype)
         x = torch.randn(tokens, d_in, generator=g).to(device=dev, dtype=dtype).requires_grad_()
         gy = torch.randn(tokens, d_out, generator=g).to(device=dev, dtype=dtype)
+        watched = {"its input x": x, "layer.tables": layer.tables}
         with _probe_context(name):
-            y = within_budget(name, lambda: provider.fn(layer, x))
+            y = checked_call(name, lambda: provider.fn(layer, x), watched)
             wrong = output_problem(y, (tokens, d_out), dtype)
             if wrong:
                 return Trial(error=wrong)
-            grads = torch.autograd.grad(y, (x, layer.tables), gy, allow_unused=True)  # dense uses no tables
-    except Exception as exc:  # any failure here is an answer, never a crash
+            with deadline(budget(name), "the backward of one call"):  # dense uses no tables
+                grads = checked_call(name, lambda: torch.autograd.grad(y, (x, layer.tables), gy, allow_unused=True),
+                                     watched, budgeted=False)
+    except BaseException as exc:  # any failure of the provider's code here is an answer, never a crash
+        if not signals.plugin_fault(exc):
+            raise
         reason = one_line(exc)
         return Trial(skip=reason) if _unavailable_error(exc) else Trial(error=reason)
     if not provider.exact:
@@ -194,18 +203,83 @@ def budget(name: str) -> float | None:
     return own if own is not None else settings().call_budget_s
 
 
+class Misbehaved(Exception):
+    """A provider's call broke the rules every call keeps: it wrote into its inputs or the layer's tables,
+    or returned NaN or Inf."""
+
+
+@contextlib.contextmanager
+def deadline(limit: float | None, what: str = "one call"):
+    """Stop what runs inside after ``limit`` seconds: SIGALRM raises OverBudget where the code is (Python
+    code, or a sleep; a kernel blocking in C runs on until it returns, and is failed then). In the main
+    thread only, and nothing without a limit; a timer already set is put back, less the time spent."""
+    if limit is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum, frame):
+        raise OverBudget(f"{what} took longer than its time budget of {limit:g} s and was stopped")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    earlier, _ = signal.setitimer(signal.ITIMER_REAL, limit)
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if earlier:
+            signal.setitimer(signal.ITIMER_REAL, max(1e-3, earlier - (time.monotonic() - started)))
+
+
 def within_budget(name: str, call: Callable[[], object]) -> object:
-    """``call()``, timed once; OverBudget if it took longer than the provider's budget (no budget: just
-    the call). The call cannot be stopped midway: a provider that never returns still hangs."""
+    """``call()``, timed once and stopped at the provider's budget (``deadline``); OverBudget if it took
+    longer (no budget: just the call)."""
     limit = budget(name)
     start = time.perf_counter()
-    out = call()
-    if limit is not None:
-        if isinstance(out, torch.Tensor) and out.is_cuda:
+    with deadline(limit):
+        out = call()
+        if limit is not None and isinstance(out, torch.Tensor) and out.is_cuda:
             torch.cuda.synchronize(out.device)
-        took = time.perf_counter() - start
-        if took > limit:
-            raise OverBudget(f"one call took {took:.3g} s, over its time budget of {limit:g} s")
+    took = time.perf_counter() - start
+    if limit is not None and took > limit:
+        raise OverBudget(f"one call took {took:.3g} s, over its time budget of {limit:g} s")
+    return out
+
+
+def _fingerprint(t: torch.Tensor) -> tuple[float, ...]:
+    """The sum in float64, one pass without a copy: a model's tables can be gigabytes, and any write that
+    is not a rearrangement of the same values changes it."""
+    t = t.detach()
+    if t.numel() == 0:
+        return ()
+    return (torch.sum(t if t.is_floating_point() else t.double(), dtype=torch.float64).item(),)
+
+
+def _same(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(x == y or (x != x and y != y) for x, y in zip(a, b))  # NaN where NaN was is unchanged
+
+
+def nonfinite(out: object) -> bool:
+    """Whether a call's output (a tensor, or a tuple of them as a backward's gradients) holds NaN or Inf."""
+    if isinstance(out, torch.Tensor):
+        return out.is_floating_point() and not bool(torch.isfinite(out.detach()).all())
+    if isinstance(out, (tuple, list)):
+        return any(nonfinite(o) for o in out)
+    return False
+
+
+def checked_call(name: str, call: Callable[[], object], watched: dict[str, torch.Tensor], budgeted: bool = True,
+                 where: str = "") -> object:
+    """``call()`` once, the first call at a shape: within the provider's budget (``within_budget``), its
+    output finite, and each tensor of ``watched`` (by the name a message gives it) left as it was."""
+    before = {label: _fingerprint(t) for label, t in watched.items()}
+    out = within_budget(name, call) if budgeted else call()
+    if nonfinite(out):
+        raise Misbehaved(f"returned NaN or Inf{where}")
+    for label, t in watched.items():
+        if not _same(before[label], _fingerprint(t)):
+            raise Misbehaved(f"wrote into {label}{where}")
     return out
 
 
@@ -217,7 +291,7 @@ def _probe_context(name: str) -> ContextManager:
 
 
 
-def failure(exc: Exception) -> str:
+def failure(exc: BaseException) -> str:
     """A measurement's exception in one line, for a 'skipped' or 'failed' row or a progress message."""
     first = str(exc).splitlines()[0] if str(exc) else ""
     return f"{'out of memory' if isinstance(exc, torch.OutOfMemoryError) else 'failed'}: {type(exc).__name__}: {first}"

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from mfbench.config import settings, triton_cache_env
 from mfbench.core.model import MemoryLayer
 from mfbench.core.sharded import shard_tables
-from mfbench.shells import distributed
+from mfbench.bench import ranks as distributed
 
 
 def check(tokens: int = 256, in_features: int = 512, out_features: int = 384, tau: int = 8,

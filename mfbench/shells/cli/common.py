@@ -1,18 +1,15 @@
-"""What every command shares: one-line usage errors, the device and provider options, the results
-table's preflight and rescue, and stopping on a signal."""
+"""What every command shares: one-line usage errors, the device and provider options, and the results
+table's preflight and rescue."""
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import tempfile
-import threading
-from pathlib import Path
 
 import pandas as pd
 import torch
 
+from mfbench.bench import session
 from mfbench.bench.cases import DTYPES
 from mfbench.core import providers
 from mfbench.store import results
@@ -45,13 +42,10 @@ def start_ranks(args: argparse.Namespace) -> tuple[torch.device, int, int]:
     """(device, rank, world size): this rank's device under torchrun with --distributed, else --device."""
     if not args.distributed:
         return device(args.device or default_device()), 0, 1
-    from mfbench.shells import distributed
-
     try:
-        dev = distributed.init("cpu" if (args.device or default_device()) == "cpu" else "cuda")
-    except distributed.LaunchError as exc:
+        return session.start_ranks(args.device or default_device(), True)
+    except session.Refused as exc:
         raise UsageError(str(exc)) from None
-    return (dev, *distributed.rank_and_world())
 
 
 def dtype(name: str | None, dev: torch.device) -> torch.dtype:
@@ -63,9 +57,10 @@ def dtype(name: str | None, dev: torch.device) -> torch.dtype:
 
 
 def provider_list(text: str | None, default: list[str]) -> list[str]:
-    if not text:
+    """The providers named (None: ``default``); naming none, or one twice, is a mistake."""
+    if text is None:
         return default
-    chosen = [p.strip() for p in text.split(",") if p.strip()]
+    chosen = names_once(text, "--providers", "provider")
     for name in chosen:
         try:
             providers.get(name)
@@ -74,15 +69,33 @@ def provider_list(text: str | None, default: list[str]) -> list[str]:
     return chosen
 
 
+def names_once(text: str, flag: str, what: str) -> list[str]:
+    """The comma-separated names of ``text``: at least one, none twice."""
+    chosen = [p.strip() for p in text.split(",")]
+    if not any(chosen):
+        raise UsageError(f"{flag} {text!r} names no {what}; give a comma-separated list, or leave {flag} out for all")
+    if "" in chosen:
+        raise UsageError(f"{flag} {text!r} has an empty name between its commas")
+    twice = [p for i, p in enumerate(chosen) if p in chosen[:i]]
+    if twice:
+        raise UsageError(f"{flag} names {twice[0]!r} twice: each would be measured, and listed, twice")
+    return chosen
+
+
 def int_list(text: str | None, flag: str) -> list[int] | None:
-    if not text:
+    if text is None:
         return None
     try:
         values = [int(v) for v in text.replace(",", " ").split()]
     except ValueError:
         raise UsageError(f"{flag} takes whole numbers, e.g. {flag} 512,2048; got {text!r}") from None
+    if not values:
+        raise UsageError(f"{flag} {text!r} names no value; e.g. {flag} 512,2048, or leave it out for the defaults")
     if any(v < 1 for v in values):
         raise UsageError(f"{flag} values must be positive, got {text!r}")
+    twice = [v for i, v in enumerate(values) if v in values[:i]]
+    if twice:
+        raise UsageError(f"{flag} names {twice[0]} twice: it would be measured, and listed, twice")
     return values
 
 
@@ -90,8 +103,7 @@ def ready_to_write(directory) -> None:
     """Refuse, before anything is measured, a result table that cannot be read or a directory that cannot
     take a write (read-only, a file, under a file)."""
     try:
-        results.check_writable(directory)
-        results.load(directory)
+        session.ready_to_write(directory)
     except results.ResultsError as exc:
         raise UsageError(str(exc)) from None
 
@@ -104,20 +116,8 @@ def load(directory: str | None) -> pd.DataFrame:
 
 
 def append(rows: list[dict], directory):
-    """results.append, and where the write fails after measuring (a full disk): the table is left as it
-    was, and the rows go to a file of their own, named in the one-line error with how to append it later."""
-    try:
-        return results.append(rows, directory)
-    except results.ResultsError as exc:
-        rescue = Path(tempfile.gettempdir()) / f"mfbench-unsaved-{rows[0]['run_id'] if rows else 'rows'}.csv"
-        try:
-            pd.DataFrame(rows).to_csv(rescue, index=False)
-        except OSError as again:
-            raise UsageError(f"{exc}; the {len(rows)} rows measured could not be saved elsewhere either "
-                             f"({again.strerror})") from None
-        raise UsageError(f"{exc}; the {len(rows)} rows measured are in {rescue}: append them with "
-                         f"python -c \"from mfbench.store import results; results.append(results.load('{rescue}'), "
-                         f"'{directory}')\"") from None
+    """The rows appended, or rescued to a file of their own named in the error (``session.save``)."""
+    return session.save(rows, directory)
 
 
 def print_frame(frame: pd.DataFrame) -> None:
@@ -137,32 +137,3 @@ def failed_exit(failed: list[str]) -> int:
         return 0
     print(f"mfbench: failed: {', '.join(dict.fromkeys(failed))} (the reasons are in their rows)", file=sys.stderr)
     return 1
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (CI cancelling a job, ``timeout``), raised where Ctrl-C would be so it is handled the same way."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def raise_terminated(signum, frame):
-    raise Terminated(signum)
-
-
-def catch_signals() -> dict:
-    """SIGTERM raises ``Terminated`` while a command runs; returns the handlers of both signals to put back."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {signal.SIGINT: signal.getsignal(signal.SIGINT),
-            signal.SIGTERM: signal.signal(signal.SIGTERM, raise_terminated)}
-
-
-def stopped(exc: KeyboardInterrupt) -> int:
-    """The signal that stopped a measuring command (SIGINT, or SIGTERM through ``Terminated``); from now on
-    both are ignored, so a second Ctrl-C must not cost the rows being written."""
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_IGN)
-    return getattr(exc, "signum", signal.SIGINT)

@@ -2,8 +2,9 @@
 
 Exit codes: 0 done; 1 a regression, or a measurement or check that failed; 2 a usage or environment problem
 (bad arguments, a results table that cannot be read or written), found before anything is measured where it
-can be; 128 + the signal's number for a run stopped by SIGINT (130) or SIGTERM (143), whose rows measured so
-far are kept and flagged ``partial-run``; 141 when the reader of the output went away (``| head``).
+can be; 128 + the signal's number for a run stopped by SIGHUP (129), SIGINT (130) or SIGTERM (143), whose
+rows measured so far are kept and flagged ``partial-run``; 141 when the reader of the output went away
+(``| head``), a run's rows kept the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import sys
 from typing import Sequence
 
 from mfbench.config import triton_cache_env
-from mfbench.core import providers
+from mfbench.bench import session
+from mfbench.core import providers, signals
 from mfbench.shells.cli import common, machine
 from mfbench.shells.cli.common import UsageError
 from mfbench.shells.cli.parser import build_parser
@@ -33,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("mfbench: error: --seq must be a positive integer", file=sys.stderr)
         return 2
     os.environ.update(triton_cache_env())  # the entry point chooses the process's Triton cache
-    previous = common.catch_signals()
+    previous = signals.catch()
     try:
         for spec in getattr(args, "provider_module", []):
             try:
@@ -41,20 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (providers.ProviderModuleError, ValueError) as exc:  # ValueError: a name registered twice
                 raise UsageError(str(exc).splitlines()[0]) from None
         return args.func(args)
-    except (UsageError, results.ResultsError, snapshots.SnapshotError) as exc:  # a damaged snapshot is not a regression (1)
+    except (UsageError, session.Refused, results.ResultsError, snapshots.SnapshotError) as exc:  # a damaged snapshot is not a regression (1)
         print(f"mfbench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print("mfbench: interrupted", file=sys.stderr)
+        signals.tell("mfbench: interrupted")
         return 128 + getattr(exc, "signum", signal.SIGINT)
     except BrokenPipeError:
         # the reader left (`mfbench show | head`); Python would complain again when flushing stdout at exit
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):  # a stdout without a file descriptor (captured in-process)
-            pass
+        signals.quiet_stdout()
         return 128 + signal.SIGPIPE
     finally:
-        for signum, handler in previous.items():
-            if handler is not None:  # None: set outside Python, and cannot be put back from here
-                signal.signal(signum, handler)
+        signals.restore(previous)

@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         common.ready_to_write(args.results_dir)
     run = results.Run.start(str(dev))
     if world > 1:
-        from mfbench.shells import distributed
+        from mfbench.bench import ranks as distributed
 
         run = distributed.rank_run(distributed.broadcast(run), dev)
     say = print if rank == 0 else (lambda *a, **k: None)
@@ -61,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         return 128 + getattr(exc, "signum", signal.SIGINT)
     if args.distributed:
-        from mfbench.shells import distributed
+        from mfbench.bench import ranks as distributed
 
         distributed.dist.barrier()
         distributed.dist.destroy_process_group()
@@ -82,7 +82,7 @@ def _header(run, archs: list[str], task, rec, dev: torch.device, provider: str, 
 
 def _train_one(args, arch: str, rec, task, dev: torch.device, provider: str, run, say) -> dict | None:
     """Train one architecture, evaluate it, save its snapshot and rows; its summary line (None off rank 0)."""
-    from mfbench.shells import distributed
+    from mfbench.bench import ranks as distributed
 
     rank, world = distributed.rank_and_world()
     try:
