@@ -428,7 +428,7 @@ def csv_ahead(table):
     return table
 
 
-def _earlier_rows_intact(directory, old):
+def _rows_before_intact(directory, old):
     frame = results.load(directory / results.TABLE)
     pd.testing.assert_frame_equal(frame.iloc[:len(old)].reset_index(drop=True),
                                   results.load(directory).iloc[:len(old)].reset_index(drop=True))
@@ -464,7 +464,7 @@ def test_the_csv_recovery_keeps_the_run_when_a_run_appends(csv_ahead, monkeypatc
     assert len(frame) == 6 + 4 + 2 and (frame["run_id"] == csv_ahead.extra).sum() == 4
     kept = frame[frame["run_id"] == csv_ahead.extra]
     assert kept["value"].isna().sum() == 2 and kept["samples"].isna().sum() == 3  # NaN stays NaN
-    _earlier_rows_intact(csv_ahead.path, csv_ahead.old)
+    _rows_before_intact(csv_ahead.path, csv_ahead.old)
 
 
 def test_row_keys_are_equal_for_a_row_and_its_csv_round_trip(tmp_path):
