@@ -174,12 +174,18 @@ def test_findings_render_the_table_and_the_verdict(capsys):
 
 
 def test_the_readme_shows_the_decode_rows_of_the_result_tables(committed):
-    """As committed: rows a user has added to results/ since are theirs, not the README's."""
+    """As committed: rows a user has added to results/ since are theirs, not the documents'. The README
+    carries the verdicts, results/decode.md the tables behind them."""
     from mfbench.store import results
 
-    readme = (committed / "README.md").read_text()
-    block = readme.split("<!-- decode:begin -->\n")[1].split("<!-- decode:end -->")[0]
-    assert block == decode.decode_table(results.load(committed / "results"), "H200")
+    rows = results.load(committed / "results")
+    block = lambda text: text.split("<!-- decode:begin -->\n")[1].split("<!-- decode:end -->")[0]  # noqa: E731
+    cpu = lambda text: text.split("<!-- decode-cpu:begin -->\n")[1].split("<!-- decode-cpu:end -->")[0]  # noqa: E731
+    readme, tables = (committed / "README.md").read_text(), (committed / "results" / "decode.md").read_text()
+    assert block(readme) == decode.decode_verdicts(rows, "H200")
+    assert cpu(readme) == decode.decode_verdicts(rows, "cpu-2cores")
+    assert block(tables) == decode.decode_table(rows, "H200")
+    assert cpu(tables) == decode.decode_table(rows, "cpu-2cores")
 
 
 def test_the_decode_plot_marks_the_analytic_break_even(tmp_path):

@@ -189,9 +189,22 @@ def _table(frame: pd.DataFrame, device: str, benchmark: str, keys: list[str], he
         lines += [head.format(where=where, figure=dict(FIGURES)[metric]), "|---" * (head.count("|") - 1) + "|"]
         lines += [line(*f) for f in found] + [""]
     if benchmark == DECODE_LAYER:
-        lines += [f"- {v.machine}, d={v.d} h={v.h} {v.dtype}: **{v.word}**: {v.why}." for v in layer_verdicts(rows)]
-        lines.append("")
+        lines += _verdict_lines(rows) + [""]
     return "\n".join(lines) + "\n" + _runs(rows)
+
+
+def _verdict_lines(rows: pd.DataFrame) -> list[str]:
+    return [f"- {v.machine}, d={v.d} h={v.h} {v.dtype}: **{v.word}**: {v.why}." for v in layer_verdicts(rows)]
+
+
+def decode_verdicts(frame: pd.DataFrame, device: str) -> str:
+    """The README's decode findings of ``device``: the break-even batch per layer width and why, and the runs
+    (the tables behind them: ``decode_table``, in results/decode.md)."""
+    rows = decode_frame(frame, device)
+    rows = rows[rows["benchmark"] == DECODE_LAYER]
+    if rows.empty:
+        return f"no {DECODE_LAYER} rows for device {device}\n"
+    return "\n".join(_verdict_lines(rows)) + "\n\n" + _runs(rows)
 
 
 def layer_table(frame: pd.DataFrame, device: str) -> str:
@@ -234,5 +247,5 @@ def _runs(rows: pd.DataFrame) -> str:
 
 
 def decode_table(frame: pd.DataFrame, device: str) -> str:
-    """The README's decode findings of ``device``: the single layers with their verdicts, then the steps."""
+    """results/decode.md's tables of ``device``: the single layers with their verdicts, then the steps."""
     return layer_table(frame, device) + "\n" + model_table(frame, device)

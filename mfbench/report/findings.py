@@ -22,7 +22,7 @@ import pandas as pd
 
 from mfbench.bench.measurement import BELOW_FLOOR
 from mfbench.core import registry
-from mfbench.report.decode import decode_table
+from mfbench.report.decode import decode_table, decode_verdicts
 from mfbench.store.results import short_direction
 
 METRICS = ("time", "kernel_time", "floor_time")
@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     decode = sub.add_parser("decode", help="decoding of one device: step time against batch, break-even batch")
     decode.add_argument("--device", required=True, help="the rows' device, e.g. H200 or cpu-2cores")
     decode.add_argument("--results-dir", default=None)
+    decode.add_argument("--verdicts", action="store_true", help="the break-even verdicts alone (README's block)")
     budget = sub.add_parser("budget", help="accuracy at equal time and energy per device and task, with the verdict")
     budget.add_argument("--results-dir", default=None)
     seeds = sub.add_parser("seeds", help="the seed spread of the fixed-step trainings behind the snapshots")
@@ -220,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     tables = {"layers": lambda: layer_table(frame, args.device), "cpu": lambda: cpu_table(frame),
-              "model": lambda: model_table(frame, args.device), "decode": lambda: decode_table(frame, args.device),
+              "model": lambda: model_table(frame, args.device),
+              "decode": lambda: (decode_verdicts if args.verdicts else decode_table)(frame, args.device),
               "budget": lambda: budget_table(frame), "seeds": lambda: seed_table(frame)}
     sys.stdout.write(tables[args.command]())
     return 0
