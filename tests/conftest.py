@@ -64,7 +64,8 @@ def committed(tmp_path_factory):
 
     root = Path(__file__).resolve().parent.parent
     target = tmp_path_factory.mktemp("committed")
-    paths = ["README.md", "docs", "results/asv", "results/kernels.md", "results/results.parquet", "results/results.csv",
+    paths = ["README.md", "docs", "results/asv", "results/kernels.md", "results/decode.md", "results/results.parquet",
+             "results/results.csv",
              "results/snapshots"]
     archive = subprocess.run(["git", "archive", "--format=tar", "HEAD", *paths], cwd=root, capture_output=True)
     if archive.returncode == 0:
