@@ -95,6 +95,24 @@ def test_an_interval_spanning_one_and_the_threshold_is_unsettled_and_passes_by_i
     assert "spans x1.1" in alert_rule.describe(j, 1.1)
 
 
+def test_an_interval_holding_one_with_a_mean_beyond_the_factor_is_unsettled_and_fails_closed():
+    """The H200's eager call of an unchanged kernel gave log-ratios -0.07 and 0.85 (x1.48 [0.37-5.88]): no
+    word but "unsettled" fits that interval, eager or graph; a graph set like it fails the alert."""
+    rule = alert_rule.Rule()
+    eager = alert_rule.judge([-0.0703585473283953, 0.8502659233707739], rule, rule.eager_factor)
+    assert eager.verdict == "unsettled" and eager.low < 1 < eager.high and eager.ratio > rule.eager_factor
+    graph = alert_rule.judge([-0.0703585473283953, 0.8502659233707739], rule)
+    assert graph.verdict == "unsettled"
+    row = {"verdict": "unsettled", "ratio": graph.ratio, "count_increases": {}}
+    assert alert_rule.overall([row], 0, rule) == "unsettled"
+    assert alert_rule.overall([{**row, "ratio": 1.05}], 0, rule) == "pass"
+    # certain on its side of 1.0, the mean beyond the factor: regressed (and improved) as before
+    up = alert_rule.judge([math.log(1.10), math.log(1.12), math.log(1.14)], rule)
+    assert (up.verdict, up.settled) == ("regressed", False) and 1 < up.low < 1.1 < up.high
+    down = alert_rule.judge([-math.log(1.10), -math.log(1.12), -math.log(1.14)], rule)
+    assert (down.verdict, down.settled) == ("improved", False)
+
+
 def _rows(*records, rule=alert_rule.Rule()):
     return summary({str(i): r for i, r in enumerate(records)}, rule)
 

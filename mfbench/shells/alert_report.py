@@ -55,6 +55,8 @@ def summary(records: dict[str, SetRecord], rule: Rule) -> list[dict]:
 HEADLINES = {
     "broken": "**Broken**: a set that ran at base fails, is skipped, gives no value or lacks its counts at head.",
     "regression": "**Regression**: a set's kernels are slower than the threshold.",
+    "unsettled": "**Unsettled**: a set's interval still holds 1.0 after the last round, its mean above the "
+                 "threshold; the alert fails closed.",
     "counts": "**More work per call**: a set launches more kernels, synchronises or allocates more per call.",
     "eager-regression": "**Eager regression**: a set's eager call is slower than the eager threshold.",
     "slower": "**Slower** (`--fail-on slower`): a set's kernels are certainly slower, below the threshold.",

@@ -8,9 +8,10 @@ Verdicts on a time, from the interval mean +- z standard errors of the paired lo
   than the factor: "below the threshold");
 - ``regressed`` / ``improved``: the interval lies wholly above factor / below 1/factor;
 - while the interval still spans factor or 1/factor, the set is open and runs again. After the last round
-  it is judged by what is certain and by its mean, and says it is unsettled: a mean above the factor is
-  ``regressed`` (the exit code follows the factor); an interval wholly above 1.0 is ``slower`` (below the
-  threshold by its mean), wholly below 1.0 ``faster``; else ``unsettled``.
+  it is judged by what is certain and by its mean, and says it is unsettled: an interval wholly above 1.0
+  is ``regressed`` where its mean is above the factor, else ``slower`` (below the threshold by its mean);
+  wholly below 1.0, ``improved`` or ``faster`` alike; an interval that holds 1.0 is ``unsettled``, and
+  where its mean is above the factor the alert fails closed on it (the exit code follows the factor).
 """
 
 from __future__ import annotations
@@ -70,10 +71,12 @@ def judge(log_ratios: list[float], rule: Rule, factor: float | None = None) -> J
         return Judgement("improved", True, *bounds)
     if -t < low and high < t:  # inside the band
         return Judgement("slower" if low > 0 else "faster" if high < 0 else "same", True, *bounds)
-    if mean > t:
-        return Judgement("regressed", False, *bounds)
-    return Judgement("slower" if low > 0 else "improved" if mean < -t else "faster" if high < 0 else "unsettled",
-                     False, *bounds)
+    # still open: a word claims only what is certain (the side of 1.0), the mean says how far
+    if low > 0:
+        return Judgement("regressed" if mean > t else "slower", False, *bounds)
+    if high < 0:
+        return Judgement("improved" if mean < -t else "faster", False, *bounds)
+    return Judgement("unsettled", False, *bounds)
 
 
 def describe(j: Judgement, factor: float) -> str:
@@ -197,6 +200,8 @@ def overall(rows: list[dict], accuracy_code: int, rule: Rule = Rule()) -> str:
         return "broken"
     if "regressed" in verdicts:
         return "regression"
+    if any(r["verdict"] == "unsettled" and (r.get("ratio") or 0) > rule.factor for r in rows):
+        return "unsettled"
     if rule.counts == "fail" and any(r.get("count_increases") for r in rows):
         return "counts"
     if any((r.get("eager") or {}).get("verdict") == "regressed" and r["eager"]["settled"] for r in rows):
