@@ -232,7 +232,7 @@ def model_table(frame: pd.DataFrame, device: str) -> str:
                 f"{best['value'] / dense['value']:.2g} ({compare(best, dense)}) | {eager} | {energy} | {params} |")
 
     head = ("| {where}, one step | B | {figure}: MemoryFormer (ms) | dense (ms) | ratio | eager: MemoryFormer / dense "
-            "(ms) | mJ per token: MemoryFormer / dense | parameter GB: MemoryFormer / dense |")
+            "(ms) | eager call's mJ per token: MemoryFormer / dense | parameter GB: MemoryFormer / dense |")
     return _table(frame, device, DECODE_MODEL, ["preset", "cache", "B"], head, line)
 
 
