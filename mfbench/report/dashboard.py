@@ -136,8 +136,9 @@ function cards() {
 }
 function overview() {
   const doc = frame.contentDocument;
-  const machine = [...doc.querySelectorAll("label.filter")].find(l => (l.textContent || "").trim().startsWith("machine"));
-  return {machine: machine && machine.querySelector("select") ? machine.querySelector("select").value : null,
+  const label = [...doc.querySelectorAll("label.filter")].find(l => l.textContent.trim().startsWith("machine"));
+  const select = label && label.querySelector("select");
+  return {machine: select ? select.value : null,
           cards: cards().filter(c => c.first_screen).map(c => [c.name, c.value]),
           text: doc.body ? doc.body.innerText : ""};
 }
@@ -147,7 +148,8 @@ function explore() {
 }
 frame.addEventListener("load", async () => {
   const view = {overview: await settled(overview, v => v.cards.length > 0, 8000), explore: null};
-  const screen = cards().filter(c => c.first_screen), open = screen.find(c => c.value && c.value !== "\u2014") || screen[0];
+  const screen = cards().filter(c => c.first_screen);
+  const open = screen.find(c => c.value && c.value !== "\u2014") || screen[0];
   if (open) {
     open.tile.click();
     view.explore = {bench: open.name, ...await settled(explore, v => v.text && !v.text.startsWith("Loading"), 5000)};
@@ -192,9 +194,11 @@ class FirstView:
         shown, published = shown_benchmarks(overview.get("text", ""), html_dir)
         if shown != published or published == 0:
             problems.append(f"the page lists {shown} of {published} published benchmarks")
-        if not overview.get("settled"):
+        if not self.cards:
+            problems.append("the first view shows no data: no benchmark card on the first screen")
+        elif not overview.get("settled"):
             problems.append("the first screen's cards were still changing when the wait ran out")
-        if not self.cards or len(self.with_value) < MIN_WITH_VALUE * len(self.cards):
+        if self.cards and len(self.with_value) < MIN_WITH_VALUE * len(self.cards):
             empty = [name for name, _ in self.cards if name not in self.with_value]
             problems.append(f"the first view shows no data: {len(self.with_value)} of {len(self.cards)} cards on "
                             f"the first screen (machine {self.machine}) have a value; none: {', '.join(empty[:4])}"
@@ -255,7 +259,7 @@ def _check(html_dir: Path, screenshot: Path | None) -> int:
         print(f"  off-machine request by the page: {u}")
     if page.browser_background:
         print(f"  Chromium's own background requests, refused by name resolution: {len(page.browser_background)}")
-    if view.view is not None:
+    if view.cards:
         explore = view.explore
         print(f"first screen: machine {view.machine}, {len(view.with_value)} of {len(view.cards)} cards with a "
               f"value; Explore of {explore.get('bench')}: "
