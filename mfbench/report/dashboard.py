@@ -70,9 +70,9 @@ def newest_machine(asv_results: Path) -> str | None:
             continue
         try:
             data = json.loads(path.read_text())
-            column = data["result_columns"].index("started_at")
+            value, column = (data["result_columns"].index(c) for c in ("result", "started_at"))
             started = [r[column] for r in data["results"].values()
-                       if len(r) > column and r[column] and _has_value(r[0])]
+                       if len(r) > max(value, column) and r[column] and _has_value(r[value])]
         except (ValueError, KeyError, TypeError, AttributeError):  # not a result file of this asv
             continue
         if started:
@@ -220,11 +220,17 @@ def first_view(html_dir: Path, screenshot: Path | None = None) -> FirstView:
     return FirstView(page, view)
 
 
+COMMANDS = {"install": "put the asv-tachyon UI over asv's published data, opening on the newest machine",
+            "serve": "serve the dashboard on 127.0.0.1",
+            "check": "render the dashboard in headless Chromium; fail (exit 1) if it reaches off this machine or "
+                     "its first screen shows no data"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mfbench.report.dashboard", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("install", "serve", "check"):
-        p = sub.add_parser(name)
+    for name, about in COMMANDS.items():
+        p = sub.add_parser(name, help=about, description=about)
         p.add_argument("html_dir", type=Path)
         if name == "serve":
             p.add_argument("--port", type=int, default=8765)
