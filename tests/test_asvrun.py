@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from mfbench.shells import asvrun
-from mfbench.report import dashboard
+from mfbench.report import browser, dashboard
 
 
 def _git(repo, *args):
@@ -62,7 +62,7 @@ def test_netlog_reader_tolerates_a_truncated_log(tmp_path):
                    '{"source": {"id": 2}, "params": {"initiator": "not an origin"}},'
                    '{"source": {"id": 3}, "params": {"url": "https://cdn.example.org/x.js"}},'
                    '{"source": {"id": 3}, "params": {"initiator": "http://127.0.0.1:8000"}},')
-    requests = dashboard._netlog_requests(log)
+    requests = browser._netlog_requests(log)
     assert [(r.url, r.by_page, r.off_machine) for r in requests] == [
         ("http://127.0.0.1:8000/index.json", True, False), ("https://update.example.org/x", False, True),
         ("https://cdn.example.org/x.js", True, True)]
