@@ -1283,3 +1283,22 @@ def test_a_reader_that_goes_away_keeps_the_rows_and_says_where(table, tmp_path):
     assert f"mfbench: wrote {len(new)} rows to {table.path / results.TABLE}" in err
     assert len(new) and new["flags"].str.contains(f"{results.PARTIAL},interrupted:SIGPIPE", regex=False).all()
     assert _earlier_rows_intact(table)
+
+
+def test_sigusr1_prints_where_a_measuring_command_is_and_it_goes_on(capfd):
+    """`kill -USR1` on a long run: every thread's stack on stderr, the run untouched (the GPU batch scripts
+    send it before SIGTERM at a limit, so a stall says where it was)."""
+    from mfbench.core import signals
+
+    previous_usr1 = signal.getsignal(signal.SIGUSR1)
+    previous = signals.catch()
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        alive = True
+    finally:
+        signals.restore(previous)
+        import faulthandler
+
+        faulthandler.unregister(signal.SIGUSR1)
+        signal.signal(signal.SIGUSR1, previous_usr1)
+    assert alive and "test_sigusr1_prints_where" in capfd.readouterr().err

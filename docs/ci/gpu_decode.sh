@@ -3,37 +3,67 @@
 # time, energy per token, modelled bytes, parameter bytes), then Nsight Compute's DRAM bytes of the decode
 # layer cases, then the findings block and the decode plot rendered from those rows alone.
 #
-#     OUT=/tmp/out bash docs/ci/gpu_decode.sh        # from the repository root; about 6 minutes on one H200
+#     OUT=/tmp/out bash docs/ci/gpu_decode.sh                       # from the repository root
+#     OUT=/tmp/out PROVIDERS=reference,embedding_bag,compiled PROFILE_S=0 bash docs/ci/gpu_decode.sh
 #
-# Each phase has a wall-clock limit (seconds, below). `mfbench run` stopped by it keeps the rows measured so
-# far, flagged partial-run, so the script always ends within the sum of the limits plus start-up.
+# Each phase runs in processes of a few batches each (BATCHES), each with a wall-clock limit taken from what
+# is left of its phase's seconds (LAYER_S, MODEL_S, PROFILE_S; 0 skips the phase). A process still running
+# at its limit gets SIGUSR1 first (with PYTHONFAULTHANDLER set by this script and a faulthandler registered
+# for it by the run, its stacks land in the log), then SIGTERM, which `mfbench run` answers by writing the
+# rows measured so far, flagged partial-run; SIGKILL 30 s later. So a limit costs one group's unmeasured
+# items at most. Times on one H200 at 2b4066c: triton and dense, layers about 110 s, model steps 330 s
+# (84 steps; the base preset's take 4-10 s each).
 # Outputs under $OUT: results/ (a result table of this script's rows only: results.parquet and its CSV
 # mirror; append them to the project's with `python -c "from mfbench.store import results;
-# results.append(results.load('OUT/results'))"`), *.log (each phase's output), decode-findings.md (what
-# README's decode block would hold), plots/decode.png|svg, info.txt.
+# results.append(results.load('OUT/results'))"`), *.log (each process's output), decode-findings.md (what
+# README's decode block would hold), plots/decode.png|svg, info.txt, phases.log.
 set -u
 OUT=${OUT:?set OUT to the output directory}
-LAYER_S=${LAYER_S:-160} MODEL_S=${MODEL_S:-100} PROFILE_S=${PROFILE_S:-70}
+LAYER_S=${LAYER_S:-160} MODEL_S=${MODEL_S:-360} PROFILE_S=${PROFILE_S:-120}
+PROVIDERS=${PROVIDERS:-triton,dense} BATCHES=${BATCHES:-1,2 4,8,16 32,64}
 mkdir -p "$OUT/results"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONFAULTHANDLER=1 PYTHONUNBUFFERED=1
 PY=${PYTHON:-python}
 start=$(date +%s)
 phase() { echo "[$(( $(date +%s) - start ))s] $*" | tee -a "$OUT/phases.log"; }
 
+bounded() {  # bounded SECONDS LOG CMD...: CMD, its stacks and SIGTERM at the limit, SIGKILL 30 s after that
+    local limit=$1 log=$2 i=0; shift 2
+    "$@" > "$log" 2>&1 &
+    local pid=$!
+    while kill -0 $pid 2>/dev/null && [ $i -lt "$limit" ]; do sleep 1; i=$((i + 1)); done
+    if kill -0 $pid 2>/dev/null; then
+        echo "--- limit of ${limit}s: stacks, then SIGTERM" >> "$log"; kill -USR1 $pid; sleep 2; kill -TERM $pid
+        i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 30 ]; do sleep 1; i=$((i + 1)); done
+        kill -0 $pid 2>/dev/null && { echo "--- alive 30 s after SIGTERM: SIGKILL" >> "$log"; kill -KILL $pid; }
+    fi
+    wait $pid
+    echo "exit $?" >> "$log"
+}
+
+grouped() {  # grouped NAME SECONDS ARGS...: `mfbench run --preset decode ARGS --seq G` per batch group G
+    local name=$1 seconds=$2 until left; shift 2
+    until=$(( $(date +%s) + seconds ))
+    for g in $BATCHES; do
+        left=$(( until - $(date +%s) ))
+        [ $left -lt 20 ] && { phase "$name B=$g: no time left"; continue; }
+        phase "$name B=$g (limit ${left}s)"
+        bounded $left "$OUT/$name-$g.log" $PY -m mfbench run --preset decode "$@" --providers "$PROVIDERS" \
+            --seq "$g" --results-dir "$OUT/results"
+        phase "$name B=$g: $(tail -1 "$OUT/$name-$g.log")"
+    done
+}
+
 $PY -m mfbench info > "$OUT/info.txt" 2>&1
-phase "layers: 7 shapes x B=1..64 x triton,dense (limit ${LAYER_S}s)"
-timeout -s TERM "$LAYER_S" $PY -m mfbench run --preset decode --benchmarks layer --providers triton,dense \
-    --results-dir "$OUT/results" > "$OUT/layer.log" 2>&1
-phase "layers exit $?"
-phase "model steps: tiny/small/base x L=512,2048 x B=1,8,64 x triton,dense (limit ${MODEL_S}s)"
-timeout -s TERM "$MODEL_S" $PY -m mfbench run --preset decode --benchmarks model --providers triton,dense \
-    --seq 1,8,64 --results-dir "$OUT/results" > "$OUT/model.log" 2>&1
-phase "model steps exit $?"
-phase "ncu: decode cases (d=2048, 8192 x B=1, 8) x triton,dense (limit ${PROFILE_S}s)"
-timeout -s TERM "$PROFILE_S" $PY -m mfbench profile --cases decode --providers triton,dense \
-    --results-dir "$OUT/results" > "$OUT/profile.log" 2>&1
-phase "ncu exit $?"
-device=$($PY -c "from mfbench.store import results; f = results.load('$OUT/results'); print(f.loc[f['benchmark'] == 'decode-layer', 'device'].iloc[0])" 2>>"$OUT/phases.log")
+[ "$LAYER_S" -gt 0 ] && grouped layer "$LAYER_S" --benchmarks layer
+[ "$MODEL_S" -gt 0 ] && grouped model "$MODEL_S" --benchmarks model
+if [ "$PROFILE_S" -gt 0 ]; then
+    phase "ncu: decode cases (d=2048, 8192 x B=1, 8) x $PROVIDERS (limit ${PROFILE_S}s)"
+    bounded "$PROFILE_S" "$OUT/profile.log" $PY -m mfbench profile --cases decode --providers "$PROVIDERS" \
+        --results-dir "$OUT/results"
+    phase "ncu: $(tail -1 "$OUT/profile.log")"
+fi
+device=$($PY -c "from mfbench.store import results; f = results.load('$OUT/results'); print(f.loc[f['benchmark'].str.startswith('decode'), 'device'].iloc[0])" 2>>"$OUT/phases.log")
 $PY -m mfbench.report.findings decode --device "${device:-H200}" --results-dir "$OUT/results" > "$OUT/decode-findings.md" 2>&1
 $PY -c "from pathlib import Path; from mfbench.report.plots import decode; from mfbench.store import results; \
 print(*decode(results.load('$OUT/results'), Path('$OUT/plots')))" >> "$OUT/phases.log" 2>&1

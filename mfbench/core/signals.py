@@ -10,6 +10,7 @@ signal a plugin swallowed is still pending, and ``raise_pending`` raises it afte
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
 import sys
@@ -42,6 +43,8 @@ def catch() -> dict:
     _pending.clear()
     if not _main_thread():
         return {}
+    if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where a long run is, on stderr
     # one ignored on the way in stays ignored: `nohup mfbench run` must outlive its terminal
     return {signum: signal.signal(signum, raise_signalled) for signum in STOPPING
             if signal.getsignal(signum) is not signal.SIG_IGN}
