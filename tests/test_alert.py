@@ -56,7 +56,7 @@ def _git(repo: Path, *args: str) -> str:
     ([1.2, 1.21], "regressed", True),     # clearly above x1.1
     ([1.0, 0.99], "same", True),          # clearly below
     ([0.7, 0.72], "improved", True),      # clearly below 1/1.1
-    ([1.2], "regressed", False),          # one round has no spread: judged by its value, never settled
+    ([1.2], "unsettled", False),          # one round has no spread: unsettled; `overall` fails it above x1.1
     ([1.12, 1.09], "regressed", False),   # straddles the threshold: open, a mean above it fails at the last round
     ([1.25, 0.95], "unsettled", False),   # rounds disagree: spans 1.0 and x1.1
     ([1.08, 1.08, 1.08], "slower", False),  # certainly slower; the floor of the standard error reaches x1.1

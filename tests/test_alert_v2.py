@@ -111,6 +111,9 @@ def test_an_interval_holding_one_with_a_mean_beyond_the_factor_is_unsettled_and_
     assert (up.verdict, up.settled) == ("regressed", False) and 1 < up.low < 1.1 < up.high
     down = alert_rule.judge([-math.log(1.10), -math.log(1.12), -math.log(1.14)], rule)
     assert (down.verdict, down.settled) == ("improved", False)
+    one = alert_rule.judge([math.log(1.2)], rule)  # one round: no interval, so no certain side of 1.0
+    assert one.verdict == "unsettled" and alert_rule.overall([{**row, "ratio": one.ratio}], 0, rule) == "unsettled"
+    assert "spans x0.909" in alert_rule.describe(alert_rule.judge([math.log(0.87), math.log(0.95)], rule), 1.1)
 
 
 def _rows(*records, rule=alert_rule.Rule()):

@@ -6,34 +6,38 @@
 #     OUT=/tmp/out bash docs/ci/gpu_decode.sh                       # from the repository root
 #     OUT=/tmp/out PROVIDERS=reference,embedding_bag,compiled PROFILE_S=0 bash docs/ci/gpu_decode.sh
 #
-# Each phase runs in processes of a few batches each (BATCHES), each with a wall-clock limit taken from what
-# is left of its phase's seconds (LAYER_S, MODEL_S, PROFILE_S; 0 skips the phase). A process still running
-# at its limit gets SIGUSR1 first (with PYTHONFAULTHANDLER set by this script and a faulthandler registered
-# for it by the run, its stacks land in the log), then SIGTERM, which `mfbench run` answers by writing the
-# rows measured so far, flagged partial-run; SIGKILL 30 s later. So a limit costs one group's unmeasured
-# items at most. Times on one H200 at 2b4066c: triton and dense, layers about 110 s, model steps 330 s
-# (84 steps; the base preset's take 4-10 s each).
+# Each phase runs in processes of a few batches each (BATCHES), each limited to an equal share of what is
+# left of its phase's seconds (LAYER_S, MODEL_S, PROFILE_S; 0 skips the phase). A process still running at
+# its limit gets SIGUSR1 first (a measuring command then prints every thread's stack into its log), then
+# SIGTERM, which `mfbench run` answers by writing the rows measured so far, flagged partial-run; SIGKILL
+# 30 s later. So a stall costs its own group's share, not the phase. Times on one H200 at 2b4066c, triton
+# and dense: layers about 110 s, model steps 330 s (84 steps; the base preset's take 4-10 s each), so the
+# defaults fit one 10-minute device call; more providers need two calls (MODEL_S=0, then LAYER_S=0
+# PROFILE_S=0).
 # Outputs under $OUT: results/ (a result table of this script's rows only: results.parquet and its CSV
 # mirror; append them to the project's with `python -c "from mfbench.store import results;
 # results.append(results.load('OUT/results'))"`), *.log (each process's output), decode-findings.md (what
 # README's decode block would hold), plots/decode.png|svg, info.txt, phases.log.
 set -u
 OUT=${OUT:?set OUT to the output directory}
-LAYER_S=${LAYER_S:-160} MODEL_S=${MODEL_S:-360} PROFILE_S=${PROFILE_S:-120}
+LAYER_S=${LAYER_S:-130} MODEL_S=${MODEL_S:-340} PROFILE_S=${PROFILE_S:-80}
 PROVIDERS=${PROVIDERS:-triton,dense} BATCHES=${BATCHES:-1,2 4,8,16 32,64}
 mkdir -p "$OUT/results"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONFAULTHANDLER=1 PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONFAULTHANDLER=1 PYTHONUNBUFFERED=1 OUT
 PY=${PYTHON:-python}
 start=$(date +%s)
 phase() { echo "[$(( $(date +%s) - start ))s] $*" | tee -a "$OUT/phases.log"; }
 
 bounded() {  # bounded SECONDS LOG CMD...: CMD, its stacks and SIGTERM at the limit, SIGKILL 30 s after that
     local limit=$1 log=$2 i=0; shift 2
-    "$@" > "$log" 2>&1 &
+    : > "$log"
+    "$@" >> "$log" 2>&1 &
     local pid=$!
     while kill -0 $pid 2>/dev/null && [ $i -lt "$limit" ]; do sleep 1; i=$((i + 1)); done
     if kill -0 $pid 2>/dev/null; then
-        echo "--- limit of ${limit}s: stacks, then SIGTERM" >> "$log"; kill -USR1 $pid; sleep 2; kill -TERM $pid
+        echo "--- limit of ${limit}s: stacks, then SIGTERM" >> "$log"
+        [ "$limit" -ge 20 ] && { kill -USR1 $pid; sleep 2; }  # before its start-up, SIGUSR1 would end it
+        kill -TERM $pid
         i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 30 ]; do sleep 1; i=$((i + 1)); done
         kill -0 $pid 2>/dev/null && { echo "--- alive 30 s after SIGTERM: SIGKILL" >> "$log"; kill -KILL $pid; }
     fi
@@ -42,10 +46,10 @@ bounded() {  # bounded SECONDS LOG CMD...: CMD, its stacks and SIGTERM at the li
 }
 
 grouped() {  # grouped NAME SECONDS ARGS...: `mfbench run --preset decode ARGS --seq G` per batch group G
-    local name=$1 seconds=$2 until left; shift 2
-    until=$(( $(date +%s) + seconds ))
+    local name=$1 seconds=$2 until left n; shift 2
+    until=$(( $(date +%s) + seconds )); n=$(echo $BATCHES | wc -w)
     for g in $BATCHES; do
-        left=$(( until - $(date +%s) ))
+        left=$(( (until - $(date +%s)) / n )); n=$((n - 1))
         [ $left -lt 20 ] && { phase "$name B=$g: no time left"; continue; }
         phase "$name B=$g (limit ${left}s)"
         bounded $left "$OUT/$name-$g.log" $PY -m mfbench run --preset decode "$@" --providers "$PROVIDERS" \
@@ -63,8 +67,9 @@ if [ "$PROFILE_S" -gt 0 ]; then
         --results-dir "$OUT/results"
     phase "ncu: $(tail -1 "$OUT/profile.log")"
 fi
-device=$($PY -c "from mfbench.store import results; f = results.load('$OUT/results'); print(f.loc[f['benchmark'].str.startswith('decode'), 'device'].iloc[0])" 2>>"$OUT/phases.log")
+device=$($PY -c "import os; from mfbench.store import results; f = results.load(os.environ['OUT'] + '/results'); \
+print(f.loc[f['benchmark'].str.startswith('decode'), 'device'].iloc[0])" 2>>"$OUT/phases.log")
 $PY -m mfbench.report.findings decode --device "${device:-H200}" --results-dir "$OUT/results" > "$OUT/decode-findings.md" 2>&1
-$PY -c "from pathlib import Path; from mfbench.report.plots import decode; from mfbench.store import results; \
-print(*decode(results.load('$OUT/results'), Path('$OUT/plots')))" >> "$OUT/phases.log" 2>&1
+$PY -c "import os; from pathlib import Path; from mfbench.report.plots import decode; from mfbench.store import results; \
+out = Path(os.environ['OUT']); print(*decode(results.load(out / 'results'), out / 'plots'))" >> "$OUT/phases.log" 2>&1
 phase "done"

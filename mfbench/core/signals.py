@@ -43,17 +43,34 @@ def catch() -> dict:
     _pending.clear()
     if not _main_thread():
         return {}
-    if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL:
-        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where a long run is, on stderr
+    _show_stacks_on_usr1()
     # one ignored on the way in stays ignored: `nohup mfbench run` must outlive its terminal
     return {signum: signal.signal(signum, raise_signalled) for signum in STOPPING
             if signal.getsignal(signum) is not signal.SIG_IGN}
+
+
+_usr1: list[bool] = []  # whether catch() registered the stack dump on SIGUSR1, for restore()
+
+
+def _show_stacks_on_usr1() -> None:
+    """`kill -USR1 PID` prints where a long command is (every thread's stack, on stderr) and it goes on. Left
+    out where SIGUSR1 has a handler already, there is none (Windows) or stderr has no file descriptor."""
+    if _usr1 or not hasattr(signal, "SIGUSR1") or signal.getsignal(signal.SIGUSR1) is not signal.SIG_DFL:
+        return
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (RuntimeError, ValueError, OSError):  # a captured or closed stderr
+        return
+    _usr1.append(True)
 
 
 def restore(previous: dict) -> None:
     for signum, handler in previous.items():
         if handler is not None:  # None: set outside Python, and cannot be put back from here
             signal.signal(signum, handler)
+    if _usr1:
+        faulthandler.unregister(signal.SIGUSR1)
+        _usr1.clear()
 
 
 def caught() -> bool:

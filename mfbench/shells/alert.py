@@ -18,8 +18,9 @@ round; ``alert_rule`` turns them into same / slower / faster / regressed / impro
 closed: a set that ran at base but fails, is skipped or gives no value at head is ``broken``, as is a head
 whose probe cannot run at all; only a set the machine cannot run at either commit is left out. It also
 re-scores HEAD's newest MemoryFormer snapshot through the touched exact providers (``mfbench snapshot
-eval``). Exit 0: no failure; 1: regression (or --fail-on slower and a certain slowdown), a per-call count
-increase, an eager regression, broken, accuracy, or nothing compared; 2: a usage or environment problem
+eval``). Exit 0: no failure; 1: regression (or --fail-on slower and a certain slowdown), a set left unsettled with
+its mean above the factor, a per-call count increase, an eager regression, broken, accuracy, or nothing
+compared; 2: a usage or environment problem
 (bad ref or option, no git, an unwritable report), one line. Temporary checkouts are removed on every path.
 """
 

@@ -87,10 +87,16 @@ def verdict_text(r: dict, factor: float) -> str:
     return word + (f": {r['reason']}" if r["reason"] else "")
 
 
-def _order(r: dict) -> tuple:
-    more = bool(r["count_increases"]) or (r["eager"] or {}).get("verdict") not in (None, "same")
+def _order(r: dict, rule: dict) -> tuple:
+    """Sets that fail the alert first, then those whose time, eager time or counts moved, then "same"."""
+    failing = r["verdict"] in ("broken", "regressed") or bool(r["count_increases"]) and rule["counts"] == "fail" \
+        or r["verdict"] == "unsettled" and (r["ratio"] or 0) > rule["factor"] \
+        or r["verdict"] == "slower" and rule["fail_on"] == "slower" \
+        or (r["eager"] or {}).get("verdict") == "regressed" and r["eager"]["settled"]
+    eager = (r["eager"] or {}).get("verdict") not in (None, "same", "unsettled")
     rank = ORDER.get(r["verdict"], 7)
-    return (min(rank, 2) if more else rank, -(r["ratio"] or 0))
+    moved = eager or bool(r["count_increases"]) or r["verdict"] != "same"
+    return (0 if failing else 1 if moved else 2, rank, -(r["ratio"] or 0))
 
 
 def _where(r: dict) -> str:
@@ -113,12 +119,13 @@ def markdown(report: dict) -> str:
               f"Rule: head/base interval = mean of {rule['min_rounds']}-{rule['max_rounds']} paired rounds +- "
               f"{rule['z']:g} standard errors. same: inside x{1 / rule['factor']:.3f}-x{rule['factor']:g} and "
               f"holding 1; slower/faster: certain, below x{rule['factor']:g}; regressed/improved: beyond it; "
-              f"unsettled: spanning it after the last round. Fails on: {rule['fail_on']}"
+              f"unsettled: holding 1 and spanning it after the last round. Fails on: {rule['fail_on']}, an unsettled "
+              f"set whose mean is above x{rule['factor']:g}"
               f"{', any count increase' if rule['counts'] == 'fail' else ''}, an eager interval above "
               f"x{rule['eager_factor']:g}. {report['rounds']} round(s) in {report['seconds']:.0f} s.", "",
               "| provider | dir | tokens | base | head | head/base [interval] | rounds | verdict | eager head/base | "
               "head kernels, syncs, bytes per call |", "|---|---|---|---|---|---|---|---|---|---|"]
-    rows = sorted(report["sets"], key=_order)
+    rows = sorted(report["sets"], key=lambda r: _order(r, rule))
     for r in rows:
         eager = r["eager"]
         eager_text = "-" if not eager else f"{_interval(eager)} {eager['verdict']}"

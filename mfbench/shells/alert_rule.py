@@ -27,7 +27,7 @@ MEANING = {
     "faster": "certainly faster, below the threshold",
     "regressed": "slower than the threshold",
     "improved": "faster than the threshold",
-    "unsettled": "the interval still spans the threshold after the last round",
+    "unsettled": "the interval still holds 1.0 and spans the threshold after the last round",
 }
 COUNTS = ("kernels", "syncs", "bytes", "ops")  # per-call counts the probe records; a GPU run needs the first three
 GPU_COUNTS = ("kernels", "syncs", "bytes")
@@ -61,7 +61,7 @@ def judge(log_ratios: list[float], rule: Rule, factor: float | None = None) -> J
     n = len(log_ratios)
     mean, t = statistics.fmean(log_ratios), math.log(factor or rule.factor)
     if n < 2:  # one round has no spread to judge it by
-        return Judgement("regressed" if mean > t else "unsettled", False, *[math.exp(mean)] * 3)
+        return Judgement("unsettled", False, *[math.exp(mean)] * 3)  # `overall` fails it above the factor
     se = max(statistics.stdev(log_ratios) / math.sqrt(n), rule.min_se)
     low, high = mean - rule.z * se, mean + rule.z * se
     bounds = math.exp(mean), math.exp(low), math.exp(high)
@@ -85,8 +85,9 @@ def describe(j: Judgement, factor: float) -> str:
         return ""
     if j.low == j.high:
         return "one round: no spread, judged by its value"
-    side = f"above x{factor:g}" if j.ratio > factor else f"below x{factor:g}"
-    return f"unsettled: the interval spans x{factor:g} after the last round; its mean is {side}"
+    bound = factor if j.high > factor and j.low < factor else 1 / factor  # the threshold the interval spans
+    side = "above" if j.ratio > bound else "below"
+    return f"unsettled: the interval spans x{bound:.3g} after the last round; its mean is {side} it"
 
 
 def paired_log_ratio(base: list[float], head: list[float]) -> float:
