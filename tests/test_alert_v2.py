@@ -272,6 +272,8 @@ def clone(tmp_path_factory) -> Path:
 
 # one round on a shared 2-core CPU: the factor keeps its time noise out, so the counts decide
 ONE_ROUND = ("--min-rounds", "1", "--max-rounds", "1", "--no-accuracy", "--factor", "3")
+# the planted launch is in every forward, the decode kernel's too: 8 tokens take a sixth of 72's time per call
+DECODE_SET = ("--seqs", "8")
 
 
 def _alert(repo: Path, tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -319,7 +321,7 @@ def test_a_dirty_tree_is_measured_as_head_and_said_so_and_a_planted_launch_fails
     kernel = work / "mfbench" / "kernels" / "lookup.py"
     kernel.write_text(plant_launch(kernel.read_text()))
     head_before = _git(work, "rev-parse", "HEAD")
-    result = _alert(work, tmp_path, "--base", "HEAD", *ONE_ROUND)
+    result = _alert(work, tmp_path, "--base", "HEAD", *ONE_ROUND, *DECODE_SET)
     report = json.loads((tmp_path / "r.json").read_text())
     validate(report)
     assert result.returncode == 1 and report["verdict"] == "counts", result.stderr[-2000:]

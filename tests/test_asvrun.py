@@ -112,14 +112,26 @@ def _layer_forward_metrics(tmp_path, monkeypatch, capfd, providers: str) -> tupl
     return out, tracked, cached
 
 
-def test_metric_suites_measure_a_class_in_one_setup_cache_and_track_its_rows(tmp_path, monkeypatch, capfd):
+def test_metric_suites_measure_a_class_in_one_setup_cache_and_track_its_rows(installed, tmp_path, monkeypatch, capfd):
     """suites/layer.py's LayerForwardMetrics under asv: its parameter sets are measured once, in one
-    setup_cache process, and the tracked medians are the runner's rows."""
-    out, tracked, cached = _layer_forward_metrics(tmp_path, monkeypatch, capfd, "reference,dense")
+    setup_cache process, and the tracked medians are the runner's rows. The same quick asv run has the example
+    package installed (found through its entry point) and the broken example named in MFBENCH_PROVIDER_MODULES:
+    the example's tracked medians are the runner's rows too; the broken providers' sets fail (no value), and the
+    run goes on. (One asv run for both claims: each run is a dozen seconds of asv's processes.)"""
+    monkeypatch.setenv("PYTHONPATH", str(installed))
+    monkeypatch.setenv("MFBENCH_PLUGINS", "1")
+    monkeypatch.setenv("MFBENCH_PROVIDER_MODULES", str(asvrun.ROOT / "examples" / "broken_provider.py"))
+    out, tracked, cached = _layer_forward_metrics(tmp_path, monkeypatch, capfd,
+                                                  "reference,dense,example_gather,broken_raises,broken_wrong")
     assert out.count("Setting up layer:") == 1, out
     rows = {r["provider"]: r["value"] for r in cached if r["metric"] == "time"}
-    assert set(tracked) == {"reference", "dense"} and all(v > 0 for v in tracked.values())
-    assert tracked == rows
+    failed = {r["flags"] for r in cached if r["metric"] == "failed"}
+    assert set(tracked) == {"reference", "dense", "example_gather", "broken_raises", "broken_wrong"}, tracked
+    assert set(rows) == {"reference", "dense", "example_gather"} and all(v > 0 for v in rows.values()), out
+    assert {provider: tracked[provider] for provider in rows} == rows
+    assert tracked["broken_raises"] is None and tracked["broken_wrong"] is None, tracked  # asv: failed
+    assert any("this kernel is broken on purpose" in f for f in failed), failed
+    assert any("float64 check: relative error of y" in f for f in failed), failed
 
 
 def test_every_tracked_metric_is_better_lower_so_a_drop_in_accuracy_is_a_regression():
@@ -146,24 +158,6 @@ def test_every_tracked_metric_is_better_lower_so_a_drop_in_accuracy_is_a_regress
     _, _, regressions = detect_regressions(detect_steps(error_rate))
     assert regressions and regressions[0][2] == pytest.approx(0.10) and regressions[0][3] == pytest.approx(0.28)
     assert detect_regressions(detect_steps(accuracy))[2] is None  # the raw accuracy would have hidden it
-
-
-def test_the_layer_suite_measures_an_installed_provider_and_fails_broken_ones(installed, tmp_path, monkeypatch, capfd):
-    """A quick asv run of suites/layer.py with the example package installed (found through its entry point)
-    and the broken example named in MFBENCH_PROVIDER_MODULES: the example's tracked medians are the runner's
-    rows; the broken providers' sets fail (no value), and the run goes on."""
-    monkeypatch.setenv("PYTHONPATH", str(installed))
-    monkeypatch.setenv("MFBENCH_PLUGINS", "1")
-    monkeypatch.setenv("MFBENCH_PROVIDER_MODULES", str(asvrun.ROOT / "examples" / "broken_provider.py"))
-    out, tracked, cached = _layer_forward_metrics(tmp_path, monkeypatch, capfd,
-                                                  "dense,example_gather,broken_raises,broken_wrong")
-    rows = {r["provider"]: r["value"] for r in cached if r["metric"] == "time"}
-    failed = {r["flags"] for r in cached if r["metric"] == "failed"}
-    assert set(rows) == {"dense", "example_gather"} and tracked["example_gather"] == rows["example_gather"] > 0, out
-    assert tracked["dense"] == rows["dense"]
-    assert tracked["broken_raises"] is None and tracked["broken_wrong"] is None, tracked  # asv: failed
-    assert any("this kernel is broken on purpose" in f for f in failed), failed
-    assert any("float64 check: relative error of y" in f for f in failed), failed
 
 
 def test_a_silent_stretch_of_asv_is_reported(capfd):
