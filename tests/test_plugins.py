@@ -226,21 +226,23 @@ class _RefusesKeptGraphs(torch.autograd.Function):
         return gy
 
 
-def test_the_backward_call_keeps_graphs_a_compiled_backward_would_donate(monkeypatch):
+def test_the_backward_call_keeps_graphs_a_compiled_backward_would_donate():
     import torch._functorch.config as functorch_config
 
     from mfbench.bench import subject
     from mfbench.bench.cases import Case
 
-    monkeypatch.setattr(functorch_config, "donated_buffer", True)  # a fresh process's default
-    case = Case("backward", 16, 16, 8)
-    layer = subject.make_layer(case, "reference", torch.device("cpu"), torch.float32)
-    x, gy = subject.random_input(case, torch.device("cpu"), torch.float32, 0)
-    forward = lambda inp: _RefusesKeptGraphs.apply(reference_lookup(inp, layer.tables, layer.spec))  # noqa: E731
-    call = subject.callable_for("backward", subject.Subject(layer, x, forward, gy))
-    first, second = call(), call()  # the repeated calls a timing makes
-    assert all(torch.equal(a, b) for a, b in zip(first, second) if a is not None)
-    assert functorch_config.donated_buffer is False
+    # the config module's own patch: pytest's monkeypatch undoes a setattr there by deleting the key, which
+    # breaks every later torch.compile of the process ("donated_buffer does not exist")
+    with functorch_config.patch(donated_buffer=True):  # a fresh process's default
+        case = Case("backward", 16, 16, 8)
+        layer = subject.make_layer(case, "reference", torch.device("cpu"), torch.float32)
+        x, gy = subject.random_input(case, torch.device("cpu"), torch.float32, 0)
+        forward = lambda inp: _RefusesKeptGraphs.apply(reference_lookup(inp, layer.tables, layer.spec))  # noqa: E731
+        call = subject.callable_for("backward", subject.Subject(layer, x, forward, gy))
+        first, second = call(), call()  # the repeated calls a timing makes
+        assert all(torch.equal(a, b) for a, b in zip(first, second) if a is not None)
+        assert functorch_config.donated_buffer is False
 
 
 def test_a_torch_compiled_plugin_runs_forward_and_backward(tmp_path):
