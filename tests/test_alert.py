@@ -253,8 +253,9 @@ def test_alert_fails_on_a_provider_that_answers_differently(repo, tmp_path):
     code, text, report = run_alert(repo, "wrong-answers", tmp_path, "--min-rounds", "1", "--max-rounds", "1",
                                    MFBENCH_ALERT_PROVIDERS="embedding_bag")
     assert code == 1, text
-    # (the copy that roll makes can also slow the call: the accuracy check must fail it either way)
-    assert report["verdict"] in ("accuracy", "regression") and report["accuracy"]["exit_code"] == 1
+    # (the copy that roll makes can also slow the call, and one round leaves a slower set unsettled above
+    # the factor, which fails first: the accuracy check must fail it either way)
+    assert report["verdict"] in ("accuracy", "regression", "unsettled") and report["accuracy"]["exit_code"] == 1
     assert "**Failed** (snapshot eval exit 1)" in text and "DISAGREES" in text
 
 

@@ -46,12 +46,13 @@ def _quick_run(monkeypatch, tmp_path, store, providers, seq, commit):
 
 
 def test_a_bench_on_a_new_machine_adds_its_files_and_rewrites_no_other_machines(tmp_path, monkeypatch, capfd, committed):
-    COMMITTED = committed / "results"  # as committed: a bench the user ran here already filed this machine
+    COMMITTED = committed / "results"  # as committed: a bench the user ran here since is theirs
     store = tmp_path / "results"
     shutil.copytree(COMMITTED / "asv", store / "asv")
     for name in (results.TABLE, results.MIRROR):
         shutil.copy(COMMITTED / name, store / name)
     this_machine = asvrun.machine_name()
+    shutil.rmtree(store / "asv" / this_machine, ignore_errors=True)  # new here, even where results/ has its bench
     (tmp_path / "home").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # asv's machine file: the test's machines stay in the test
     # another machine's run with this code, other lengths and providers, filed under a commit of the

@@ -225,6 +225,11 @@ def test_table_states_median_and_range_and_uses_the_newest_budget():
     assert "time, 4 s" in line and "MemoryFormer higher" in line
     table = report.table(pd.concat([frame, later]))
     assert "`r2` (abcdef0)" in table and "`r1`" not in table and "1.5-2.5" in table
+    # a later one-seed run (asv's budget suite tracks one) does not displace a study over seeds
+    tracking = _frame([0.9], [0.1], run="r3", t="2026-12-03T00:00:00")
+    tracking["params"] = tracking["params"].str.replace('"budget": 8.0', '"budget": 2.0')
+    line = budget_verdict_line(pd.concat([frame, later, tracking]))
+    assert "time, 4 s" in line and "| 3 / 3 |" in line
     assert report.table(frame.iloc[0:0]).startswith("no budget rows")
 
 

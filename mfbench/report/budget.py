@@ -25,8 +25,9 @@ ARCHITECTURES = ("memoryformer", "dense")
 
 def points(rows: pd.DataFrame) -> pd.DataFrame:
     """One line per (device, task, budget kind, architecture, provider, seed, fraction): the metrics as
-    columns. Per device, task and budget kind only the budget and preset of the newest run are kept, and
-    of each point its newest measurement."""
+    columns. Per device, task and budget kind one budget and preset is kept: the one trained over the most
+    seeds, the newest of those (a one-seed tracking run, such as asv's budget suite makes, does not displace
+    a study over seeds), and of each point its newest measurement."""
     rows = rows[rows["benchmark"].str.startswith("budget:") & rows["metric"].isin(METRICS)]
     columns = ["device", "task", "kind", "budget", "unit", "preset", "architecture", "provider", "seed",
                "fraction", "run_id", "commit", "time_utc", "flags", *METRICS]
@@ -37,8 +38,10 @@ def points(rows: pd.DataFrame) -> pd.DataFrame:
                         budget=params["budget"], unit=params["budget_unit"], preset=params["preset"],
                         architecture=params["architecture"], seed=params["seed"], fraction=params["fraction"])
     frame = frame.sort_values("time_utc", kind="stable")
-    newest = frame.groupby(["device", "task", "kind"])[["budget", "preset"]].transform("last")
-    frame = frame[(frame["budget"] == newest["budget"]) & (frame["preset"] == newest["preset"])]
+    chosen = ["device", "task", "kind", "budget", "preset"]
+    studies = frame.groupby(chosen, sort=False).agg(seeds=("seed", "nunique"), newest=("time_utc", "max")).reset_index()
+    kept = studies.sort_values(["seeds", "newest"], kind="stable").groupby(chosen[:3]).tail(1)[chosen]
+    frame = frame.merge(kept, on=chosen).sort_values("time_utc", kind="stable")
     keys = ["device", "task", "kind", "budget", "unit", "preset", "architecture", "provider", "seed", "fraction"]
     frame = frame.drop_duplicates([*keys, "metric"], keep="last")
     wide = frame.set_index([*keys, "metric"])["value"].unstack("metric")  # NaN (no meter) kept
