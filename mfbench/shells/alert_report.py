@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 from mfbench.shells.alert_rule import (MEANING, Rule, SetRecord, count_increases, count_text, eager_outcome,
-                                       outcome)
+                                       outcome, set_fails)
 from mfbench.store.results import short_direction
 
 REPORT_SCHEMA = "mfbench-alert-report/2"
@@ -87,16 +87,11 @@ def verdict_text(r: dict, factor: float) -> str:
     return word + (f": {r['reason']}" if r["reason"] else "")
 
 
-def _order(r: dict, rule: dict) -> tuple:
+def _order(r: dict, rule: Rule) -> tuple:
     """Sets that fail the alert first, then those whose time, eager time or counts moved, then "same"."""
-    failing = r["verdict"] in ("broken", "regressed") or bool(r["count_increases"]) and rule["counts"] == "fail" \
-        or r["verdict"] == "unsettled" and (r["ratio"] or 0) > rule["factor"] \
-        or r["verdict"] == "slower" and rule["fail_on"] == "slower" \
-        or (r["eager"] or {}).get("verdict") == "regressed" and r["eager"]["settled"]
     eager = (r["eager"] or {}).get("verdict") not in (None, "same", "unsettled")
-    rank = ORDER.get(r["verdict"], 7)
     moved = eager or bool(r["count_increases"]) or r["verdict"] != "same"
-    return (0 if failing else 1 if moved else 2, rank, -(r["ratio"] or 0))
+    return (0 if set_fails(r, rule) else 1 if moved else 2, ORDER.get(r["verdict"], 7), -(r["ratio"] or 0))
 
 
 def _where(r: dict) -> str:
@@ -125,7 +120,7 @@ def markdown(report: dict) -> str:
               f"x{rule['eager_factor']:g}. {report['rounds']} round(s) in {report['seconds']:.0f} s.", "",
               "| provider | dir | tokens | base | head | head/base [interval] | rounds | verdict | eager head/base | "
               "head kernels, syncs, bytes per call |", "|---|---|---|---|---|---|---|---|---|---|"]
-    rows = sorted(report["sets"], key=lambda r: _order(r, rule))
+    rows = sorted(report["sets"], key=lambda r: _order(r, Rule(**rule)))
     for r in rows:
         eager = r["eager"]
         eager_text = "-" if not eager else f"{_interval(eager)} {eager['verdict']}"

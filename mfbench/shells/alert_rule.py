@@ -194,6 +194,22 @@ def still_open(verdicts: dict[str, tuple[str, str, Judgement | None]], done: int
     return [k for k, (_, _, j) in verdicts.items() if j is not None and not j.settled]
 
 
+def open_above(r: dict, rule: Rule) -> bool:
+    """A set left unsettled with its mean above the factor: the alert fails closed on it."""
+    return r["verdict"] == "unsettled" and (r.get("ratio") or 0) > rule.factor
+
+
+def eager_regressed(r: dict) -> bool:
+    eager = r.get("eager") or {}
+    return eager.get("verdict") == "regressed" and bool(eager.get("settled"))
+
+
+def set_fails(r: dict, rule: Rule) -> bool:
+    """Whether this set's row alone fails the alert under ``rule`` (each of ``overall``'s failing answers)."""
+    return (r["verdict"] == "broken" or fails(r["verdict"], rule) or open_above(r, rule) or eager_regressed(r)
+            or rule.counts == "fail" and bool(r.get("count_increases")))
+
+
 def overall(rows: list[dict], accuracy_code: int, rule: Rule = Rule()) -> str:
     """The alert's one answer from every set's verdicts and counts and the accuracy check's exit code."""
     verdicts = {r["verdict"] for r in rows}
@@ -201,11 +217,11 @@ def overall(rows: list[dict], accuracy_code: int, rule: Rule = Rule()) -> str:
         return "broken"
     if "regressed" in verdicts:
         return "regression"
-    if any(r["verdict"] == "unsettled" and (r.get("ratio") or 0) > rule.factor for r in rows):
+    if any(open_above(r, rule) for r in rows):
         return "unsettled"
     if rule.counts == "fail" and any(r.get("count_increases") for r in rows):
         return "counts"
-    if any((r.get("eager") or {}).get("verdict") == "regressed" and r["eager"]["settled"] for r in rows):
+    if any(eager_regressed(r) for r in rows):
         return "eager-regression"
     if rule.fail_on == "slower" and "slower" in verdicts:
         return "slower"
