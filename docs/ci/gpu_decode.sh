@@ -12,8 +12,9 @@
 # SIGTERM, which `mfbench run` answers by writing the rows measured so far, flagged partial-run; SIGKILL
 # 30 s later. So a stall costs its own group's share, not the phase. Times on one H200 at 2b4066c, triton
 # and dense: layers about 110 s, model steps 330 s (84 steps; the base preset's take 4-10 s each), so the
-# defaults fit one 10-minute device call; more providers need two calls (MODEL_S=0, then LAYER_S=0
-# PROFILE_S=0).
+# defaults fit one 10-minute device call. At 703248d, reference, embedding_bag and compiled: layers 152 s,
+# model steps 341 s, ncu 17-34 s a case (12 cases: about 370 s), so three calls (MODEL_S=0 PROFILE_S=0,
+# then LAYER_S=0 PROFILE_S=0, then LAYER_S=0 MODEL_S=0 PROFILE_S=330).
 # Outputs under $OUT: results/ (a result table of this script's rows only: results.parquet and its CSV
 # mirror; append them to the project's with `python -c "from mfbench.store import results;
 # results.append(results.load('OUT/results'))"`), *.log (each process's output), decode-findings.md (what
@@ -36,7 +37,9 @@ bounded() {  # bounded SECONDS LOG CMD...: CMD, its stacks and SIGTERM at the li
     while kill -0 $pid 2>/dev/null && [ $i -lt "$limit" ]; do sleep 1; i=$((i + 1)); done
     if kill -0 $pid 2>/dev/null; then
         echo "--- limit of ${limit}s: stacks, then SIGTERM" >> "$log"
-        [ "$limit" -ge 20 ] && { kill -USR1 $pid; sleep 2; }  # before its start-up, SIGUSR1 would end it
+        # before its start-up SIGUSR1 would end it; STACKS=0 for `mfbench profile`, which SIGUSR1 ended on the
+        # H200 at 703248d (exit 138, its rows so far kept) though it prints its stacks and goes on on the CPU
+        [ "$limit" -ge 20 ] && [ "${STACKS:-1}" = 1 ] && { kill -USR1 $pid; sleep 2; }
         kill -TERM $pid
         i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 30 ]; do sleep 1; i=$((i + 1)); done
         kill -0 $pid 2>/dev/null && { echo "--- alive 30 s after SIGTERM: SIGKILL" >> "$log"; kill -KILL $pid; }
@@ -63,7 +66,7 @@ $PY -m mfbench info > "$OUT/info.txt" 2>&1
 [ "$MODEL_S" -gt 0 ] && grouped model "$MODEL_S" --benchmarks model
 if [ "$PROFILE_S" -gt 0 ]; then
     phase "ncu: decode cases (d=2048, 8192 x B=1, 8) x $PROVIDERS (limit ${PROFILE_S}s)"
-    bounded "$PROFILE_S" "$OUT/profile.log" $PY -m mfbench profile --cases decode --providers "$PROVIDERS" \
+    STACKS=0 bounded "$PROFILE_S" "$OUT/profile.log" $PY -m mfbench profile --cases decode --providers "$PROVIDERS" \
         --results-dir "$OUT/results"
     phase "ncu: $(tail -1 "$OUT/profile.log")"
 fi
