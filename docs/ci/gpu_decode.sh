@@ -8,13 +8,13 @@
 #
 # Each phase runs in processes of a few batches each (BATCHES), each limited to an equal share of what is
 # left of its phase's seconds (LAYER_S, MODEL_S, PROFILE_S; 0 skips the phase). A process still running at
-# its limit gets SIGUSR1 first (a measuring command then prints every thread's stack into its log), then
-# SIGTERM, which `mfbench run` answers by writing the rows measured so far, flagged partial-run; SIGKILL
-# 30 s later. So a stall costs its own group's share, not the phase. Times on one H200 at 2b4066c, triton
+# its limit gets SIGUSR1 first (a measuring command then prints every thread's stack into its log; not the
+# ncu phase, see bounded), then SIGTERM, which `mfbench run` answers by writing the rows measured so far,
+# flagged partial-run; SIGKILL 30 s later. So a stall costs its own group's share, not the phase. Times on one H200 at 2b4066c, triton
 # and dense: layers about 110 s, model steps 330 s (84 steps; the base preset's take 4-10 s each), so the
 # defaults fit one 10-minute device call. At 703248d, reference, embedding_bag and compiled: layers 152 s,
 # model steps 341 s, ncu 17-34 s a case (12 cases: about 370 s), so three calls (MODEL_S=0 PROFILE_S=0,
-# then LAYER_S=0 PROFILE_S=0, then LAYER_S=0 MODEL_S=0 PROFILE_S=330).
+# then LAYER_S=0 PROFILE_S=0, then LAYER_S=0 MODEL_S=0 PROFILE_S=450).
 # Outputs under $OUT: results/ (a result table of this script's rows only: results.parquet and its CSV
 # mirror; append them to the project's with `python -c "from mfbench.store import results;
 # results.append(results.load('OUT/results'))"`), *.log (each process's output), decode-findings.md (what

@@ -211,7 +211,7 @@ def layer_table(frame: pd.DataFrame, device: str) -> str:
     def line(key, at, best, dense) -> str:
         (d, h, b), params = key, at["params"].iloc[0]
         cells = [f"d={d} h={h}", str(b), f"{best['provider']} {_ms(best['value'])}", _ms(dense["value"]),
-                 f"{best['value'] / dense['value']:.2g} ({compare(best, dense)})"]
+                 f"{best['value'] / dense['value']:.3g} ({compare(best, dense)})"]
         for name in (best["provider"], dense["provider"]):
             cells.append(f"{_mb(_value(at, name, 'hbm_bytes_min'))} / {_mb(_measured_bytes(frame, device, params, name))}")
         weights = _value(at, best["provider"], "parameter_bytes") / _value(at, dense["provider"], "parameter_bytes")
@@ -229,7 +229,7 @@ def model_table(frame: pd.DataFrame, device: str) -> str:
         energy = f"{_ms(_value(at, name, 'energy_per_token'))} / {_ms(_value(at, base, 'energy_per_token'))}"
         params = f"{_value(at, name, 'parameter_bytes') / 1e9:.3g} / {_value(at, base, 'parameter_bytes') / 1e9:.3g}"
         return (f"| {preset} L={cache} | {b} | {name} {_ms(best['value'])} | {_ms(dense['value'])} | "
-                f"{best['value'] / dense['value']:.2g} ({compare(best, dense)}) | {eager} | {energy} | {params} |")
+                f"{best['value'] / dense['value']:.3g} ({compare(best, dense)}) | {eager} | {energy} | {params} |")
 
     head = ("| {where}, one step | B | {figure}: MemoryFormer (ms) | dense (ms) | ratio | eager: MemoryFormer / dense "
             "(ms) | eager call's mJ per token: MemoryFormer / dense | parameter GB: MemoryFormer / dense |")
