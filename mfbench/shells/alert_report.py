@@ -120,7 +120,8 @@ def markdown(report: dict) -> str:
               f"x{rule['eager_factor']:g}. {report['rounds']} round(s) in {report['seconds']:.0f} s.", "",
               "| provider | dir | tokens | base | head | head/base [interval] | rounds | verdict | eager head/base | "
               "head kernels, syncs, bytes per call |", "|---|---|---|---|---|---|---|---|---|---|"]
-    rows = sorted(report["sets"], key=lambda r: _order(r, Rule(**rule)))
+    parsed = Rule(**rule)
+    rows = sorted(report["sets"], key=lambda r: _order(r, parsed))
     for r in rows:
         eager = r["eager"]
         eager_text = "-" if not eager else f"{_interval(eager)} {eager['verdict']}"
