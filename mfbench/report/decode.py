@@ -122,7 +122,9 @@ def _verdict(key: tuple, metric: str, steps: list) -> Verdict:
     bytes_ratio = _bytes_ratio(at, best["provider"], dense["provider"])
     reads = f", reading {bytes_ratio:.2g}x its modelled bytes" if bytes_ratio == bytes_ratio else ""
     first = f"at B = {b0} the fastest lookup ({best['provider']}) takes {ratio:.2g}x dense's {figure}{reads}"
-    measured = f"B = {steps[0][0]}-{steps[-1][0]}"
+    batches = [s[0] for s in steps]
+    doubling = all(b2 == 2 * b1 for b1, b2 in zip(batches, batches[1:]))  # the sweeps' 1, 2, 4, ...: a range
+    measured = f"B = {batches[0]}-{batches[-1]}" if doubling and len(batches) > 2 else f"B = {', '.join(map(str, batches))}"
     if lead == 0:
         said = "tied with" if outcomes[0] == "tie" else "slower than"
         why = f"{first}: {said} dense at the smallest batch (measured {measured}; analytic break-even B = {tau})"
@@ -211,7 +213,7 @@ def layer_table(frame: pd.DataFrame, device: str) -> str:
     def line(key, at, best, dense) -> str:
         (d, h, b), params = key, at["params"].iloc[0]
         cells = [f"d={d} h={h}", str(b), f"{best['provider']} {_ms(best['value'])}", _ms(dense["value"]),
-                 f"{best['value'] / dense['value']:.3g} ({compare(best, dense)})"]
+                 f"{best['value'] / dense['value']:#.3g} ({compare(best, dense)})"]
         for name in (best["provider"], dense["provider"]):
             cells.append(f"{_mb(_value(at, name, 'hbm_bytes_min'))} / {_mb(_measured_bytes(frame, device, params, name))}")
         weights = _value(at, best["provider"], "parameter_bytes") / _value(at, dense["provider"], "parameter_bytes")
@@ -229,7 +231,7 @@ def model_table(frame: pd.DataFrame, device: str) -> str:
         energy = f"{_ms(_value(at, name, 'energy_per_token'))} / {_ms(_value(at, base, 'energy_per_token'))}"
         params = f"{_value(at, name, 'parameter_bytes') / 1e9:.3g} / {_value(at, base, 'parameter_bytes') / 1e9:.3g}"
         return (f"| {preset} L={cache} | {b} | {name} {_ms(best['value'])} | {_ms(dense['value'])} | "
-                f"{best['value'] / dense['value']:.3g} ({compare(best, dense)}) | {eager} | {energy} | {params} |")
+                f"{best['value'] / dense['value']:#.3g} ({compare(best, dense)}) | {eager} | {energy} | {params} |")
 
     head = ("| {where}, one step | B | {figure}: MemoryFormer (ms) | dense (ms) | ratio | eager: MemoryFormer / dense "
             "(ms) | eager call's mJ per token: MemoryFormer / dense | parameter GB: MemoryFormer / dense |")
