@@ -165,7 +165,7 @@ def test_no_break_even_where_the_lookup_is_slower_or_tied_at_the_smallest_batch(
 def test_findings_render_the_table_and_the_verdict(capsys):
     frame = _rows({("triton", 1): 1.0, ("dense", 1): 2.0, ("triton", 8): 4.0, ("dense", 8): 2.0})
     text = decode.decode_table(frame, "GPU-X")
-    assert "| d=64 h=64 | 1 | triton 1e+03 | 2e+03 | 0.5 (faster) |" in text
+    assert "| d=64 h=64 | 1 | triton 1e+03 | 2e+03 | 0.500 (faster) |" in text
     assert "**break-even B = 1**" in text and "no decode-model rows for device GPU-X" in text
     cpu = _rows({("triton", 1): 1.0, ("dense", 1): 2.0}, device="cpu-2cores")
     assert set(decode.decode_frame(cpu, "cpu-2cores")["machine"]) == {"cpu-2cores (Xeon)"}
