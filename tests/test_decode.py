@@ -167,6 +167,7 @@ def test_findings_render_the_table_and_the_verdict(capsys):
     text = decode.decode_table(frame, "GPU-X")
     assert "| d=64 h=64 | 1 | triton 1e+03 | 2e+03 | 0.500 (faster) |" in text
     assert "**break-even B = 1**" in text and "no decode-model rows for device GPU-X" in text
+    assert "(measured B = 1, 8;" in text  # two batches are not a range: the verdict names them
     cpu = _rows({("triton", 1): 1.0, ("dense", 1): 2.0}, device="cpu-2cores")
     assert set(decode.decode_frame(cpu, "cpu-2cores")["machine"]) == {"cpu-2cores (Xeon)"}
     cpu["flags"] = decode.BUSY
