@@ -16,6 +16,8 @@ command's output to $OUT/budget.log and the timings to $OUT/budget.json, each wr
 instead trains the fixed-step recipe (``mfbench train --preset tiny --seed N``, 1000 steps) for each seed
 and task, so the snapshot accuracies the docs quote get their seed spread ($OUT/seeds.md): an estimated
 1.5-2 minutes per seed and task on one H200 (the H100 took 134 s for both models on mqar, 104 s on induction). The 1.6 GB snapshots go to a scratch folder, not to $OUT.
+With ``--together`` all the trainings start at once (one H200 ran the six in 260 s, 2026-12-03): they
+share the GPU, so only their accuracy and final-loss rows are kept, not their time and energy.
 """
 
 from __future__ import annotations
@@ -67,7 +69,44 @@ def findings(name: str, rows: Path) -> str:
     return found.stdout + found.stderr
 
 
+KEPT_TOGETHER = ("accuracy", "final_loss")  # what a training sharing the device with others still measures
+
+
+def seed_runs_together(args) -> int:
+    """Every seed and task's training at once, each into its own rows; then their accuracy rows only."""
+    sys.path.insert(0, str(HERE))
+    from mfbench.store import results
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / "mfbench-seed-snapshots"
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    start, report, procs = time.perf_counter(), {"seeds": args.seeds, "together": True}, {}
+    for task in args.seed_runs.split(","):
+        for seed in args.seeds.split(","):
+            name = f"{task}-{seed}"
+            cmd = [sys.executable, "-m", "mfbench", "train", "--preset", args.preset, "--task", task, "--seed", seed,
+                   "--device", args.device, "--results-dir", str(scratch / name / "rows"),
+                   "--snapshots-dir", str(scratch / name / "snapshots"), *(["--steps", args.steps] if args.steps else [])]
+            with open(OUT / f"seed-{name}.log", "w") as log:
+                procs[name] = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
+    print(f"{len(procs)} trainings started together; their logs: {OUT}/seed-*.log", flush=True)
+    failed = [name for name, proc in procs.items() if proc.wait() != 0]
+    report["total_wall_s"] = round(time.perf_counter() - start, 1)
+    for name in procs:
+        if name not in failed:
+            rows = results.load(scratch / name / "rows")
+            results.append(rows[rows["metric"].isin(KEPT_TOGETHER)], OUT / "results")
+    report["failed"] = failed
+    (OUT / "seeds.json").write_text(json.dumps(report, indent=1))
+    (OUT / "seeds.md").write_text(findings("seeds", OUT / "results"))
+    print((OUT / "seeds.md").read_text())
+    print(json.dumps(report, indent=1))
+    return 1 if failed else 0
+
+
 def seed_runs(args) -> int:
+    if args.together:
+        return seed_runs_together(args)
     OUT.mkdir(parents=True, exist_ok=True)
     rows, report = OUT / "results", {"seeds": args.seeds, "wall_s": {}}
     snaps = Path(os.environ.get("TMPDIR", "/tmp")) / "mfbench-seed-snapshots"
@@ -95,6 +134,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--seed-runs", metavar="TASKS", help="the fixed-step trainings of these tasks per seed instead")
     parser.add_argument("--steps", help="seed runs: override the preset's steps (to try the script on a CPU)")
+    parser.add_argument("--together", action="store_true",
+                        help="seed runs: start every training at once, keeping only their accuracy rows")
     args = parser.parse_args()
     if args.seed_runs:
         return seed_runs(args)
