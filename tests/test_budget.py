@@ -312,3 +312,24 @@ def test_readings_come_often_enough_and_never_past_a_fraction():
     assert budget._steps_to_next_reading(budget.Budget("joules", 100.0), [12.5], 0.0, 0.2, 3) == 1
     # a short budget still reads no more often than every MIN_READING_S
     assert budget._steps_to_next_reading(budget.Budget("seconds", 6.0), [0.75], 0.3, 0.3, 30) == 25  # not 4
+
+
+def test_seed_runs_together_keep_only_what_a_shared_device_still_measures(tmp_path):
+    """docs/ci/gpu_budget.py --together (how the H200's seed rows were made): every seed at once, and of
+    their rows only accuracy and final loss, since the trainings' times and energies share one device."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(root / "docs/ci/gpu_budget.py"), "--seed-runs", "mqar", "--seeds", "0,1",
+                           "--preset", "micro", "--device", "cpu", "--steps", "2", "--together"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = results.load(tmp_path / "out" / "results")
+    assert set(rows["metric"]) == {"accuracy", "final_loss"}
+    seeds = {json.loads(p)["seed"] for p in rows["params"]}
+    assert seeds == {0, 1} and len(rows) == 2 * 2 * 2  # seeds x architectures x metrics
+    assert "| mqar | micro, 2 |" in (tmp_path / "out" / "seeds.md").read_text()
