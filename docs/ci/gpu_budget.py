@@ -16,8 +16,9 @@ command's output to $OUT/budget.log and the timings to $OUT/budget.json, each wr
 instead trains the fixed-step recipe (``mfbench train --preset tiny --seed N``, 1000 steps) for each seed
 and task, so the snapshot accuracies the docs quote get their seed spread ($OUT/seeds.md): an estimated
 1.5-2 minutes per seed and task on one H200 (the H100 took 134 s for both models on mqar, 104 s on induction). The 1.6 GB snapshots go to a scratch folder, not to $OUT.
-With ``--together`` all the trainings start at once (one H200 ran the six in 260 s, 2026-12-03): they
-share the GPU, so only their accuracy and final-loss rows are kept, not their time and energy.
+With ``--together`` all the trainings start at once (as a shell loop ran the six on one H200 in 260 s,
+2026-12-03): they share the GPU, so only their accuracy and final-loss rows are kept, not their time and
+energy.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ KEPT_TOGETHER = ("accuracy", "final_loss")  # what a training sharing the device
 
 
 def seed_runs_together(args) -> int:
-    """Every seed and task's training at once, each into its own rows; then their accuracy rows only."""
+    """Every seed and task's training at once, each into its own rows; then their accuracy and final-loss rows only."""
     sys.path.insert(0, str(HERE))
     from mfbench.store import results
 
@@ -135,7 +136,7 @@ def main() -> int:
     parser.add_argument("--seed-runs", metavar="TASKS", help="the fixed-step trainings of these tasks per seed instead")
     parser.add_argument("--steps", help="seed runs: override the preset's steps (to try the script on a CPU)")
     parser.add_argument("--together", action="store_true",
-                        help="seed runs: start every training at once, keeping only their accuracy rows")
+                        help="seed runs: start every training at once, keeping only their accuracy and final-loss rows")
     args = parser.parse_args()
     if args.seed_runs:
         return seed_runs(args)

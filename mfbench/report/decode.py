@@ -213,7 +213,7 @@ def layer_table(frame: pd.DataFrame, device: str) -> str:
     def line(key, at, best, dense) -> str:
         (d, h, b), params = key, at["params"].iloc[0]
         cells = [f"d={d} h={h}", str(b), f"{best['provider']} {_ms(best['value'])}", _ms(dense["value"]),
-                 f"{best['value'] / dense['value']:#.3g} ({compare(best, dense)})"]
+                 f"{_ratio(best['value'] / dense['value'])} ({compare(best, dense)})"]
         for name in (best["provider"], dense["provider"]):
             cells.append(f"{_mb(_value(at, name, 'hbm_bytes_min'))} / {_mb(_measured_bytes(frame, device, params, name))}")
         weights = _value(at, best["provider"], "parameter_bytes") / _value(at, dense["provider"], "parameter_bytes")
@@ -224,6 +224,11 @@ def layer_table(frame: pd.DataFrame, device: str) -> str:
     return _table(frame, device, DECODE_LAYER, ["d", "h", "B"], head, line)
 
 
+def _ratio(value: float) -> str:
+    """Three figures, trailing zeros kept (1.00, not 1); whole numbers from 100 up."""
+    return f"{value:#.3g}" if abs(value) < 100 else f"{value:.0f}"
+
+
 def model_table(frame: pd.DataFrame, device: str) -> str:
     def line(key, at, best, dense) -> str:
         (preset, cache, b), name, base = key, best["provider"], dense["provider"]
@@ -231,7 +236,7 @@ def model_table(frame: pd.DataFrame, device: str) -> str:
         energy = f"{_ms(_value(at, name, 'energy_per_token'))} / {_ms(_value(at, base, 'energy_per_token'))}"
         params = f"{_value(at, name, 'parameter_bytes') / 1e9:.3g} / {_value(at, base, 'parameter_bytes') / 1e9:.3g}"
         return (f"| {preset} L={cache} | {b} | {name} {_ms(best['value'])} | {_ms(dense['value'])} | "
-                f"{best['value'] / dense['value']:#.3g} ({compare(best, dense)}) | {eager} | {energy} | {params} |")
+                f"{_ratio(best['value'] / dense['value'])} ({compare(best, dense)}) | {eager} | {energy} | {params} |")
 
     head = ("| {where}, one step | B | {figure}: MemoryFormer (ms) | dense (ms) | ratio | eager: MemoryFormer / dense "
             "(ms) | eager call's mJ per token: MemoryFormer / dense | parameter GB: MemoryFormer / dense |")
