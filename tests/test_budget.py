@@ -3,7 +3,11 @@ drawn from them (mfbench.report.budget): a tiny model and a budget of a fraction
 
 import json
 import math
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -317,11 +321,6 @@ def test_readings_come_often_enough_and_never_past_a_fraction():
 def test_seed_runs_together_keep_only_what_a_shared_device_still_measures(tmp_path):
     """docs/ci/gpu_budget.py --together (how the H200's seed rows were made): every seed at once, and of
     their rows only accuracy and final loss, since the trainings' times and energies share one device."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OUT": str(tmp_path / "out"), "TMPDIR": str(tmp_path)}
     done = subprocess.run([sys.executable, str(root / "docs/ci/gpu_budget.py"), "--seed-runs", "mqar", "--seeds", "0,1",

@@ -36,13 +36,16 @@ OUT = Path(os.environ.get("OUT", "/tmp/mfbench-gpu-budget"))
 TASKS = ("mqar", "induction")
 
 
+ENV = {**os.environ, "PYTHONPATH": str(HERE)}  # every mfbench this script starts imports this tree's
+SNAPSHOTS = Path(os.environ.get("TMPDIR", "/tmp")) / "mfbench-seed-snapshots"  # 1.6 GB each: scratch, not $OUT
+
+
 def mfbench(*args: str, log) -> float:
     """Run ``python -m mfbench ARGS`` from the tree, its output appended to the log; its wall time."""
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
     log.write(f"$ mfbench {' '.join(args)}\n")
     log.flush()
     start = time.perf_counter()
-    code = subprocess.run([sys.executable, "-m", "mfbench", *args], cwd=HERE, env=env, stdout=log,
+    code = subprocess.run([sys.executable, "-m", "mfbench", *args], cwd=HERE, env=ENV, stdout=log,
                           stderr=subprocess.STDOUT).returncode
     seconds = time.perf_counter() - start
     log.write(f"(exit {code}, {seconds:.1f} s)\n\n")
@@ -64,67 +67,70 @@ def net_watts(results_dir: Path) -> float | None:
 
 
 def findings(name: str, rows: Path) -> str:
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
     found = subprocess.run([sys.executable, "-m", "mfbench.report.findings", name, "--results-dir", str(rows)],
-                           cwd=HERE, env=env, capture_output=True, text=True)
+                           cwd=HERE, env=ENV, capture_output=True, text=True)
     return found.stdout + found.stderr
+
+
+def seed_cases(args) -> list[tuple[str, str]]:
+    """(task, seed) of each fixed-step training the seed runs make."""
+    return [(task, seed) for task in args.seed_runs.split(",") for seed in args.seeds.split(",")]
+
+
+def train_args(args, task: str, seed: str, rows: Path, snapshots: Path) -> list[str]:
+    return ["train", "--preset", args.preset, "--task", task, "--seed", seed, "--device", args.device,
+            "--results-dir", str(rows), "--snapshots-dir", str(snapshots), *(["--steps", args.steps] if args.steps else [])]
+
+
+def write_seeds(report: dict, rows: Path) -> None:
+    (OUT / "seeds.json").write_text(json.dumps(report, indent=1))
+    (OUT / "seeds.md").write_text(findings("seeds", rows))
 
 
 KEPT_TOGETHER = ("accuracy", "final_loss")  # what a training sharing the device with others still measures
 
 
-def seed_runs_together(args) -> int:
-    """Every seed and task's training at once, each into its own rows; then their accuracy and final-loss rows only."""
+def seed_runs_together(args) -> dict:
+    """Every seed and task's training at once, each into rows of its own; then their accuracy and final-loss
+    rows only, into $OUT/results."""
     sys.path.insert(0, str(HERE))
     from mfbench.store import results
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / "mfbench-seed-snapshots"
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
-    start, report, procs = time.perf_counter(), {"seeds": args.seeds, "together": True}, {}
-    for task in args.seed_runs.split(","):
-        for seed in args.seeds.split(","):
-            name = f"{task}-{seed}"
-            cmd = [sys.executable, "-m", "mfbench", "train", "--preset", args.preset, "--task", task, "--seed", seed,
-                   "--device", args.device, "--results-dir", str(scratch / name / "rows"),
-                   "--snapshots-dir", str(scratch / name / "snapshots"), *(["--steps", args.steps] if args.steps else [])]
-            with open(OUT / f"seed-{name}.log", "w") as log:
-                procs[name] = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
+    start, procs = time.perf_counter(), {}
+    for task, seed in seed_cases(args):
+        own = SNAPSHOTS / f"{task}-{seed}"
+        train = train_args(args, task, seed, own / "rows", own / "snapshots")
+        with open(OUT / f"seed-{task}-{seed}.log", "w") as log:
+            procs[own] = subprocess.Popen([sys.executable, "-m", "mfbench", *train], cwd=HERE, env=ENV, stdout=log,
+                                          stderr=subprocess.STDOUT)
     print(f"{len(procs)} trainings started together; their logs: {OUT}/seed-*.log", flush=True)
-    failed = [name for name, proc in procs.items() if proc.wait() != 0]
-    report["total_wall_s"] = round(time.perf_counter() - start, 1)
-    for name in procs:
-        if name not in failed:
-            rows = results.load(scratch / name / "rows")
+    failed = [own for own, proc in procs.items() if proc.wait() != 0]
+    seconds = round(time.perf_counter() - start, 1)
+    for own in procs:
+        if own not in failed:
+            rows = results.load(own / "rows")
             results.append(rows[rows["metric"].isin(KEPT_TOGETHER)], OUT / "results")
-    report["failed"] = failed
-    (OUT / "seeds.json").write_text(json.dumps(report, indent=1))
-    (OUT / "seeds.md").write_text(findings("seeds", OUT / "results"))
-    print((OUT / "seeds.md").read_text())
-    print(json.dumps(report, indent=1))
-    return 1 if failed else 0
+    return {"seeds": args.seeds, "together": True, "total_wall_s": seconds,
+            "failed": [own.name for own in failed]}
 
 
 def seed_runs(args) -> int:
-    if args.together:
-        return seed_runs_together(args)
     OUT.mkdir(parents=True, exist_ok=True)
-    rows, report = OUT / "results", {"seeds": args.seeds, "wall_s": {}}
-    snaps = Path(os.environ.get("TMPDIR", "/tmp")) / "mfbench-seed-snapshots"
-    start = time.perf_counter()
-    with open(OUT / "budget.log", "a") as log:
-        for task in args.seed_runs.split(","):
-            for seed in args.seeds.split(","):
-                report["wall_s"][f"{task} seed {seed}"] = round(mfbench(
-                    "train", "--preset", args.preset, "--task", task, "--seed", seed, "--device", args.device,
-                    "--results-dir", str(rows), "--snapshots-dir", str(snaps),
-                    *(["--steps", args.steps] if args.steps else []), log=log), 1)
+    rows = OUT / "results"
+    if args.together:
+        report = seed_runs_together(args)
+        write_seeds(report, rows)
+    else:
+        report, start = {"seeds": args.seeds, "wall_s": {}}, time.perf_counter()
+        with open(OUT / "budget.log", "a") as log:
+            for task, seed in seed_cases(args):
+                report["wall_s"][f"{task} seed {seed}"] = round(mfbench(*train_args(args, task, seed, rows, SNAPSHOTS),
+                                                                        log=log), 1)
                 report["total_wall_s"] = round(time.perf_counter() - start, 1)
-                (OUT / "seeds.json").write_text(json.dumps(report, indent=1))
-                (OUT / "seeds.md").write_text(findings("seeds", rows))
+                write_seeds(report, rows)
     print((OUT / "seeds.md").read_text())
     print(json.dumps(report, indent=1))
-    return 0
+    return 1 if report.get("failed") else 0
 
 
 def main() -> int:
@@ -165,10 +171,9 @@ def main() -> int:
                 report["wall_s"][f"{task} joules"] = round(mfbench("train", "--task", task, "--budget-joules",
                                                                    f"{joules:g}", *common, log=log), 1)
                 save()
-        env = {**os.environ, "PYTHONPATH": str(HERE)}
         (OUT / "findings.md").write_text(findings("budget", rows))
         subprocess.run([sys.executable, "-m", "mfbench.report.plots", "--results-dir", str(rows), "--out",
-                        str(OUT / "plots")], cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
+                        str(OUT / "plots")], cwd=HERE, env=ENV, stdout=log, stderr=subprocess.STDOUT)
         save()
     print((OUT / "findings.md").read_text())
     print(json.dumps(report, indent=1))
