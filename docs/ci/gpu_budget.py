@@ -6,8 +6,8 @@ seeds 0, 1 and 2, MemoryFormer through the Triton kernels against dense.
 First ``mfbench train --budget-seconds S`` on each task; those rows also hold the joules each training spent
 net of idle, so the joules budget is then S times the median net power they show (rounded), and
 ``mfbench train --budget-joules J`` runs on each task. 24 trainings of about S seconds each, plus start-up,
-warm-up and evaluation outside the budgets: at S = 6 an estimated 4-5 minutes on one H200 (not yet timed
-there; $OUT/budget.json times each command). Rows go to $OUT/results
+warm-up and evaluation outside the budgets: at S = 6, 268 s on one H200 (703248d, 2026-12-03;
+$OUT/budget.json times each command). Rows go to $OUT/results
 (results.parquet + results.csv), the rendered verdict to $OUT/findings.md, the plots to $OUT/plots, each
 command's output to $OUT/budget.log and the timings to $OUT/budget.json, each written as soon as it exists.
 
